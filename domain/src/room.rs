@@ -1,0 +1,383 @@
+//! The `Room` aggregate: creation, membership and messages.
+//!
+//! State stays small whatever a room's history: the member and invitee sets, the last `seq`
+//! and a bounded window of recent `(sender, clientMsgId)` pairs. Message bodies live only in
+//! events and read models. Idempotency older than the window is answered by
+//! [`RoomServices::client_msg_id_used`], so "one message per clientMsgId" holds forever.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, MessageSeq, RoomId, UserId};
+use crate::services::{RoomServices, ServiceError};
+use crate::values::{ClientMsgId, MessageBody, RoomName, ValueError};
+use crate::EVENT_VERSION;
+
+/// How many recent `(sender, clientMsgId)` pairs a room remembers in its own state.
+pub const IDEMPOTENCY_WINDOW: usize = 256;
+
+/// How many users one `CreateRoom` may invite.
+pub const MAX_PARTICIPANTS: usize = 100;
+
+/// Commands the `Room` aggregate accepts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomCommand {
+    /// Open a room: `host` becomes its host and first member; `participants` are invited.
+    CreateRoom {
+        room_id: RoomId,
+        host: UserId,
+        name: String,
+        participants: Vec<UserId>,
+        created_at: DateTime<Utc>,
+    },
+    /// `user` becomes a member (any signed-in user may join by id).
+    JoinRoom { user: UserId },
+    /// `user` stops being a member; the room and its history remain.
+    LeaveRoom { user: UserId },
+    /// `sender` posts `body`. Idempotent on `(sender, client_msg_id)`: a repeat yields no
+    /// event and the caller returns the original message.
+    SendMessage {
+        message_id: MessageId,
+        sender: UserId,
+        body: String,
+        client_msg_id: String,
+        sent_at: DateTime<Utc>,
+    },
+}
+
+/// Events of the `Room` aggregate. A persisted contract: names and fields never change
+/// meaning; a new shape gets a new version and an upcaster. The event store indexes
+/// `MessageSent.sender` and `MessageSent.client_msg_id` by these names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RoomEvent {
+    /// A room was opened; its host is its first member. v1.0.
+    RoomCreated {
+        room_id: RoomId,
+        name: RoomName,
+        host: UserId,
+        created_at: DateTime<Utc>,
+    },
+    /// A user was invited when the room was created. v1.0.
+    MemberInvited { user_id: UserId, invited_by: UserId },
+    /// A user became a member. v1.0.
+    MemberJoined { user_id: UserId },
+    /// A member left. v1.0.
+    MemberLeft { user_id: UserId },
+    /// A member posted a message; `seq` is contiguous from 1 within the room. v1.0.
+    MessageSent {
+        message_id: MessageId,
+        seq: MessageSeq,
+        sender: UserId,
+        body: MessageBody,
+        client_msg_id: ClientMsgId,
+        sent_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for RoomEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::RoomCreated { .. } => "RoomCreated",
+            Self::MemberInvited { .. } => "MemberInvited",
+            Self::MemberJoined { .. } => "MemberJoined",
+            Self::MemberLeft { .. } => "MemberLeft",
+            Self::MessageSent { .. } => "MessageSent",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}
+
+/// Why a `Room` command was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RoomError {
+    /// `CreateRoom` on a room that exists.
+    #[error("room already exists")]
+    RoomAlreadyExists,
+    /// Any other command on a room that was never created.
+    #[error("unknown room")]
+    UnknownRoom,
+    /// The room name breaks a rule.
+    #[error("{0}")]
+    InvalidName(ValueError),
+    /// The message body breaks a rule (empty, blank, too long).
+    #[error("{0}")]
+    InvalidBody(ValueError),
+    /// The `clientMsgId` breaks a rule.
+    #[error("{0}")]
+    InvalidClientMsgId(ValueError),
+    /// An invited participant is not a registered user.
+    #[error("unknown participant {0}")]
+    UnknownParticipant(UserId),
+    /// More participants than one room may invite at creation.
+    #[error("at most {max} participants may be invited, got {count}")]
+    TooManyParticipants { max: usize, count: usize },
+    /// `JoinRoom` by a member.
+    #[error("already a member of this room")]
+    AlreadyMember,
+    /// `LeaveRoom` or `SendMessage` by someone who is not a member.
+    #[error("not a member of this room")]
+    NotMember,
+    /// A lookup the rule needs failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// One entry of the idempotency window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentMessage {
+    pub sender: UserId,
+    pub client_msg_id: ClientMsgId,
+    pub seq: MessageSeq,
+    pub message_id: MessageId,
+}
+
+/// A chat room.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Room {
+    id: Option<RoomId>,
+    host: Option<UserId>,
+    members: BTreeSet<UserId>,
+    invited: BTreeSet<UserId>,
+    last_seq: u64,
+    recent: VecDeque<RecentMessage>,
+}
+
+impl Room {
+    pub fn id(&self) -> Option<RoomId> {
+        self.id
+    }
+
+    pub fn host(&self) -> Option<UserId> {
+        self.host
+    }
+
+    pub fn is_member(&self, user: UserId) -> bool {
+        self.members.contains(&user)
+    }
+
+    pub fn members(&self) -> &BTreeSet<UserId> {
+        &self.members
+    }
+
+    pub fn invited(&self) -> &BTreeSet<UserId> {
+        &self.invited
+    }
+
+    /// The seq of the newest message (0 before the first).
+    pub fn last_seq(&self) -> MessageSeq {
+        MessageSeq(self.last_seq)
+    }
+
+    /// The remembered message `sender` sent with `client_msg_id`, if it is still within the
+    /// idempotency window.
+    pub fn recent_message(
+        &self,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Option<&RecentMessage> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|m| m.sender == sender && &m.client_msg_id == client_msg_id)
+    }
+
+    fn require_created(&self) -> Result<RoomId, RoomError> {
+        self.id.ok_or(RoomError::UnknownRoom)
+    }
+
+    /// Decides the events of a `CreateRoom`.
+    async fn create(
+        &self,
+        services: &dyn RoomServices,
+        room_id: RoomId,
+        host: UserId,
+        name: &str,
+        participants: Vec<UserId>,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        if self.id.is_some() {
+            return Err(RoomError::RoomAlreadyExists);
+        }
+        let name = RoomName::parse(name).map_err(RoomError::InvalidName)?;
+        let mut invitees = BTreeSet::new();
+        let mut ordered = Vec::new();
+        for user in participants {
+            if user != host && invitees.insert(user) {
+                ordered.push(user);
+            }
+        }
+        if ordered.len() > MAX_PARTICIPANTS {
+            return Err(RoomError::TooManyParticipants {
+                max: MAX_PARTICIPANTS,
+                count: ordered.len(),
+            });
+        }
+        for &user in &ordered {
+            if !services.user_exists(user).await? {
+                return Err(RoomError::UnknownParticipant(user));
+            }
+        }
+        let created = RoomEvent::RoomCreated {
+            room_id,
+            name,
+            host,
+            created_at,
+        };
+        let invitations = ordered.into_iter().map(|user_id| RoomEvent::MemberInvited {
+            user_id,
+            invited_by: host,
+        });
+        Ok(std::iter::once(created).chain(invitations).collect())
+    }
+
+    /// Decides the events of a `SendMessage`: none for a repeated `clientMsgId`.
+    async fn send(
+        &self,
+        services: &dyn RoomServices,
+        message_id: MessageId,
+        sender: UserId,
+        body: &str,
+        client_msg_id: &str,
+        sent_at: DateTime<Utc>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        let room_id = self.require_created()?;
+        if !self.members.contains(&sender) {
+            return Err(RoomError::NotMember);
+        }
+        let body = MessageBody::parse(body).map_err(RoomError::InvalidBody)?;
+        let client_msg_id =
+            ClientMsgId::parse(client_msg_id).map_err(RoomError::InvalidClientMsgId)?;
+        if self.recent_message(sender, &client_msg_id).is_some()
+            || services
+                .client_msg_id_used(room_id, sender, &client_msg_id)
+                .await?
+        {
+            return Ok(Vec::new());
+        }
+        Ok(vec![RoomEvent::MessageSent {
+            message_id,
+            seq: MessageSeq(self.last_seq).next(),
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+        }])
+    }
+}
+
+impl Aggregate for Room {
+    const TYPE: &'static str = "Room";
+    type Command = RoomCommand;
+    type Event = RoomEvent;
+    type Error = RoomError;
+    type Services = Arc<dyn RoomServices>;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let events = match command {
+            RoomCommand::CreateRoom {
+                room_id,
+                host,
+                name,
+                participants,
+                created_at,
+            } => {
+                self.create(
+                    services.as_ref(),
+                    room_id,
+                    host,
+                    &name,
+                    participants,
+                    created_at,
+                )
+                .await?
+            }
+            RoomCommand::JoinRoom { user } => {
+                self.require_created()?;
+                if self.members.contains(&user) {
+                    return Err(RoomError::AlreadyMember);
+                }
+                vec![RoomEvent::MemberJoined { user_id: user }]
+            }
+            RoomCommand::LeaveRoom { user } => {
+                self.require_created()?;
+                if !self.members.contains(&user) {
+                    return Err(RoomError::NotMember);
+                }
+                vec![RoomEvent::MemberLeft { user_id: user }]
+            }
+            RoomCommand::SendMessage {
+                message_id,
+                sender,
+                body,
+                client_msg_id,
+                sent_at,
+            } => {
+                self.send(
+                    services.as_ref(),
+                    message_id,
+                    sender,
+                    &body,
+                    &client_msg_id,
+                    sent_at,
+                )
+                .await?
+            }
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            RoomEvent::RoomCreated { room_id, host, .. } => {
+                self.id = Some(room_id);
+                self.host = Some(host);
+                self.members.insert(host);
+            }
+            RoomEvent::MemberInvited { user_id, .. } => {
+                self.invited.insert(user_id);
+            }
+            RoomEvent::MemberJoined { user_id } => {
+                self.invited.remove(&user_id);
+                self.members.insert(user_id);
+            }
+            RoomEvent::MemberLeft { user_id } => {
+                self.members.remove(&user_id);
+            }
+            RoomEvent::MessageSent {
+                message_id,
+                seq,
+                sender,
+                client_msg_id,
+                ..
+            } => {
+                self.last_seq = seq.0;
+                if self.recent.len() == IDEMPOTENCY_WINDOW {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(RecentMessage {
+                    sender,
+                    client_msg_id,
+                    seq,
+                    message_id,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Validated values. Each is built by parsing, so an invalid one cannot exist; the rules are
+//! the ones in `shared/API.md` ("Rules").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was rejected. Each rule is its own variant so callers (and tests) match on the
+/// rule, never on text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Username shorter than 3 or longer than 32 characters.
+    #[error("username must be {min} to {max} characters long, got {len}")]
+    UsernameLength { min: usize, max: usize, len: usize },
+    /// Username with a character outside `[a-z0-9_]`.
+    #[error("username may contain only a-z, 0-9 and _ (found {found:?})")]
+    UsernameCharacter { found: char },
+    /// Password shorter than 8 or longer than 128 characters.
+    #[error("password must be {min} to {max} characters long, got {len}")]
+    PasswordLength { min: usize, max: usize, len: usize },
+    /// Room name empty or only whitespace.
+    #[error("room name must not be blank")]
+    RoomNameBlank,
+    /// Room name longer than 100 characters.
+    #[error("room name must be at most {max} characters, got {len}")]
+    RoomNameTooLong { max: usize, len: usize },
+    /// Message body of zero characters.
+    #[error("message body must not be empty")]
+    BodyEmpty,
+    /// Message body made only of whitespace.
+    #[error("message body must not be only whitespace")]
+    BodyBlank,
+    /// Message body longer than 4000 characters.
+    #[error("message body must be at most {max} characters, got {len}")]
+    BodyTooLong { max: usize, len: usize },
+    /// `clientMsgId` empty or longer than 64 characters.
+    #[error("clientMsgId must be {min} to {max} characters long, got {len}")]
+    ClientMsgIdLength { min: usize, max: usize, len: usize },
+}
+
+fn char_len(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// A username: 3–32 characters of `[a-z0-9_]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    pub const MIN: usize = 3;
+    pub const MAX: usize = 32;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if !(Self::MIN..=Self::MAX).contains(&len) {
+            return Err(ValueError::UsernameLength {
+                min: Self::MIN,
+                max: Self::MAX,
+                len,
+            });
+        }
+        if let Some(found) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+        {
+            return Err(ValueError::UsernameCharacter { found });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A plain-text password that satisfies the length rule (8–128 characters). It is never
+/// stored: the server hashes it (argon2) and only the hash reaches the `User` aggregate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub const MIN: usize = 8;
+    pub const MAX: usize = 128;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if !(Self::MIN..=Self::MAX).contains(&len) {
+            return Err(ValueError::PasswordLength {
+                min: Self::MIN,
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// A room name: 1–100 characters, not only whitespace. Stored as given (not trimmed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    pub const MAX: usize = 100;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        if s.trim().is_empty() {
+            return Err(ValueError::RoomNameBlank);
+        }
+        let len = char_len(s);
+        if len > Self::MAX {
+            return Err(ValueError::RoomNameTooLong {
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message body: 1–4000 Unicode scalar values, not only whitespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    pub const MAX: usize = 4000;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        if s.is_empty() {
+            return Err(ValueError::BodyEmpty);
+        }
+        if s.trim().is_empty() {
+            return Err(ValueError::BodyBlank);
+        }
+        let len = char_len(s);
+        if len > Self::MAX {
+            return Err(ValueError::BodyTooLong {
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The client's idempotency key for a message: 1–64 characters, unique per (room, sender).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    pub const MIN: usize = 1;
+    pub const MAX: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if !(Self::MIN..=Self::MAX).contains(&len) {
+            return Err(ValueError::ClientMsgIdLength {
+                min: Self::MIN,
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

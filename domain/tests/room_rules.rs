@@ -1,0 +1,563 @@
+//! Given/when/then rules of the `Room` aggregate.
+
+mod support;
+
+use cqrs_es::test::TestFramework;
+use cqrs_es::Aggregate;
+use parley_domain::room::{IDEMPOTENCY_WINDOW, MAX_PARTICIPANTS};
+use parley_domain::{MessageSeq, Room, RoomError, RoomEvent, ValueError};
+use support::*;
+
+fn with(directory: FakeDirectory) -> TestFramework<Room> {
+    TestFramework::<Room>::with(directory.room_services())
+}
+
+fn replay(events: impl IntoIterator<Item = RoomEvent>) -> Room {
+    let mut room = Room::default();
+    for event in events {
+        room.apply(event);
+    }
+    room
+}
+
+// --- CreateRoom ------------------------------------------------------------------------------
+
+#[test]
+fn creating_a_room_records_room_created_then_one_invitation_per_participant_in_given_order() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, vec![CAROL, BOB, DAVE]))
+        .then_expect_events(vec![
+            room_created(ROOM, ALICE),
+            member_invited(CAROL, ALICE),
+            member_invited(BOB, ALICE),
+            member_invited(DAVE, ALICE),
+        ]);
+}
+
+#[test]
+fn creating_a_room_without_participants_records_only_room_created() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, vec![]))
+        .then_expect_events(vec![room_created(ROOM, ALICE)]);
+}
+
+#[test]
+fn the_host_and_repeated_participants_are_not_invited_again() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(
+            ALICE,
+            ROOM_NAME,
+            vec![BOB, ALICE, BOB, CAROL, ALICE, CAROL],
+        ))
+        .then_expect_events(vec![
+            room_created(ROOM, ALICE),
+            member_invited(BOB, ALICE),
+            member_invited(CAROL, ALICE),
+        ]);
+}
+
+#[test]
+fn creating_a_room_that_exists_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE)])
+        .when(create_room(BOB, "another", vec![]))
+        .then_expect_error(RoomError::RoomAlreadyExists);
+}
+
+#[test]
+fn an_empty_room_name_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, "", vec![]))
+        .then_expect_error(RoomError::InvalidName(ValueError::RoomNameBlank));
+}
+
+#[test]
+fn a_whitespace_only_room_name_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, " \t \n ", vec![]))
+        .then_expect_error(RoomError::InvalidName(ValueError::RoomNameBlank));
+}
+
+#[test]
+fn a_room_name_of_101_characters_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, &"é".repeat(101), vec![]))
+        .then_expect_error(RoomError::InvalidName(ValueError::RoomNameTooLong {
+            max: 100,
+            len: 101,
+        }));
+}
+
+#[test]
+fn a_room_name_of_100_characters_is_accepted_as_given() {
+    let name = format!("  {}", "é".repeat(98));
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, &name, vec![]))
+        .then_expect_events(vec![RoomEvent::RoomCreated {
+            room_id: ROOM,
+            name: room_name(&name),
+            host: ALICE,
+            created_at: at(0),
+        }]);
+}
+
+#[test]
+fn an_unregistered_participant_is_refused_by_id() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, vec![BOB, MALLORY, CAROL]))
+        .then_expect_error(RoomError::UnknownParticipant(MALLORY));
+}
+
+#[test]
+fn inviting_101_distinct_users_is_refused() {
+    let crowd: Vec<_> = (0..101).map(user).collect();
+    with(FakeDirectory::with_cast().with_users(crowd.clone()))
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, crowd))
+        .then_expect_error(RoomError::TooManyParticipants {
+            max: MAX_PARTICIPANTS,
+            count: 101,
+        });
+}
+
+#[test]
+fn inviting_100_distinct_users_plus_the_host_and_repeats_is_accepted() {
+    let crowd: Vec<_> = (0..100).map(user).collect();
+    let mut participants = crowd.clone();
+    participants.push(ALICE);
+    participants.extend(crowd.iter().rev().copied());
+
+    let mut expected = vec![room_created(ROOM, ALICE)];
+    expected.extend(crowd.iter().map(|&u| member_invited(u, ALICE)));
+
+    with(FakeDirectory::with_cast().with_users(crowd))
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, participants))
+        .then_expect_events(expected);
+}
+
+#[test]
+fn a_failing_participant_lookup_is_reported_as_a_service_error() {
+    with(FakeDirectory::failing())
+        .given_no_previous_events()
+        .when(create_room(ALICE, ROOM_NAME, vec![BOB]))
+        .then_expect_error(RoomError::Service(service_error()));
+}
+
+#[test]
+fn a_created_room_has_its_host_as_only_member_and_its_participants_invited() {
+    let room = replay([
+        room_created(ROOM, ALICE),
+        member_invited(BOB, ALICE),
+        member_invited(CAROL, ALICE),
+    ]);
+    assert_eq!(room.id(), Some(ROOM));
+    assert_eq!(room.host(), Some(ALICE));
+    assert_eq!(room.members().iter().copied().collect::<Vec<_>>(), [ALICE]);
+    assert!(room.invited().contains(&BOB) && room.invited().contains(&CAROL));
+    assert!(!room.is_member(BOB));
+    assert_eq!(room.last_seq(), MessageSeq(0));
+}
+
+// --- JoinRoom --------------------------------------------------------------------------------
+
+#[test]
+fn a_user_joining_records_member_joined() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE)])
+        .when(join(BOB))
+        .then_expect_events(vec![member_joined(BOB)]);
+}
+
+#[test]
+fn an_invited_user_joining_records_member_joined() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE), member_invited(BOB, ALICE)])
+        .when(join(BOB))
+        .then_expect_events(vec![member_joined(BOB)]);
+}
+
+#[test]
+fn an_invited_user_who_joined_is_a_member_and_no_longer_invited() {
+    let room = replay([
+        room_created(ROOM, ALICE),
+        member_invited(BOB, ALICE),
+        member_joined(BOB),
+    ]);
+    assert!(room.is_member(BOB));
+    assert!(!room.invited().contains(&BOB));
+}
+
+#[test]
+fn joining_a_room_that_was_never_created_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(join(BOB))
+        .then_expect_error(RoomError::UnknownRoom);
+}
+
+#[test]
+fn a_member_joining_again_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(join(BOB))
+        .then_expect_error(RoomError::AlreadyMember);
+}
+
+#[test]
+fn the_host_joining_the_room_they_created_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE)])
+        .when(join(ALICE))
+        .then_expect_error(RoomError::AlreadyMember);
+}
+
+// --- LeaveRoom -------------------------------------------------------------------------------
+
+#[test]
+fn a_member_leaving_records_member_left() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(leave(BOB))
+        .then_expect_events(vec![member_left(BOB)]);
+}
+
+#[test]
+fn the_host_may_leave() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(leave(ALICE))
+        .then_expect_events(vec![member_left(ALICE)]);
+}
+
+#[test]
+fn a_non_member_leaving_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(leave(CAROL))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn an_invited_user_who_never_joined_cannot_leave() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE), member_invited(BOB, ALICE)])
+        .when(leave(BOB))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn a_member_who_left_cannot_leave_again() {
+    with(FakeDirectory::with_cast())
+        .given(vec![
+            room_created(ROOM, ALICE),
+            member_joined(BOB),
+            member_left(BOB),
+        ])
+        .when(leave(BOB))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn leaving_a_room_that_was_never_created_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(leave(BOB))
+        .then_expect_error(RoomError::UnknownRoom);
+}
+
+#[test]
+fn a_member_who_left_can_rejoin() {
+    with(FakeDirectory::with_cast())
+        .given(vec![
+            room_created(ROOM, ALICE),
+            member_joined(BOB),
+            member_left(BOB),
+        ])
+        .when(join(BOB))
+        .then_expect_events(vec![member_joined(BOB)]);
+}
+
+#[test]
+fn a_host_who_left_can_rejoin() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE), member_left(ALICE)])
+        .when(join(ALICE))
+        .then_expect_events(vec![member_joined(ALICE)]);
+}
+
+// --- SendMessage -----------------------------------------------------------------------------
+
+#[test]
+fn the_first_message_gets_seq_1() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "hi all", "c-1"))
+        .then_expect_events(vec![sent_now(1, BOB, "hi all", "c-1")]);
+}
+
+#[test]
+fn the_next_message_continues_after_the_last_seq() {
+    let mut given = room_with_alice_and_bob();
+    given.extend([
+        message_sent(1, ALICE, "a-1"),
+        message_sent(2, BOB, "b-1"),
+        message_sent(3, ALICE, "a-2"),
+    ]);
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "and then", "b-2"))
+        .then_expect_events(vec![sent_now(4, BOB, "and then", "b-2")]);
+}
+
+#[test]
+fn the_host_may_send() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE)])
+        .when(send(ALICE, "welcome", "w"))
+        .then_expect_events(vec![sent_now(1, ALICE, "welcome", "w")]);
+}
+
+#[test]
+fn a_non_member_cannot_send() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(CAROL, "let me in", "c-1"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn an_invited_user_who_has_not_joined_cannot_send() {
+    with(FakeDirectory::with_cast())
+        .given(vec![room_created(ROOM, ALICE), member_invited(BOB, ALICE)])
+        .when(send(BOB, "hello?", "c-1"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn a_member_who_left_cannot_send() {
+    let mut given = room_with_alice_and_bob();
+    given.extend([message_sent(1, BOB, "b-1"), member_left(BOB)]);
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "one more thing", "b-2"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn membership_is_checked_before_the_body() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(CAROL, "", "c-1"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn sending_to_a_room_that_was_never_created_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(send(ALICE, "hello", "c-1"))
+        .then_expect_error(RoomError::UnknownRoom);
+}
+
+#[test]
+fn an_empty_body_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "", "c-1"))
+        .then_expect_error(RoomError::InvalidBody(ValueError::BodyEmpty));
+}
+
+#[test]
+fn a_whitespace_only_body_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, " \t\r\n\u{3000} ", "c-1"))
+        .then_expect_error(RoomError::InvalidBody(ValueError::BodyBlank));
+}
+
+#[test]
+fn a_body_of_4001_characters_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, &"x".repeat(4001), "c-1"))
+        .then_expect_error(RoomError::InvalidBody(ValueError::BodyTooLong {
+            max: 4000,
+            len: 4001,
+        }));
+}
+
+#[test]
+fn a_body_of_4000_emoji_is_accepted() {
+    let text = "🦀".repeat(4000);
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, &text, "c-1"))
+        .then_expect_events(vec![sent_now(1, BOB, &text, "c-1")]);
+}
+
+#[test]
+fn an_empty_client_msg_id_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "hello", ""))
+        .then_expect_error(RoomError::InvalidClientMsgId(
+            ValueError::ClientMsgIdLength {
+                min: 1,
+                max: 64,
+                len: 0,
+            },
+        ));
+}
+
+#[test]
+fn a_client_msg_id_of_65_characters_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "hello", &"k".repeat(65)))
+        .then_expect_error(RoomError::InvalidClientMsgId(
+            ValueError::ClientMsgIdLength {
+                min: 1,
+                max: 64,
+                len: 65,
+            },
+        ));
+}
+
+#[test]
+fn a_repeated_client_msg_id_from_the_same_sender_yields_no_events() {
+    let mut given = room_with_alice_and_bob();
+    given.extend([message_sent(1, BOB, "c-1"), message_sent(2, ALICE, "a-1")]);
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "a different body this time", "c-1"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_repeat_within_the_window_is_answered_without_asking_the_service() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "c-1"));
+    with(FakeDirectory::failing())
+        .given(given)
+        .when(send(BOB, "hello", "c-1"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn the_same_client_msg_id_from_a_different_sender_is_a_new_message() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "c-1"));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(ALICE, "me too", "c-1"))
+        .then_expect_events(vec![sent_now(2, ALICE, "me too", "c-1")]);
+}
+
+#[test]
+fn a_client_msg_id_still_inside_the_window_is_a_repeat_even_if_the_service_forgot_it() {
+    // The oldest message plus IDEMPOTENCY_WINDOW - 1 later ones: exactly a full window.
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, IDEMPOTENCY_WINDOW - 1, ALICE));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "hello", "old"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_client_msg_id_pushed_out_by_exactly_a_window_of_later_messages_is_left_to_the_service() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, IDEMPOTENCY_WINDOW, ALICE));
+    let next = IDEMPOTENCY_WINDOW as u64 + 2;
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "hello", "old"))
+        .then_expect_events(vec![sent_now(next, BOB, "hello", "old")]);
+}
+
+#[test]
+fn a_client_msg_id_older_than_the_window_is_a_repeat_when_the_service_says_it_was_used() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, PAST_THE_WINDOW, ALICE));
+    with(FakeDirectory::with_cast().with_used_client_id(ROOM, BOB, "old"))
+        .given(given)
+        .when(send(BOB, "hello", "old"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_client_msg_id_older_than_the_window_is_a_new_message_when_the_service_says_it_was_not_used() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, PAST_THE_WINDOW, ALICE));
+    let next = PAST_THE_WINDOW as u64 + 2;
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(send(BOB, "hello", "old"))
+        .then_expect_events(vec![sent_now(next, BOB, "hello", "old")]);
+}
+
+#[test]
+fn a_client_msg_id_the_service_knows_from_another_room_or_sender_is_not_a_repeat() {
+    let other_room = parley_domain::RoomId(uuid::Uuid::from_u128(0xfeed));
+    let directory = FakeDirectory::with_cast()
+        .with_used_client_id(other_room, BOB, "c-1")
+        .with_used_client_id(ROOM, ALICE, "c-1");
+    with(directory)
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "hello", "c-1"))
+        .then_expect_events(vec![sent_now(1, BOB, "hello", "c-1")]);
+}
+
+#[test]
+fn a_failing_client_msg_id_lookup_is_reported_as_a_service_error() {
+    with(FakeDirectory::failing())
+        .given(room_with_alice_and_bob())
+        .when(send(BOB, "hello", "c-1"))
+        .then_expect_error(RoomError::Service(service_error()));
+}
+
+#[test]
+fn a_room_remembers_the_last_seq_and_recent_messages_by_sender_and_client_msg_id() {
+    let mut events = room_with_alice_and_bob();
+    events.extend([message_sent(1, BOB, "c-1"), message_sent(2, ALICE, "c-1")]);
+    let room = replay(events);
+
+    assert_eq!(room.last_seq(), MessageSeq(2));
+    let recent = room
+        .recent_message(BOB, &client_msg_id("c-1"))
+        .expect("remembered");
+    assert_eq!(
+        (recent.sender, recent.seq, recent.message_id),
+        (BOB, MessageSeq(1), message_id(1))
+    );
+    assert!(room.recent_message(CAROL, &client_msg_id("c-1")).is_none());
+}
+
+#[test]
+fn a_room_remembers_at_most_a_window_of_recent_messages() {
+    let mut events = room_with_alice_and_bob();
+    events.extend(bulk_messages(1, PAST_THE_WINDOW, ALICE));
+    let room = replay(events);
+
+    assert!(room
+        .recent_message(ALICE, &client_msg_id("bulk-1"))
+        .is_none());
+    assert!(room
+        .recent_message(ALICE, &client_msg_id("bulk-2"))
+        .is_some());
+    let last = format!("bulk-{PAST_THE_WINDOW}");
+    assert!(room.recent_message(ALICE, &client_msg_id(&last)).is_some());
+}

@@ -1,0 +1,400 @@
+//! The command layer: the one way the server changes state.
+//!
+//! Every command goes through cqrs-es's `CqrsFramework::execute_with_metadata` over an
+//! [`AggregateStore`]. Around it this layer adds what cqrs-es 0.5 leaves out:
+//! - commands on one aggregate run one at a time within an instance (a striped lock), so a
+//!   hot room never conflicts with itself;
+//! - an `AggregateConflict` (another instance wrote first, or a unique key was taken
+//!   concurrently) is retried a bounded number of times with jittered backoff;
+//! - every event carries metadata: acting user, request id, server timestamp;
+//! - `send_message` returns the stored message, the original one for a repeated
+//!   `clientMsgId`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope};
+use parley_domain::{
+    ClientMsgId, MessageBody, MessageId, MessageSeq, Role, Room, RoomCommand, RoomError, RoomEvent,
+    RoomId, User, UserCommand, UserError, UserId, ValueError,
+};
+use rand::Rng;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::lookups::StoreLookups;
+use crate::store::{AggregateStore, EventLog};
+
+/// How often a conflicting command is tried before the caller gets [`CommandError::Conflict`].
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// Who asked for a command and in which request; stored with every event it produces.
+#[derive(Clone, Debug, Default)]
+pub struct CommandMeta {
+    pub actor: Option<UserId>,
+    pub request_id: String,
+}
+
+impl CommandMeta {
+    pub fn new(actor: Option<UserId>, request_id: impl Into<String>) -> Self {
+        Self {
+            actor,
+            request_id: request_id.into(),
+        }
+    }
+
+    /// Metadata for work the system does on its own behalf (CLI, seeding).
+    pub fn system(request_id: impl Into<String>) -> Self {
+        Self::new(None, request_id)
+    }
+
+    fn to_map(&self) -> HashMap<String, String> {
+        let mut map = HashMap::with_capacity(3);
+        if let Some(actor) = self.actor {
+            map.insert("actor".to_owned(), actor.to_string());
+        }
+        map.insert("request_id".to_owned(), self.request_id.clone());
+        map.insert("timestamp".to_owned(), Utc::now().to_rfc3339());
+        map
+    }
+}
+
+/// Why a command did not take effect. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// A business rule refused it.
+    #[error(transparent)]
+    Rejected(E),
+    /// It kept conflicting with concurrent writers after every retry.
+    #[error("the aggregate kept changing concurrently; try again")]
+    Conflict,
+    /// The store failed.
+    #[error("event store error: {0}")]
+    Store(String),
+}
+
+impl<E: std::error::Error> CommandError<E> {
+    fn from_aggregate(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::UserError(e) => Self::Rejected(e),
+            AggregateError::AggregateConflict => Self::Conflict,
+            other => Self::Store(other.to_string()),
+        }
+    }
+}
+
+/// A message as stored: what `sendMessage` returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentMessage {
+    pub room_id: RoomId,
+    pub message_id: MessageId,
+    pub seq: MessageSeq,
+    pub sender: UserId,
+    pub body: MessageBody,
+    pub client_msg_id: ClientMsgId,
+    pub sent_at: DateTime<Utc>,
+    /// True when this was a repeat of an earlier `clientMsgId`: nothing new was stored.
+    pub repeated: bool,
+}
+
+/// Striped per-aggregate locks: bounded memory, and commands on one aggregate never overlap.
+#[derive(Debug)]
+struct AggregateLocks {
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl AggregateLocks {
+    fn new(stripes: usize) -> Self {
+        Self {
+            stripes: (0..stripes).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    async fn lock(&self, aggregate_id: &str) -> MutexGuard<'_, ()> {
+        let index = self.hasher.hash_one(aggregate_id) as usize % self.stripes.len();
+        self.stripes[index].lock().await
+    }
+}
+
+/// Executes Parley's commands. Cheap to share behind an `Arc`.
+pub struct CommandBus {
+    log: EventLog,
+    users: CqrsFramework<User, AggregateStore<User>>,
+    user_store: AggregateStore<User>,
+    rooms: CqrsFramework<Room, AggregateStore<Room>>,
+    room_store: AggregateStore<Room>,
+    locks: AggregateLocks,
+}
+
+impl std::fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("log", &self.log.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandBus {
+    pub fn new(log: EventLog) -> Self {
+        Self::with_stores(
+            log.clone(),
+            AggregateStore::new(log.clone()),
+            AggregateStore::new(log),
+        )
+    }
+
+    /// Builds the bus over given stores (tests use this to tune snapshots and caches).
+    pub fn with_stores(
+        log: EventLog,
+        user_store: AggregateStore<User>,
+        room_store: AggregateStore<Room>,
+    ) -> Self {
+        let lookups = Arc::new(StoreLookups::new(log.clone()));
+        Self {
+            users: CqrsFramework::new(user_store.clone(), Vec::new(), lookups.clone()),
+            rooms: CqrsFramework::new(room_store.clone(), Vec::new(), lookups),
+            user_store,
+            room_store,
+            log,
+            locks: AggregateLocks::new(1024),
+        }
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub fn room_store(&self) -> &AggregateStore<Room> {
+        &self.room_store
+    }
+
+    pub fn user_store(&self) -> &AggregateStore<User> {
+        &self.user_store
+    }
+
+    /// Registers a user whose password the caller has already hashed.
+    pub async fn register_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        meta: &CommandMeta,
+    ) -> Result<UserId, CommandError<UserError>> {
+        let user_id = UserId::new();
+        let command = UserCommand::RegisterUser {
+            user_id,
+            username: username.to_owned(),
+            password_hash,
+            registered_at: Utc::now(),
+        };
+        execute(
+            &self.users,
+            &self.locks,
+            &user_id.to_string(),
+            command,
+            meta,
+        )
+        .await?;
+        Ok(user_id)
+    }
+
+    pub async fn grant_role(
+        &self,
+        user: UserId,
+        role: Role,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<UserError>> {
+        let command = UserCommand::GrantRole { role };
+        execute(&self.users, &self.locks, &user.to_string(), command, meta).await
+    }
+
+    /// Opens a room hosted by `host`, inviting `participants`.
+    pub async fn create_room(
+        &self,
+        host: UserId,
+        name: &str,
+        participants: Vec<UserId>,
+        meta: &CommandMeta,
+    ) -> Result<RoomId, CommandError<RoomError>> {
+        let room_id = RoomId::new();
+        let command = RoomCommand::CreateRoom {
+            room_id,
+            host,
+            name: name.to_owned(),
+            participants,
+            created_at: Utc::now(),
+        };
+        execute(
+            &self.rooms,
+            &self.locks,
+            &room_id.to_string(),
+            command,
+            meta,
+        )
+        .await?;
+        Ok(room_id)
+    }
+
+    pub async fn join_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<RoomError>> {
+        let command = RoomCommand::JoinRoom { user };
+        execute(&self.rooms, &self.locks, &room.to_string(), command, meta).await
+    }
+
+    pub async fn leave_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<RoomError>> {
+        let command = RoomCommand::LeaveRoom { user };
+        execute(&self.rooms, &self.locks, &room.to_string(), command, meta).await
+    }
+
+    /// Sends a message and returns it as stored, once it is durable. Repeating a
+    /// `clientMsgId` (concurrently, much later, or after a restart) returns the original.
+    pub async fn send_message(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        body: &str,
+        client_msg_id: &str,
+        meta: &CommandMeta,
+    ) -> Result<SentMessage, CommandError<RoomError>> {
+        let message_id = MessageId::new();
+        let sent_at = Utc::now();
+        let command = RoomCommand::SendMessage {
+            message_id,
+            sender,
+            body: body.to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+            sent_at,
+        };
+        let aggregate_id = room.to_string();
+        let _serialized = self.locks.lock(&aggregate_id).await;
+        retry_conflicts(&self.rooms, &aggregate_id, command, meta).await?;
+
+        // The aggregate accepted the command, so these parse; parse errors here would mean
+        // the aggregate and this layer disagree on the rules.
+        let invariant =
+            |e: ValueError| CommandError::Store(format!("validated value rejected: {e}"));
+        let client_msg_id = ClientMsgId::parse(client_msg_id).map_err(invariant)?;
+        // Committed state is cached by the store (and only committed state is), so its
+        // idempotency window says whether the message written is ours.
+        let written = self.room_store.peek(&aggregate_id, |room| {
+            room.recent_message(sender, &client_msg_id)
+                .map(|m| (m.message_id, m.seq))
+        });
+        if let Some(Some((id, seq))) = written {
+            if id == message_id {
+                return Ok(SentMessage {
+                    room_id: room,
+                    message_id,
+                    seq,
+                    sender,
+                    body: MessageBody::parse(body).map_err(invariant)?,
+                    client_msg_id,
+                    sent_at,
+                    repeated: false,
+                });
+            }
+        }
+        // No new event: the aggregate or the store's index saw this clientMsgId before.
+        let stored = self
+            .log
+            .find_message(room, sender, &client_msg_id)
+            .await
+            .map_err(|e| CommandError::Store(e.to_string()))?
+            .ok_or_else(|| {
+                CommandError::Store("a repeated clientMsgId has no stored message".to_owned())
+            })?;
+        let envelope = EventEnvelope::<Room>::try_from(stored)
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        sent_message(room, envelope.payload, message_id)
+            .ok_or_else(|| CommandError::Store("stored event is not a message".to_owned()))
+    }
+}
+
+/// The message a stored event holds; `repeated` unless it is the one this call wrote.
+fn sent_message(room_id: RoomId, event: RoomEvent, ours: MessageId) -> Option<SentMessage> {
+    match event {
+        RoomEvent::MessageSent {
+            message_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+        } => Some(SentMessage {
+            room_id,
+            message_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+            repeated: message_id != ours,
+        }),
+        _ => None,
+    }
+}
+
+/// Runs one command with the aggregate's lock held.
+async fn execute<A>(
+    cqrs: &CqrsFramework<A, AggregateStore<A>>,
+    locks: &AggregateLocks,
+    aggregate_id: &str,
+    command: A::Command,
+    meta: &CommandMeta,
+) -> Result<(), CommandError<A::Error>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    let _serialized = locks.lock(aggregate_id).await;
+    retry_conflicts(cqrs, aggregate_id, command, meta).await
+}
+
+async fn retry_conflicts<A>(
+    cqrs: &CqrsFramework<A, AggregateStore<A>>,
+    aggregate_id: &str,
+    command: A::Command,
+    meta: &CommandMeta,
+) -> Result<(), CommandError<A::Error>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match cqrs
+            .execute_with_metadata(aggregate_id, command.clone(), meta.to_map())
+            .await
+        {
+            Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id,
+                    attempt,
+                    "conflict; retrying"
+                );
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            result => return result.map_err(CommandError::from_aggregate),
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: up to 2 ms, 4 ms, … capped at 200 ms.
+fn backoff(attempt: u32) -> Duration {
+    let cap_ms = (2u64 << attempt.min(7)).min(200);
+    Duration::from_micros(rand::rng().random_range(0..=cap_ms * 1000))
+}

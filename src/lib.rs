@@ -1,0 +1,13 @@
+//! Parley's server: configuration, the command layer over the event store, and the HTTP
+//! surface. `main.rs` only parses arguments and calls [`cli::run`]; everything else lives
+//! here so tests build exactly the application that runs.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod lookups;
+pub mod server;
+pub mod store;
+pub mod telemetry;

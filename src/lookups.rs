@@ -1,0 +1,56 @@
+//! The domain's service traits, answered from the event store's unique-key indexes.
+
+use async_trait::async_trait;
+use parley_domain::{
+    ClientMsgId, RoomId, RoomServices, ServiceError, UserId, UserServices, Username,
+};
+
+use crate::store::EventLog;
+
+/// Answers aggregate lookups from the event log. The indexes behind them are the same unique
+/// indexes that make the store refuse a duplicate, so an answer can be stale only in the
+/// direction the store then catches.
+#[derive(Clone, Debug)]
+pub struct StoreLookups {
+    log: EventLog,
+}
+
+impl StoreLookups {
+    pub fn new(log: EventLog) -> Self {
+        Self { log }
+    }
+}
+
+fn service_error(error: impl std::fmt::Display) -> ServiceError {
+    ServiceError(error.to_string())
+}
+
+#[async_trait]
+impl UserServices for StoreLookups {
+    async fn username_taken(&self, username: &Username) -> Result<bool, ServiceError> {
+        self.log
+            .username_taken(username)
+            .await
+            .map_err(service_error)
+    }
+}
+
+#[async_trait]
+impl RoomServices for StoreLookups {
+    async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError> {
+        self.log.user_exists(user).await.map_err(service_error)
+    }
+
+    async fn client_msg_id_used(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<bool, ServiceError> {
+        self.log
+            .find_message(room, sender, client_msg_id)
+            .await
+            .map(|found| found.is_some())
+            .map_err(service_error)
+    }
+}

@@ -1,0 +1,171 @@
+//! The embedded event log: everything in process memory, lost on exit.
+//!
+//! It keeps the same contract as the Postgres log — per-aggregate sequences, the unique
+//! username and clientMsgId keys, one global insertion order — so the same command layer,
+//! projector and API tests run against it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use parley_domain::Username;
+
+use super::{registered_username, MessageKey, Snapshot};
+
+/// One event in the global log, with what Postgres adds on insert.
+#[derive(Clone, Debug)]
+pub struct MemoryEntry {
+    /// Insertion id, 1, 2, 3… (commit order, since appends are serialized here).
+    pub id: u64,
+    pub event: SerializedEvent,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    log: Vec<MemoryEntry>,
+    /// Per (aggregate type, aggregate id): indexes into `log`, in sequence order.
+    streams: HashMap<(String, String), Vec<usize>>,
+    usernames: HashSet<String>,
+    messages: HashMap<MessageKey, usize>,
+    snapshots: HashMap<(String, String), Snapshot>,
+}
+
+impl MemoryLog {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below validates first and then only pushes, so a panic cannot
+        // leave the log half-written; a poisoned lock is still consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn events_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Vec<SerializedEvent> {
+        let inner = self.lock();
+        let key = (aggregate_type.to_owned(), aggregate_id.to_owned());
+        let Some(stream) = inner.streams.get(&key) else {
+            return Vec::new();
+        };
+        // Sequences are contiguous from 1, so sequence `after + 1` sits at index `after`.
+        stream
+            .iter()
+            .skip(after)
+            .map(|&i| inner.log[i].event.clone())
+            .collect()
+    }
+
+    pub(super) fn append(&self, events: &[SerializedEvent]) -> Result<(), PersistenceError> {
+        let mut inner = self.lock();
+        let mut next_sequence: HashMap<(String, String), usize> = HashMap::new();
+        let mut new_usernames = HashSet::new();
+        let mut new_messages = HashSet::new();
+        for event in events {
+            let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+            let expected = next_sequence
+                .entry(key.clone())
+                .or_insert_with(|| inner.streams.get(&key).map_or(0, Vec::len) + 1);
+            if event.sequence != *expected {
+                return Err(PersistenceError::OptimisticLockError);
+            }
+            *expected += 1;
+            if let Some(name) = registered_username(event) {
+                if inner.usernames.contains(name) || !new_usernames.insert(name.to_owned()) {
+                    return Err(PersistenceError::OptimisticLockError);
+                }
+            }
+            if let Some(message) = MessageKey::of_event(event) {
+                if inner.messages.contains_key(&message) || !new_messages.insert(message) {
+                    return Err(PersistenceError::OptimisticLockError);
+                }
+            }
+        }
+        let recorded_at = Utc::now();
+        for event in events {
+            let index = inner.log.len();
+            if let Some(name) = registered_username(event) {
+                inner.usernames.insert(name.to_owned());
+            }
+            if let Some(message) = MessageKey::of_event(event) {
+                inner.messages.insert(message, index);
+            }
+            inner
+                .streams
+                .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+                .or_default()
+                .push(index);
+            inner.log.push(MemoryEntry {
+                id: index as u64 + 1,
+                event: event.clone(),
+                recorded_at,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Option<Snapshot> {
+        self.lock()
+            .snapshots
+            .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+            .cloned()
+    }
+
+    pub(super) fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        snapshot: Snapshot,
+    ) {
+        let mut inner = self.lock();
+        let slot = inner
+            .snapshots
+            .entry((aggregate_type.to_owned(), aggregate_id.to_owned()));
+        match slot {
+            std::collections::hash_map::Entry::Occupied(mut old) => {
+                if old.get().last_sequence < snapshot.last_sequence {
+                    old.insert(snapshot);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(empty) => {
+                empty.insert(snapshot);
+            }
+        }
+    }
+
+    pub(super) fn username_taken(&self, username: &Username) -> bool {
+        self.lock().usernames.contains(username.as_str())
+    }
+
+    pub(super) fn aggregate_exists(&self, aggregate_type: &str, aggregate_id: &str) -> bool {
+        self.lock()
+            .streams
+            .contains_key(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+    }
+
+    pub(super) fn find_message(&self, key: &MessageKey) -> Option<SerializedEvent> {
+        let inner = self.lock();
+        inner.messages.get(key).map(|&i| inner.log[i].event.clone())
+    }
+
+    /// The global log from insertion id `after` (exclusive), at most `limit` entries.
+    pub fn entries_after(&self, after: u64, limit: usize) -> Vec<MemoryEntry> {
+        let inner = self.lock();
+        inner
+            .log
+            .iter()
+            .skip(after as usize)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,188 @@
+//! The write side's storage: an event log (Postgres or embedded memory) and the
+//! [`AggregateStore`] that loads aggregates from it in O(1) of their history.
+//!
+//! cqrs-es 0.5's own snapshot and aggregate stores apply every new event twice (its
+//! `EventSink` has already applied them), and its plain event store replays a whole stream on
+//! every command. [`AggregateStore`] replaces all three: a per-instance cache of aggregates
+//! validated by sequence (only events newer than the cached sequence are read) and
+//! snapshots that hold the state exactly as the aggregate computed it.
+
+mod aggregate_store;
+mod memory;
+mod postgres;
+
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::Aggregate;
+use parley_domain::{ClientMsgId, RoomId, UserId, Username};
+use serde_json::Value;
+
+pub use aggregate_store::{AggregateStore, LoadedAggregate, SNAPSHOT_EVERY};
+pub use memory::MemoryLog;
+pub use postgres::PostgresLog;
+
+/// Where events live. Cheap to clone: both variants share their state.
+#[derive(Clone, Debug)]
+pub enum EventLog {
+    /// PostgreSQL through postgres-es (production, many instances).
+    Postgres(PostgresLog),
+    /// The embedded in-memory log (one process; data is lost on exit).
+    Memory(MemoryLog),
+}
+
+/// An aggregate's saved state and the sequence of the last event folded into it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub state: Value,
+    pub last_sequence: usize,
+}
+
+impl EventLog {
+    /// The embedded log.
+    pub fn memory() -> Self {
+        Self::Memory(MemoryLog::default())
+    }
+
+    /// Events of one aggregate with `sequence > after`, in sequence order.
+    pub async fn events_after<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.events_after::<A>(aggregate_id, after).await,
+            Self::Memory(log) => Ok(log.events_after(A::TYPE, aggregate_id, after)),
+        }
+    }
+
+    /// Appends events of one aggregate atomically. A sequence that is already taken, or a
+    /// second use of a unique key (username, clientMsgId), is
+    /// [`PersistenceError::OptimisticLockError`] and writes nothing.
+    pub async fn append<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<(), PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.append::<A>(events).await,
+            Self::Memory(log) => log.append(events),
+        }
+    }
+
+    pub async fn snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<Snapshot>, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.snapshot(aggregate_type, aggregate_id).await,
+            Self::Memory(log) => Ok(log.snapshot(aggregate_type, aggregate_id)),
+        }
+    }
+
+    /// Saves a snapshot unless a newer one is already stored.
+    pub async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        snapshot: Snapshot,
+    ) -> Result<(), PersistenceError> {
+        match self {
+            Self::Postgres(log) => {
+                log.save_snapshot(aggregate_type, aggregate_id, snapshot)
+                    .await
+            }
+            Self::Memory(log) => {
+                log.save_snapshot(aggregate_type, aggregate_id, snapshot);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn username_taken(&self, username: &Username) -> Result<bool, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.username_taken(username).await,
+            Self::Memory(log) => Ok(log.username_taken(username)),
+        }
+    }
+
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.aggregate_exists("User", &user.to_string()).await,
+            Self::Memory(log) => Ok(log.aggregate_exists("User", &user.to_string())),
+        }
+    }
+
+    /// The stored `MessageSent` event `sender` sent to `room` with `client_msg_id`, if any.
+    pub async fn find_message(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<SerializedEvent>, PersistenceError> {
+        let key = MessageKey::new(room, sender, client_msg_id);
+        match self {
+            Self::Postgres(log) => log.find_message(&key).await,
+            Self::Memory(log) => Ok(log.find_message(&key)),
+        }
+    }
+
+    /// Whether the log answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.ping().await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Memory(_) => "memory",
+        }
+    }
+}
+
+/// The unique key of a message: (room, sender, clientMsgId), as the log indexes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct MessageKey {
+    room: String,
+    sender: String,
+    client_msg_id: String,
+}
+
+impl MessageKey {
+    fn new(room: RoomId, sender: UserId, client_msg_id: &ClientMsgId) -> Self {
+        Self {
+            room: room.to_string(),
+            sender: sender.to_string(),
+            client_msg_id: client_msg_id.as_str().to_owned(),
+        }
+    }
+
+    /// The key of a stored event, if it is a `MessageSent`. Reads the same JSON paths as the
+    /// Postgres index `events_message_client_msg_id`.
+    fn of_event(event: &SerializedEvent) -> Option<Self> {
+        if event.aggregate_type != "Room" || event.event_type != "MessageSent" {
+            return None;
+        }
+        let body = event.payload.get("MessageSent")?;
+        Some(Self {
+            room: event.aggregate_id.clone(),
+            sender: body.get("sender")?.as_str()?.to_owned(),
+            client_msg_id: body.get("client_msg_id")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+/// The username a stored event registers, if it is a `UserRegistered`. Reads the same JSON
+/// path as the Postgres index `events_username`.
+fn registered_username(event: &SerializedEvent) -> Option<&str> {
+    if event.aggregate_type != "User" || event.event_type != "UserRegistered" {
+        return None;
+    }
+    event
+        .payload
+        .get("UserRegistered")?
+        .get("username")?
+        .as_str()
+}

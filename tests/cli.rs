@@ -1,0 +1,284 @@
+//! The `parley` binary as a user runs it: start-up, configuration errors, health endpoints,
+//! graceful shutdown, migrations.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::TestDb;
+
+fn parley() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PARLEY_JWT_SECRET",
+        "PARLEY_BIND",
+        "PARLEY_DB_POOL_SIZE",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// A running server process and the address it bound.
+struct Running {
+    child: Child,
+    addr: String,
+    /// What the server logged before it was listening.
+    startup_log: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn start(mut command: Command) -> Running {
+    let mut child = command
+        .env("PARLEY_BIND", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting parley");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let addr = addr.split_whitespace().next().expect("address").to_owned();
+                    return Running {
+                        child,
+                        addr,
+                        startup_log: seen,
+                        stderr: lines,
+                    };
+                }
+                seen.push(line);
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "parley did not report a listening address; stderr:\n{}",
+                    seen.join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Running {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(20));
+        let rest = self.stderr.try_iter().collect();
+        (status, rest)
+    }
+}
+
+impl Drop for Running {
+    /// A failed test must not leave a server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for parley") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("parley did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs to completion and returns (exit code, stderr lines).
+fn run_to_end(command: &mut Command) -> (Option<i32>, Vec<String>) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("running parley");
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (output.status.code(), stderr)
+}
+
+#[tokio::test]
+async fn embedded_mode_answers_health_checks_and_exits_cleanly_on_sigterm() {
+    let server = start(parley());
+    let health = server.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["store"], "memory");
+
+    let (status, stderr) = server.terminate();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr:?}");
+    assert!(
+        stderr.iter().any(|l| l.contains("stopped")),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn embedded_mode_warns_that_data_is_lost_on_exit() {
+    let mut command = parley();
+    command.arg("serve");
+    let server = start(command);
+    let warned = server
+        .startup_log
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("ALL DATA IS LOST"));
+    assert!(warned, "no data-loss warning in {:?}", server.startup_log);
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn postgres_mode_migrates_serves_and_reports_ready() {
+    let db = TestDb::empty().await;
+    let mut command = parley();
+    command.env("DATABASE_URL", db.url()).env(
+        "PARLEY_JWT_SECRET",
+        "a-test-secret-that-is-long-enough-0123456789",
+    );
+    let server = start(command);
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["store"], "postgres");
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('events', 'snapshots')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2, "serve applied the migrations");
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_is_idempotent() {
+    let db = TestDb::empty().await;
+    for _ in 0..2 {
+        let (code, stderr) = run_to_end(parley().arg("migrate").env("DATABASE_URL", db.url()));
+        assert_eq!(code, Some(0), "stderr: {stderr:?}");
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, parley::app::MIGRATOR.iter().count());
+}
+
+/// Invalid configuration: exit code 2, and the reason on one line.
+fn assert_config_error(command: &mut Command, expected: &str) {
+    let (code, stderr) = run_to_end(command);
+    assert_eq!(code, Some(2), "stderr: {stderr:?}");
+    assert_eq!(stderr.len(), 1, "one line, got {stderr:?}");
+    assert!(
+        stderr[0].contains(expected),
+        "{:?} does not mention {expected}",
+        stderr[0]
+    );
+}
+
+#[test]
+fn a_database_without_a_jwt_secret_is_refused_at_start() {
+    assert_config_error(
+        parley().env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        ),
+        "PARLEY_JWT_SECRET is required",
+    );
+}
+
+#[test]
+fn a_short_jwt_secret_is_refused_at_start() {
+    assert_config_error(
+        parley().env("PARLEY_JWT_SECRET", "short"),
+        "at least 32 bytes",
+    );
+}
+
+#[test]
+fn a_database_url_that_is_not_postgres_is_refused_at_start() {
+    assert_config_error(
+        parley()
+            .env("DATABASE_URL", "mysql://root@localhost/x")
+            .env("PARLEY_JWT_SECRET", "x".repeat(40)),
+        "DATABASE_URL",
+    );
+}
+
+#[test]
+fn an_unparsable_bind_address_is_refused_at_start() {
+    let (code, stderr) = run_to_end(parley().env("PARLEY_BIND", "not-an-address"));
+    assert_eq!(code, Some(2), "stderr: {stderr:?}");
+    assert!(stderr.iter().any(|l| l.contains("not-an-address")));
+}
+
+#[test]
+fn an_unreachable_database_fails_at_start_with_one_line() {
+    let (code, stderr) = run_to_end(
+        parley()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/parley")
+            .env("PARLEY_JWT_SECRET", "x".repeat(40))
+            .env("RUST_LOG", "off"),
+    );
+    assert_eq!(code, Some(1), "stderr: {stderr:?}");
+    assert_eq!(stderr.len(), 1, "one line, got {stderr:?}");
+    assert!(
+        stderr[0].contains("cannot connect to PostgreSQL at 127.0.0.1:1/parley"),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn a_taken_port_fails_at_start_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_to_end(parley().env("PARLEY_BIND", &addr).env("RUST_LOG", "off"));
+    assert_eq!(code, Some(1), "stderr: {stderr:?}");
+    assert_eq!(stderr.len(), 1, "one line, got {stderr:?}");
+    assert!(
+        stderr[0].contains(&format!("cannot listen on {addr}")),
+        "{stderr:?}"
+    );
+}
