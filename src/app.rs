@@ -1,14 +1,20 @@
 //! Building the application from validated configuration: the store (with migrations in
-//! Postgres mode) and the command layer. Tests build the same `App`.
+//! Postgres mode), the command layer, the read models and the projector that feeds them.
+//! Tests build the same `App`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use parley_projections::memory::{MemoryProjector, MemoryReadModels};
+use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
+use parley_projections::{LiveFeed, ReadModels};
 use secrecy::SecretString;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::commands::CommandBus;
 use crate::config::{ServerConfig, StoreConfig};
@@ -22,11 +28,23 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub struct App {
     pub commands: Arc<CommandBus>,
     pub log: EventLog,
+    pub read_models: ReadModels,
+    /// Newly projected events, published after they are in the read models.
+    pub live: LiveFeed,
     pub jwt_secret: Arc<SecretString>,
+    background: Background,
+}
+
+/// Background tasks (the projector) and the signal that stops them.
+#[derive(Clone, Debug, Default)]
+struct Background {
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl App {
-    /// Connects to the configured store (migrating Postgres) and wires the command layer.
+    /// Connects to the configured store (migrating Postgres), wires the command layer and
+    /// starts the projector.
     pub async fn build(config: &ServerConfig) -> anyhow::Result<Self> {
         let log = match &config.store {
             StoreConfig::Embedded => {
@@ -55,16 +73,51 @@ impl App {
                 random_secret()
             }
         };
-        Ok(Self::from_log(log, jwt_secret))
+        Ok(Self::start(log, jwt_secret, ProjectorConfig::default()))
     }
 
-    /// An app over an existing log (tests and tools).
-    pub fn from_log(log: EventLog, jwt_secret: SecretString) -> Self {
+    /// An app over an existing log, with its projector running (tests and tools).
+    pub fn start(log: EventLog, jwt_secret: SecretString, projector: ProjectorConfig) -> Self {
+        let live = LiveFeed::new();
+        let background = Background::default();
+        let read_models = match &log {
+            EventLog::Postgres(pg) => {
+                let projector = PgProjector::new(pg.pool().clone(), live.clone(), projector);
+                background
+                    .tasks
+                    .spawn(projector.run(background.stop.clone().cancelled_owned()));
+                ReadModels::Postgres(PgReadModels::new(pg.pool().clone()))
+            }
+            EventLog::Memory(memory) => {
+                let models = Arc::new(MemoryReadModels::default());
+                let projector =
+                    MemoryProjector::new(Arc::new(memory.clone()), models.clone(), live.clone());
+                background
+                    .tasks
+                    .spawn(projector.run(background.stop.clone().cancelled_owned()));
+                ReadModels::Memory(models)
+            }
+        };
         Self {
             commands: Arc::new(CommandBus::new(log.clone())),
             log,
+            read_models,
+            live,
             jwt_secret: Arc::new(jwt_secret),
+            background,
         }
+    }
+
+    /// Stops the background tasks and waits for them to finish.
+    pub async fn stop(&self) {
+        self.background.stop.cancel();
+        self.background.tasks.close();
+        self.background.tasks.wait().await;
+    }
+
+    /// Completes when [`App::stop`] is called (for tasks tied to the app's life).
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.background.stop.clone().cancelled_owned()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod lookups;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod telemetry;

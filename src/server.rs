@@ -16,11 +16,12 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = app.log.kind(), "listening");
-    axum::serve(listener, http::router(app))
+    let served = axum::serve(listener, http::router(app.clone()))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    app.stop().await;
     tracing::info!("stopped");
-    Ok(())
+    served
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -8,12 +8,14 @@
 pub mod ids;
 pub mod room;
 pub mod services;
+pub mod upcasting;
 pub mod user;
 pub mod values;
 
 pub use ids::{MessageId, MessageSeq, RoomId, UserId};
 pub use room::{Room, RoomCommand, RoomError, RoomEvent};
 pub use services::{RoomServices, ServiceError, UserServices};
+pub use upcasting::upcasters;
 pub use user::{Role, User, UserCommand, UserError, UserEvent};
 pub use values::{ClientMsgId, MessageBody, Password, RoomName, Username, ValueError};
 

@@ -144,6 +144,13 @@ pub struct RecentMessage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Room {
     id: Option<RoomId>,
+    /// Kept for time travel (the room as of a position is this state, replayed). Snapshots
+    /// written before the field existed load as `None`; replaying the events sets it.
+    #[serde(default)]
+    name: Option<RoomName>,
+    /// When the room was opened; `None` in snapshots older than the field, like `name`.
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
     host: Option<UserId>,
     members: BTreeSet<UserId>,
     invited: BTreeSet<UserId>,
@@ -154,6 +161,16 @@ pub struct Room {
 impl Room {
     pub fn id(&self) -> Option<RoomId> {
         self.id
+    }
+
+    /// The room's name, once created (see the field's note on old snapshots).
+    pub fn name(&self) -> Option<&RoomName> {
+        self.name.as_ref()
+    }
+
+    /// When the room was opened, once created.
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.created_at
     }
 
     pub fn host(&self) -> Option<UserId> {
@@ -345,8 +362,15 @@ impl Aggregate for Room {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            RoomEvent::RoomCreated { room_id, host, .. } => {
+            RoomEvent::RoomCreated {
+                room_id,
+                name,
+                host,
+                created_at,
+            } => {
                 self.id = Some(room_id);
+                self.name = Some(name);
+                self.created_at = Some(created_at);
                 self.host = Some(host);
                 self.members.insert(host);
             }

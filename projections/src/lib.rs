@@ -1,12 +1,33 @@
-//! Parley's read side: the projector that turns the event log into read models, and the
-//! types that name positions in that log.
+//! Parley's read side: the projector that turns the event log into read models, the read
+//! models themselves, and the live feed of newly projected events.
 //!
-//! The projector (reading the log in commit order, stamping the public `position`, feeding
-//! the read models with a checkpoint in the same transaction) builds on these types.
+//! - [`postgres::PgProjector`] reads the Postgres log in commit order (`transaction_id`, `id`,
+//!   only below `pg_snapshot_xmin`), stamps the public [`GlobalPosition`], applies the events
+//!   to the read models and moves their checkpoints in one transaction, then hands the batch
+//!   to the [`LiveFeed`]. One instance projects at a time (advisory lock).
+//! - [`memory::MemoryProjector`] does the same over the embedded log.
+//! - [`ReadModels`] answers the queries the API needs, from either backend.
+
+pub mod live;
+pub mod log;
+pub mod memory;
+pub mod postgres;
+mod read_models;
+pub mod views;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use live::LiveFeed;
+pub use log::{DecodedEvent, LogEvent};
+pub use read_models::{ReadModelError, ReadModels};
+pub use views::{
+    MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
+};
+
+/// The projections the projector maintains, each with its own checkpoint.
+pub const PROJECTIONS: [&str; 3] = ["users", "rooms", "messages"];
 
 /// A place in the global event log: strictly increasing in commit order, never skipped, stable
 /// once given. What analysts, exports, `atPosition` and subscription cursors see.
@@ -29,6 +50,18 @@ impl fmt::Display for GlobalPosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// How far one projection has come.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// The last position applied.
+    pub checkpoint: GlobalPosition,
+    /// Events committed but not yet applied by this projection (positioned or not).
+    pub lag_events: i64,
+    /// Age of the oldest event not yet applied (0 when caught up).
+    pub lag_ms: i64,
 }
 
 #[cfg(test)]

@@ -95,8 +95,15 @@ impl<A> AggregateStore<A>
 where
     A: Aggregate + Clone,
 {
+    /// A store with the default cache and snapshot settings and the domain's upcasters
+    /// ([`parley_domain::upcasters`], the same list the projector applies).
     pub fn new(log: EventLog) -> Self {
-        Self::with_options(log, DEFAULT_CACHE_CAPACITY, SNAPSHOT_EVERY, Vec::new())
+        Self::with_options(
+            log,
+            DEFAULT_CACHE_CAPACITY,
+            SNAPSHOT_EVERY,
+            parley_domain::upcasters(),
+        )
     }
 
     pub fn with_options(

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use parley_domain::Username;
+use parley_projections::memory::EmbeddedLog;
+use parley_projections::{GlobalPosition, LogEvent};
+use tokio::sync::watch;
 
 use super::{registered_username, MessageKey, Snapshot};
 
@@ -22,9 +25,20 @@ pub struct MemoryEntry {
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryLog {
     inner: Arc<Mutex<Inner>>,
+    /// The newest insertion id, for the embedded projector to wait on.
+    head: Arc<watch::Sender<i64>>,
+}
+
+impl Default for MemoryLog {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            head: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +124,9 @@ impl MemoryLog {
                 recorded_at,
             });
         }
+        let head = inner.log.len() as i64;
+        drop(inner);
+        self.head.send_replace(head);
         Ok(())
     }
 
@@ -167,5 +184,28 @@ impl MemoryLog {
             .take(limit)
             .cloned()
             .collect()
+    }
+}
+
+impl EmbeddedLog for MemoryLog {
+    fn events_after(&self, after: GlobalPosition, limit: usize) -> Vec<LogEvent> {
+        self.entries_after(after.0.max(0) as u64, limit)
+            .into_iter()
+            .map(|entry| LogEvent {
+                position: GlobalPosition(entry.id as i64),
+                aggregate_type: entry.event.aggregate_type,
+                aggregate_id: entry.event.aggregate_id,
+                sequence: entry.event.sequence as i64,
+                event_type: entry.event.event_type,
+                event_version: entry.event.event_version,
+                payload: entry.event.payload,
+                metadata: entry.event.metadata,
+                recorded_at: entry.recorded_at,
+            })
+            .collect()
+    }
+
+    fn head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
     }
 }

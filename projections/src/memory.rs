@@ -1,0 +1,518 @@
+//! The embedded read side: the same read models and projector contract over the in-memory
+//! log, for running without PostgreSQL.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use parley_domain::{RoomEvent, RoomId, UserEvent, UserId};
+use tokio::sync::watch;
+
+use crate::live::LiveFeed;
+use crate::log::{DecodedEvent, LogEvent};
+use crate::read_models::ReadModelError;
+use crate::views::{
+    Credentials, MessagePage, MessageView, PageRequest, RoomListItem, RoomView, UserView,
+};
+use crate::{GlobalPosition, ProjectionStatus, PROJECTIONS};
+
+/// What the embedded projector needs from the embedded event log. Its positions are its
+/// insertion order, which is commit order there (appends are serialized).
+pub trait EmbeddedLog: Send + Sync + 'static {
+    /// Events with `position > after`, in order, at most `limit`.
+    fn events_after(&self, after: GlobalPosition, limit: usize) -> Vec<LogEvent>;
+    /// The newest position; changes whenever events are appended.
+    fn head(&self) -> watch::Receiver<i64>;
+}
+
+#[derive(Clone, Debug)]
+struct UserRow {
+    view: UserView,
+    password_hash: String,
+}
+
+#[derive(Clone, Debug)]
+struct RoomRow {
+    id: RoomId,
+    name: String,
+    host: UserId,
+    created_at: DateTime<Utc>,
+    last_seq: i64,
+    last_activity: i64,
+    members: BTreeSet<UserId>,
+    invited: BTreeSet<UserId>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    checkpoint: i64,
+    users: HashMap<UserId, UserRow>,
+    usernames: HashMap<String, UserId>,
+    rooms: HashMap<RoomId, RoomRow>,
+    rooms_of_user: HashMap<UserId, BTreeSet<RoomId>>,
+    /// Per room, messages by seq.
+    messages: HashMap<RoomId, BTreeMap<i64, MessageView>>,
+    client_ids: HashMap<(RoomId, UserId, String), i64>,
+    /// Kept across resets, like `read_cursors` in Postgres.
+    cursors: HashMap<(RoomId, UserId), i64>,
+}
+
+/// In-memory read models.
+#[derive(Default)]
+pub struct MemoryReadModels {
+    state: RwLock<State>,
+    /// The log they are fed from (set by [`MemoryProjector::new`]), for lag reporting.
+    log: OnceLock<Arc<dyn EmbeddedLog>>,
+}
+
+impl std::fmt::Debug for MemoryReadModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryReadModels")
+            .field("checkpoint", &self.checkpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn room_view(&self, room: &RoomRow) -> RoomView {
+        RoomView {
+            id: room.id,
+            name: room.name.clone(),
+            host: room.host,
+            created_at: room.created_at,
+            last_seq: room.last_seq,
+            members: room.members.iter().copied().collect(),
+            invited: room.invited.iter().copied().collect(),
+        }
+    }
+
+    fn bump_cursor(&mut self, room: RoomId, user: UserId, seq: i64) {
+        let cursor = self.cursors.entry((room, user)).or_insert(0);
+        *cursor = (*cursor).max(seq);
+    }
+
+    fn apply(&mut self, log: &LogEvent, decoded: &DecodedEvent) {
+        let position = log.position.0;
+        match decoded {
+            DecodedEvent::User(
+                id,
+                UserEvent::UserRegistered {
+                    username,
+                    password_hash,
+                    registered_at,
+                    ..
+                },
+            ) => {
+                self.usernames.insert(username.as_str().to_owned(), *id);
+                self.users.insert(
+                    *id,
+                    UserRow {
+                        view: UserView {
+                            id: *id,
+                            username: username.as_str().to_owned(),
+                            roles: Vec::new(),
+                            created_at: *registered_at,
+                        },
+                        password_hash: password_hash.clone(),
+                    },
+                );
+            }
+            DecodedEvent::User(id, UserEvent::RoleGranted { role }) => {
+                if let Some(user) = self.users.get_mut(id) {
+                    let role = role.as_str().to_owned();
+                    if !user.view.roles.contains(&role) {
+                        user.view.roles.push(role);
+                    }
+                }
+            }
+            DecodedEvent::Room(id, event) => self.apply_room(*id, event, position),
+            DecodedEvent::Unknown => {}
+        }
+        self.checkpoint = position;
+    }
+
+    fn apply_room(&mut self, id: RoomId, event: &RoomEvent, position: i64) {
+        match event {
+            RoomEvent::RoomCreated {
+                name,
+                host,
+                created_at,
+                ..
+            } => {
+                self.rooms.insert(
+                    id,
+                    RoomRow {
+                        id,
+                        name: name.as_str().to_owned(),
+                        host: *host,
+                        created_at: *created_at,
+                        last_seq: 0,
+                        last_activity: position,
+                        members: BTreeSet::from([*host]),
+                        invited: BTreeSet::new(),
+                    },
+                );
+                self.rooms_of_user.entry(*host).or_default().insert(id);
+            }
+            RoomEvent::MemberInvited { user_id, .. } => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    if !room.members.contains(user_id) {
+                        room.invited.insert(*user_id);
+                    }
+                }
+            }
+            RoomEvent::MemberJoined { user_id } => {
+                let Some(room) = self.rooms.get_mut(&id) else {
+                    return;
+                };
+                room.invited.remove(user_id);
+                room.members.insert(*user_id);
+                let last_seq = room.last_seq;
+                self.rooms_of_user.entry(*user_id).or_default().insert(id);
+                self.bump_cursor(id, *user_id, last_seq);
+            }
+            RoomEvent::MemberLeft { user_id } => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    room.members.remove(user_id);
+                    room.invited.remove(user_id);
+                }
+                if let Some(rooms) = self.rooms_of_user.get_mut(user_id) {
+                    rooms.remove(&id);
+                }
+            }
+            RoomEvent::MessageSent {
+                message_id,
+                seq,
+                sender,
+                body,
+                client_msg_id,
+                sent_at,
+            } => {
+                let seq = seq.0 as i64;
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    room.last_seq = room.last_seq.max(seq);
+                    room.last_activity = room.last_activity.max(position);
+                }
+                self.bump_cursor(id, *sender, seq);
+                self.client_ids
+                    .insert((id, *sender, client_msg_id.as_str().to_owned()), seq);
+                self.messages.entry(id).or_default().insert(
+                    seq,
+                    MessageView {
+                        id: *message_id,
+                        room_id: id,
+                        seq,
+                        sender: *sender,
+                        body: body.as_str().to_owned(),
+                        client_msg_id: client_msg_id.as_str().to_owned(),
+                        sent_at: *sent_at,
+                        position: GlobalPosition(position),
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl MemoryReadModels {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Every write applies one whole event; a panic mid-apply would be a bug in a pure
+        // function over valid events. The state stays usable either way.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn checkpoint(&self) -> GlobalPosition {
+        GlobalPosition(self.read().checkpoint)
+    }
+
+    /// Applies a batch of events that follows the checkpoint.
+    pub fn apply(&self, batch: &[(LogEvent, DecodedEvent)]) {
+        let mut state = self.write();
+        for (log, decoded) in batch {
+            if log.position.0 > state.checkpoint {
+                state.apply(log, decoded);
+            }
+        }
+    }
+
+    pub fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
+        Ok(self.read().users.get(&id).map(|u| u.view.clone()))
+    }
+
+    pub fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
+        let state = self.read();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.users.get(id).map(|u| (*id, u.view.clone())))
+            .collect())
+    }
+
+    pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
+        let state = self.read();
+        Ok(state
+            .usernames
+            .get(username)
+            .and_then(|id| state.users.get(id))
+            .map(|u| Credentials {
+                user: u.view.clone(),
+                password_hash: u.password_hash.clone(),
+            }))
+    }
+
+    pub fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
+        let state = self.read();
+        Ok(state.rooms.get(&id).map(|r| state.room_view(r)))
+    }
+
+    pub fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
+        Ok(self
+            .read()
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.members.contains(&user)))
+    }
+
+    pub fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
+        let state = self.read();
+        let mut items: Vec<RoomListItem> = state
+            .rooms_of_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.rooms.get(id))
+            .map(|room| RoomListItem {
+                room: state.room_view(room),
+                last_message: state
+                    .messages
+                    .get(&room.id)
+                    .and_then(|m| m.get(&room.last_seq))
+                    .cloned(),
+                unread_count: (room.last_seq
+                    - state.cursors.get(&(room.id, user)).copied().unwrap_or(0))
+                .max(0),
+                last_activity: GlobalPosition(room.last_activity),
+            })
+            .collect();
+        items.sort_by(|a, b| {
+            b.last_activity
+                .cmp(&a.last_activity)
+                .then(a.room.id.cmp(&b.room.id))
+        });
+        Ok(items)
+    }
+
+    pub fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
+        let state = self.read();
+        let last_seq = state.rooms.get(&room).map_or(0, |r| r.last_seq);
+        Ok((last_seq - state.cursors.get(&(room, user)).copied().unwrap_or(0)).max(0))
+    }
+
+    pub fn messages(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+    ) -> Result<MessagePage, ReadModelError> {
+        let page = request.validate()?;
+        let state = self.read();
+        let Some(history) = state.messages.get(&room) else {
+            return Ok(MessagePage {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        };
+        if page.after.saturating_add(1) >= page.before {
+            return Ok(MessagePage {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        }
+        let range = history.range(page.after + 1..page.before);
+        let limit = page.limit as usize;
+        let (mut messages, has_more): (Vec<MessageView>, bool) = if page.backward {
+            let mut taken: Vec<_> = range
+                .rev()
+                .take(limit + 1)
+                .map(|(_, m)| m.clone())
+                .collect();
+            let more = taken.len() > limit;
+            taken.truncate(limit);
+            (taken, more)
+        } else {
+            let mut taken: Vec<_> = range.take(limit + 1).map(|(_, m)| m.clone()).collect();
+            let more = taken.len() > limit;
+            taken.truncate(limit);
+            (taken, more)
+        };
+        if page.backward {
+            messages.reverse();
+        }
+        Ok(MessagePage { messages, has_more })
+    }
+
+    pub fn messages_between(
+        &self,
+        room: RoomId,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .read()
+            .messages
+            .get(&room)
+            .map(|history| {
+                history
+                    .range(after + 1..=up_to)
+                    .take(limit.max(0) as usize)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub fn message_by_client_id(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<MessageView>, ReadModelError> {
+        let state = self.read();
+        Ok(state
+            .client_ids
+            .get(&(room, sender, client_msg_id.to_owned()))
+            .and_then(|seq| state.messages.get(&room)?.get(seq))
+            .cloned())
+    }
+
+    pub fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
+        let mut state = self.write();
+        let last_seq = state
+            .rooms
+            .get(&room)
+            .ok_or(ReadModelError::UnknownRoom)?
+            .last_seq;
+        if seq < 0 || seq > last_seq {
+            return Err(ReadModelError::SeqOutOfRange { seq, last_seq });
+        }
+        state.bump_cursor(room, user, seq);
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        let checkpoint = self.checkpoint();
+        let (lag_events, lag_ms) = match self.log.get() {
+            Some(log) => {
+                let head = *log.head().borrow();
+                let oldest = log.events_after(checkpoint, 1);
+                let age = oldest.first().map_or(0, |e| {
+                    (Utc::now() - e.recorded_at).num_milliseconds().max(0)
+                });
+                ((head - checkpoint.0).max(0), age)
+            }
+            None => (0, 0),
+        };
+        Ok(PROJECTIONS
+            .iter()
+            .map(|name| ProjectionStatus {
+                name: (*name).to_owned(),
+                checkpoint,
+                lag_events,
+                lag_ms,
+            })
+            .collect())
+    }
+
+    /// Empties the read models (cursors stay) so the projector replays the log.
+    pub fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        if let Some(unknown) = names.iter().find(|n| !PROJECTIONS.contains(n)) {
+            return Err(ReadModelError::UnknownProjection((*unknown).to_owned()));
+        }
+        // The embedded read models are one unit: any rebuild replays all of them.
+        let mut state = self.write();
+        let cursors = std::mem::take(&mut state.cursors);
+        *state = State {
+            cursors,
+            ..State::default()
+        };
+        Ok(())
+    }
+}
+
+/// Feeds [`MemoryReadModels`] from an [`EmbeddedLog`] and publishes new events live.
+pub struct MemoryProjector {
+    log: Arc<dyn EmbeddedLog>,
+    models: Arc<MemoryReadModels>,
+    live: LiveFeed,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for MemoryProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryProjector").finish_non_exhaustive()
+    }
+}
+
+impl MemoryProjector {
+    pub fn new(log: Arc<dyn EmbeddedLog>, models: Arc<MemoryReadModels>, live: LiveFeed) -> Self {
+        let _ = models.log.set(log.clone());
+        Self {
+            log,
+            models,
+            live,
+            batch_size: 2000,
+        }
+    }
+
+    /// Applies everything up to the log's head now. Events beyond `published` are new and go
+    /// to the live feed; older ones (a replay after a reset) do not.
+    fn drain(&self, published: &mut i64) {
+        loop {
+            let batch: Vec<(LogEvent, DecodedEvent)> = self
+                .log
+                .events_after(self.models.checkpoint(), self.batch_size)
+                .into_iter()
+                .map(|event| {
+                    let decoded = event.decode();
+                    (event, decoded)
+                })
+                .collect();
+            let Some((last, _)) = batch.last() else {
+                return;
+            };
+            let last = last.position.0;
+            self.models.apply(&batch);
+            let fresh: Vec<_> = batch
+                .into_iter()
+                .filter(|(e, _)| e.position.0 > *published)
+                .collect();
+            if !fresh.is_empty() {
+                *published = last;
+                self.live.publish(Arc::new(fresh));
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        let mut head = self.log.head();
+        let mut published = self.models.checkpoint().0;
+        loop {
+            self.drain(&mut published);
+            tokio::select! {
+                () = &mut shutdown => return,
+                changed = head.changed() => if changed.is_err() { return },
+                // A reset does not move the head; look again now and then.
+                () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Read-model queries over PostgreSQL, and the projection-maintenance operations (status,
+//! rebuild).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use parley_domain::{MessageId, RoomId, UserId};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::apply::tables_of;
+use crate::read_models::ReadModelError;
+use crate::views::{
+    Credentials, MessagePage, MessageView, PageRequest, RoomListItem, RoomView, UserView,
+};
+use crate::{GlobalPosition, ProjectionStatus, PROJECTIONS};
+
+/// Queries the Postgres read models. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PgReadModels {
+    pool: PgPool,
+}
+
+const ROOM_COLUMNS: &str = "r.room_id, r.name, r.host, r.created_at, r.last_seq,
+    r.last_activity_position,
+    array(SELECT user_id FROM room_members m
+           WHERE m.room_id = r.room_id AND m.state = 'member' ORDER BY user_id) AS members,
+    array(SELECT user_id FROM room_members m
+           WHERE m.room_id = r.room_id AND m.state = 'invited' ORDER BY user_id) AS invited";
+
+const MESSAGE_COLUMNS: &str =
+    "room_id, seq, message_id, sender, body, client_msg_id, sent_at, position";
+
+fn user_view(row: &PgRow) -> UserView {
+    UserView {
+        id: UserId(row.get("user_id")),
+        username: row.get("username"),
+        roles: row.get("roles"),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn room_view(row: &PgRow) -> RoomView {
+    let ids = |column: &str| {
+        row.get::<Vec<Uuid>, _>(column)
+            .into_iter()
+            .map(UserId)
+            .collect()
+    };
+    RoomView {
+        id: RoomId(row.get("room_id")),
+        name: row.get("name"),
+        host: UserId(row.get("host")),
+        created_at: row.get("created_at"),
+        last_seq: row.get("last_seq"),
+        members: ids("members"),
+        invited: ids("invited"),
+    }
+}
+
+fn message_view(row: &PgRow) -> MessageView {
+    MessageView {
+        id: MessageId(row.get("message_id")),
+        room_id: RoomId(row.get("room_id")),
+        seq: row.get("seq"),
+        sender: UserId(row.get("sender")),
+        body: row.get("body"),
+        client_msg_id: row.get("client_msg_id"),
+        sent_at: row.get("sent_at"),
+        position: GlobalPosition(row.get("position")),
+    }
+}
+
+impl PgReadModels {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
+        let row = sqlx::query(
+            "SELECT user_id, username, roles, created_at FROM users_view WHERE user_id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_view))
+    }
+
+    /// Users by id, in one query (for batch loading); unknown ids are absent.
+    pub async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let rows = sqlx::query(
+            "SELECT user_id, username, roles, created_at FROM users_view WHERE user_id = ANY ($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(user_view).map(|u| (u.id, u)).collect())
+    }
+
+    pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
+        let row = sqlx::query(
+            "SELECT user_id, username, roles, created_at, password_hash
+               FROM users_view WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| Credentials {
+            user: user_view(&row),
+            password_hash: row.get("password_hash"),
+        }))
+    }
+
+    pub async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms_view r WHERE r.room_id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(room_view))
+    }
+
+    pub async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM room_members
+                             WHERE room_id = $1 AND user_id = $2 AND state = 'member')",
+        )
+        .bind(room.0)
+        .bind(user.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The rooms `user` is a member of, most recent activity first.
+    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ROOM_COLUMNS},
+                    greatest(r.last_seq - coalesce(c.last_read_seq, 0), 0) AS unread,
+                    m.room_id AS m_room_id, m.seq AS m_seq, m.message_id AS m_message_id,
+                    m.sender AS m_sender, m.body AS m_body, m.client_msg_id AS m_client_msg_id,
+                    m.sent_at AS m_sent_at, m.position AS m_position
+               FROM room_members rm
+               JOIN rooms_view r ON r.room_id = rm.room_id
+               LEFT JOIN messages_view m ON m.room_id = r.room_id AND m.seq = r.last_seq
+               LEFT JOIN read_cursors c ON c.room_id = rm.room_id AND c.user_id = rm.user_id
+              WHERE rm.user_id = $1 AND rm.state = 'member'
+              ORDER BY r.last_activity_position DESC, r.room_id"
+        ))
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let last_message = row
+                    .get::<Option<Uuid>, _>("m_message_id")
+                    .map(|message_id| MessageView {
+                        id: MessageId(message_id),
+                        room_id: RoomId(row.get("m_room_id")),
+                        seq: row.get("m_seq"),
+                        sender: UserId(row.get("m_sender")),
+                        body: row.get("m_body"),
+                        client_msg_id: row.get("m_client_msg_id"),
+                        sent_at: row.get::<DateTime<Utc>, _>("m_sent_at"),
+                        position: GlobalPosition(row.get("m_position")),
+                    });
+                RoomListItem {
+                    room: room_view(row),
+                    last_message,
+                    unread_count: row.get("unread"),
+                    last_activity: GlobalPosition(row.get("last_activity_position")),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
+        Ok(sqlx::query_scalar(
+            "SELECT greatest(r.last_seq - coalesce(c.last_read_seq, 0), 0)
+               FROM rooms_view r
+               LEFT JOIN read_cursors c ON c.room_id = r.room_id AND c.user_id = $2
+              WHERE r.room_id = $1",
+        )
+        .bind(room.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(0))
+    }
+
+    /// A page of a room's history, oldest first.
+    pub async fn messages(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+    ) -> Result<MessagePage, ReadModelError> {
+        let page = request.validate()?;
+        let order = if page.backward { "DESC" } else { "ASC" };
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages_view
+              WHERE room_id = $1 AND seq > $2 AND seq < $3
+              ORDER BY seq {order} LIMIT $4"
+        ))
+        .bind(room.0)
+        .bind(page.after)
+        .bind(page.before)
+        .bind(page.limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() as i64 > page.limit;
+        let mut messages: Vec<MessageView> = rows
+            .iter()
+            .take(page.limit as usize)
+            .map(message_view)
+            .collect();
+        if page.backward {
+            messages.reverse();
+        }
+        Ok(MessagePage { messages, has_more })
+    }
+
+    /// Messages of a room with `after < seq <= up_to`, in order (gap filling for live
+    /// subscribers), at most `limit`.
+    pub async fn messages_between(
+        &self,
+        room: RoomId,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages_view
+              WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        ))
+        .bind(room.0)
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(message_view).collect())
+    }
+
+    /// The idempotency lookup: the message `sender` sent to `room` with `client_msg_id`.
+    pub async fn message_by_client_id(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<MessageView>, ReadModelError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages_view
+              WHERE room_id = $1 AND sender = $2 AND client_msg_id = $3"
+        ))
+        .bind(room.0)
+        .bind(sender.0)
+        .bind(client_msg_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(message_view))
+    }
+
+    /// Moves `user`'s read cursor in `room` forward to `seq` (never backward). The caller
+    /// checks membership; `seq` beyond the room's last message is refused.
+    pub async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: i64,
+    ) -> Result<(), ReadModelError> {
+        let last_seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM rooms_view WHERE room_id = $1")
+                .bind(room.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let last_seq = last_seq.ok_or(ReadModelError::UnknownRoom)?;
+        if seq < 0 || seq > last_seq {
+            return Err(ReadModelError::SeqOutOfRange { seq, last_seq });
+        }
+        sqlx::query(
+            "INSERT INTO read_cursors (room_id, user_id, last_read_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (room_id, user_id) DO UPDATE
+                SET last_read_seq = GREATEST(read_cursors.last_read_seq, excluded.last_read_seq),
+                    updated_at = now()",
+        )
+        .bind(room.0)
+        .bind(user.0)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Checkpoint and lag of every projection.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        let rows = sqlx::query(
+            "SELECT c.projection, c.position,
+                    (SELECT count(*) FROM events e WHERE e.position > c.position OR e.position IS NULL) AS lag_events,
+                    coalesce((SELECT (extract(epoch FROM now() - min(e.recorded_at)) * 1000)::bigint
+                                FROM events e WHERE e.position > c.position OR e.position IS NULL), 0) AS lag_ms
+               FROM projector_checkpoints c
+              WHERE c.projection = ANY ($1)
+              ORDER BY array_position($1, c.projection)",
+        )
+        .bind(&PROJECTIONS[..])
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ProjectionStatus {
+                name: row.get("projection"),
+                checkpoint: GlobalPosition(row.get("position")),
+                lag_events: row.get("lag_events"),
+                lag_ms: row.get("lag_ms"),
+            })
+            .collect())
+    }
+
+    /// Starts a rebuild of the named projections (all when empty): empties their tables and
+    /// resets their checkpoints in one transaction. The active projector then replays the log
+    /// into them (see [`super::PgProjector::step`]).
+    pub async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        let names: Vec<&str> = if names.is_empty() {
+            PROJECTIONS.to_vec()
+        } else {
+            names.to_vec()
+        };
+        if let Some(unknown) = names.iter().find(|n| !PROJECTIONS.contains(n)) {
+            return Err(ReadModelError::UnknownProjection((*unknown).to_owned()));
+        }
+        let tables: Vec<&str> = names
+            .iter()
+            .flat_map(|n| tables_of(n).iter().copied())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE projector_checkpoints SET position = 0, updated_at = now() WHERE projection = ANY ($1)",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

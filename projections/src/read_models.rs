@@ -1,0 +1,120 @@
+//! [`ReadModels`]: the queries the API needs, over Postgres or the embedded store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parley_domain::{RoomId, UserId};
+
+use crate::memory::MemoryReadModels;
+use crate::postgres::PgReadModels;
+use crate::views::{
+    Credentials, MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
+};
+use crate::ProjectionStatus;
+
+/// Why a read-model operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadModelError {
+    #[error(transparent)]
+    Page(#[from] PageError),
+    #[error("unknown room")]
+    UnknownRoom,
+    #[error("seq {seq} is beyond the room's last message ({last_seq})")]
+    SeqOutOfRange { seq: i64, last_seq: i64 },
+    #[error("unknown projection {0:?} (known: users, rooms, messages)")]
+    UnknownProjection(String),
+    #[error("read model database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The read models of one store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum ReadModels {
+    Postgres(PgReadModels),
+    Memory(Arc<MemoryReadModels>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            ReadModels::Postgres(models) => models.$method($($arg),*).await,
+            ReadModels::Memory(models) => models.$method($($arg),*),
+        }
+    };
+}
+
+impl ReadModels {
+    pub async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
+        dispatch!(self, user(id))
+    }
+
+    pub async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
+        dispatch!(self, users(ids))
+    }
+
+    pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
+        dispatch!(self, credentials(username))
+    }
+
+    pub async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
+        dispatch!(self, room(id))
+    }
+
+    pub async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
+        dispatch!(self, is_member(room, user))
+    }
+
+    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
+        dispatch!(self, rooms_of(user))
+    }
+
+    pub async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
+        dispatch!(self, unread_count(room, user))
+    }
+
+    pub async fn messages(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+    ) -> Result<MessagePage, ReadModelError> {
+        dispatch!(self, messages(room, request))
+    }
+
+    pub async fn messages_between(
+        &self,
+        room: RoomId,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        dispatch!(self, messages_between(room, after, up_to, limit))
+    }
+
+    pub async fn message_by_client_id(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<MessageView>, ReadModelError> {
+        dispatch!(self, message_by_client_id(room, sender, client_msg_id))
+    }
+
+    pub async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: i64,
+    ) -> Result<(), ReadModelError> {
+        dispatch!(self, mark_read(room, user, seq))
+    }
+
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        dispatch!(self, status())
+    }
+
+    /// Empties the named projections (all when empty) and resets their checkpoints; the
+    /// running projector replays the log into them.
+    pub async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        dispatch!(self, reset(names))
+    }
+}

@@ -1,0 +1,193 @@
+//! What the read models return, and the paging rules for message history.
+
+use chrono::{DateTime, Utc};
+use parley_domain::{MessageId, RoomId, UserId};
+use serde::Serialize;
+
+use crate::GlobalPosition;
+
+/// A user in the directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserView {
+    pub id: UserId,
+    pub username: String,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user with the credential needed to log in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: UserView,
+    pub password_hash: String,
+}
+
+/// A room with its membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub name: String,
+    pub host: UserId,
+    pub created_at: DateTime<Utc>,
+    /// Seq of the newest message (0 before the first).
+    pub last_seq: i64,
+    /// Members, in user-id order.
+    pub members: Vec<UserId>,
+    /// Invited users who have not joined, in user-id order.
+    pub invited: Vec<UserId>,
+}
+
+/// A message in a room's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub seq: i64,
+    pub sender: UserId,
+    pub body: String,
+    pub client_msg_id: String,
+    pub sent_at: DateTime<Utc>,
+    pub position: GlobalPosition,
+}
+
+/// One entry of a member's rooms list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoomListItem {
+    pub room: RoomView,
+    pub last_message: Option<MessageView>,
+    pub unread_count: i64,
+    /// Position of the last activity (message or creation); the list is sorted by it.
+    pub last_activity: GlobalPosition,
+}
+
+/// A page of history, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessagePage {
+    pub messages: Vec<MessageView>,
+    /// More messages exist beyond this page in the direction it was read.
+    pub has_more: bool,
+}
+
+/// A request for a page of history: `after`/`before` are exclusive seq bounds; `first` reads
+/// forward from `after` (or the start), `last` reads backward from `before` (or the end).
+/// Without `after`, a page is the newest messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+}
+
+/// Why a page request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    #[error("first and last cannot be used together")]
+    FirstAndLast,
+    #[error("page size must be between 1 and {max}, got {got}")]
+    Size { max: i64, got: i64 },
+    #[error("after and before must not be negative")]
+    NegativeCursor,
+}
+
+/// A validated page request: the seq range and how to walk it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Exclusive lower bound.
+    pub after: i64,
+    /// Exclusive upper bound.
+    pub before: i64,
+    pub limit: i64,
+    /// Read from the upper end (newest first, then reversed).
+    pub backward: bool,
+}
+
+impl PageRequest {
+    pub const DEFAULT_SIZE: i64 = 50;
+    pub const MAX_SIZE: i64 = 100;
+
+    pub fn validate(self) -> Result<Page, PageError> {
+        if self.first.is_some() && self.last.is_some() {
+            return Err(PageError::FirstAndLast);
+        }
+        if self.after.is_some_and(|a| a < 0) || self.before.is_some_and(|b| b < 0) {
+            return Err(PageError::NegativeCursor);
+        }
+        let size = self.first.or(self.last).unwrap_or(Self::DEFAULT_SIZE);
+        if !(1..=Self::MAX_SIZE).contains(&size) {
+            return Err(PageError::Size {
+                max: Self::MAX_SIZE,
+                got: size,
+            });
+        }
+        // Forward when asked for `first`, or when only `after` is given.
+        let backward = self.last.is_some() || (self.first.is_none() && self.after.is_none());
+        Ok(Page {
+            after: self.after.unwrap_or(0),
+            before: self.before.unwrap_or(i64::MAX),
+            limit: size,
+            backward,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_page_is_the_newest_fifty() {
+        let page = PageRequest::default().validate().unwrap();
+        assert_eq!((page.limit, page.backward), (50, true));
+    }
+
+    #[test]
+    fn after_alone_reads_forward() {
+        let page = PageRequest {
+            after: Some(7),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!((page.after, page.backward), (7, false));
+    }
+
+    #[test]
+    fn more_than_a_hundred_is_refused() {
+        let request = PageRequest {
+            first: Some(101),
+            ..Default::default()
+        };
+        assert_eq!(
+            request.validate(),
+            Err(PageError::Size { max: 100, got: 101 })
+        );
+        let request = PageRequest {
+            last: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            request.validate(),
+            Err(PageError::Size { max: 100, got: 0 })
+        );
+    }
+
+    #[test]
+    fn first_and_last_together_are_refused() {
+        let request = PageRequest {
+            first: Some(1),
+            last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(request.validate(), Err(PageError::FirstAndLast));
+    }
+
+    #[test]
+    fn negative_cursors_are_refused() {
+        let request = PageRequest {
+            after: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(request.validate(), Err(PageError::NegativeCursor));
+    }
+}
