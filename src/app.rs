@@ -16,8 +16,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Tokens;
 use crate::commands::CommandBus;
 use crate::config::{ServerConfig, StoreConfig};
+use crate::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use crate::store::{EventLog, PostgresLog};
 
 /// The SQL migrations in `migrations/`, embedded at build time.
@@ -29,10 +31,36 @@ pub struct App {
     pub commands: Arc<CommandBus>,
     pub log: EventLog,
     pub read_models: ReadModels,
-    /// Newly projected events, published after they are in the read models.
+    /// Newly projected events of this instance's projector, published after they are in
+    /// the read models (and relayed to every instance by [`crate::live::publish`]).
     pub live: LiveFeed,
-    pub jwt_secret: Arc<SecretString>,
+    /// Live events between instances (Redis) or within this one.
+    pub relay: Relay,
+    /// Who is online, across instances.
+    pub presence: Presence,
+    pub tokens: Tokens,
     background: Background,
+}
+
+/// How the parts of an [`App`] are set up.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub projector: ProjectorConfig,
+    pub relay: Relay,
+    pub presence: Presence,
+}
+
+impl AppOptions {
+    /// One instance on its own: in-process relay and presence.
+    pub fn local(projector: ProjectorConfig) -> Self {
+        Self {
+            projector,
+            relay: Relay::in_process(RelayConfig::default())
+                .expect("the default relay configuration is valid"),
+            presence: Presence::in_memory(PresenceConfig::default())
+                .expect("the default presence configuration is valid"),
+        }
+    }
 }
 
 /// Background tasks (the projector) and the signal that stops them.
@@ -73,11 +101,33 @@ impl App {
                 random_secret()
             }
         };
-        Ok(Self::start(log, jwt_secret, ProjectorConfig::default()))
+        let redis_url = config.redis_url.as_deref();
+        let relay = Relay::from_url(redis_url, RelayConfig::default())
+            .await
+            .context("connecting the live relay to Redis")?;
+        let presence = Presence::from_url(redis_url, PresenceConfig::default())
+            .await
+            .context("connecting presence to Redis")?;
+        let options = AppOptions {
+            projector: ProjectorConfig::default(),
+            relay,
+            presence,
+        };
+        Ok(Self::start_with(log, jwt_secret, options))
     }
 
-    /// An app over an existing log, with its projector running (tests and tools).
+    /// An app over an existing log on its own (in-process relay), its projector running.
     pub fn start(log: EventLog, jwt_secret: SecretString, projector: ProjectorConfig) -> Self {
+        Self::start_with(log, jwt_secret, AppOptions::local(projector))
+    }
+
+    /// An app over an existing log with the given parts, its background tasks running.
+    pub fn start_with(log: EventLog, jwt_secret: SecretString, options: AppOptions) -> Self {
+        let AppOptions {
+            projector,
+            relay,
+            presence,
+        } = options;
         let live = LiveFeed::new();
         let background = Background::default();
         let read_models = match &log {
@@ -98,12 +148,19 @@ impl App {
                 ReadModels::Memory(models)
             }
         };
+        background.tasks.spawn(crate::live::publish(
+            live.clone(),
+            relay.clone(),
+            background.stop.clone().cancelled_owned(),
+        ));
         Self {
             commands: Arc::new(CommandBus::new(log.clone())),
             log,
             read_models,
             live,
-            jwt_secret: Arc::new(jwt_secret),
+            relay,
+            presence,
+            tokens: Tokens::new(&jwt_secret),
             background,
         }
     }

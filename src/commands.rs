@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStore};
 use parley_domain::{
     ClientMsgId, MessageBody, MessageId, MessageSeq, Role, Room, RoomCommand, RoomError, RoomEvent,
     RoomId, User, UserCommand, UserError, UserId, ValueError,
@@ -174,6 +174,29 @@ impl CommandBus {
 
     pub fn user_store(&self) -> &AggregateStore<User> {
         &self.user_store
+    }
+
+    /// The room's current state and the sequence of its last event, read through the
+    /// aggregate store (O(1) for a cached room): authoritative, unlike the read models.
+    pub async fn room_state(&self, room: RoomId) -> Result<Option<(Room, usize)>, String> {
+        let loaded = self
+            .room_store
+            .load_aggregate(&room.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        if loaded.state().id().is_none() {
+            return Ok(None);
+        }
+        let sequence = loaded.sequence();
+        Ok(Some((loaded.into_state(), sequence)))
+    }
+
+    /// Whether `user` is a member of `room` right now (`None`: no such room).
+    pub async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<bool>, String> {
+        Ok(self
+            .room_state(room)
+            .await?
+            .map(|(state, _)| state.is_member(user)))
     }
 
     /// Registers a user whose password the caller has already hashed.
@@ -372,6 +395,11 @@ where
     A: Aggregate + Clone,
     A::Command: Clone,
 {
+    let started = std::time::Instant::now();
+    let _timer = CommandTimer {
+        aggregate: A::TYPE,
+        started,
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -380,6 +408,8 @@ where
             .await
         {
             Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                metrics::counter!("parley_command_conflicts_total", "aggregate" => A::TYPE)
+                    .increment(1);
                 tracing::debug!(
                     aggregate_type = A::TYPE,
                     aggregate_id,
@@ -390,6 +420,19 @@ where
             }
             result => return result.map_err(CommandError::from_aggregate),
         }
+    }
+}
+
+/// Records a command's latency (retries included) when dropped.
+struct CommandTimer {
+    aggregate: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for CommandTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("parley_command_duration_seconds", "aggregate" => self.aggregate)
+            .record(self.started.elapsed().as_secs_f64());
     }
 }
 

@@ -3,8 +3,12 @@
 //! with a one-line reason.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use parley_domain::{Role, Username, ValueError};
+use parley_projections::export::ExportFormat;
+use parley_projections::{EventFilter, FilterError, PROJECTIONS};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
@@ -31,6 +35,161 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations to DATABASE_URL and exit.
     Migrate(MigrateArgs),
+    /// The global event log, for analysts.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Read-model projections: checkpoints, lag and rebuilds.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// User administration.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Write the global log in position order, one event per line (JSONL or CSV). The same
+    /// range and filters always give byte-identical output; password hashes are redacted.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Show each projection's checkpoint and lag.
+    Status(DatabaseArgs),
+    /// Rebuild projections in shadow tables and swap them in; reads keep being served.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Give a user a role: analyst (reads the event log) or admin (also announces).
+    Grant(GrantArgs),
+}
+
+/// The store an administrative command works on. Only PostgreSQL keeps anything between
+/// runs, so these commands need it.
+#[derive(Clone, Debug, Default, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL of the store.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The connection options, or why `parley <command>` cannot run.
+    pub fn require(&self, command: &'static str) -> Result<PgConnectOptions, ConfigError> {
+        match self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => parse_database_url(url),
+            None => Err(ConfigError::DatabaseRequired { command }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// First position to export (inclusive).
+    #[arg(long, value_name = "POS", allow_negative_numbers = true)]
+    pub from: Option<i64>,
+    /// Last position to export (inclusive). Default: the newest position when the export
+    /// starts.
+    #[arg(long, value_name = "POS", allow_negative_numbers = true)]
+    pub to: Option<i64>,
+    /// Only events of this aggregate type: User or Room.
+    #[arg(long, value_name = "T")]
+    pub aggregate_type: Option<String>,
+    /// Only events of this aggregate (a user or room id).
+    #[arg(long, value_name = "ID")]
+    pub aggregate_id: Option<String>,
+    /// Only events of this type (repeat for several), e.g. MessageSent.
+    #[arg(long = "event-type", value_name = "E")]
+    pub event_types: Vec<String>,
+    /// Output format: jsonl or csv.
+    #[arg(long, value_name = "FORMAT", default_value = "jsonl")]
+    pub format: String,
+    /// Write to FILE (atomically: a temporary file renamed at the end) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// A validated `parley events export`.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    pub database: PgConnectOptions,
+    pub filter: EventFilter,
+    pub format: ExportFormat,
+    pub output: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// Checks the arguments before anything is connected to or created.
+    pub fn validate(self) -> Result<ExportConfig, ConfigError> {
+        let format = self
+            .format
+            .parse::<ExportFormat>()
+            .map_err(|_| ConfigError::UnknownFormat(self.format.clone()))?;
+        let filter = EventFilter::parse(
+            self.from,
+            self.to,
+            self.aggregate_type.as_deref(),
+            self.aggregate_id.as_deref(),
+            &self.event_types,
+        )?;
+        if let Some(path) = &self.output {
+            if path.file_name().is_none() || path.is_dir() {
+                return Err(ConfigError::OutputPath(path.clone()));
+            }
+        }
+        Ok(ExportConfig {
+            database: self.database.require("events export")?,
+            filter,
+            format,
+            output: self.output,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The projection to rebuild: users, rooms or messages. All of them when omitted.
+    pub name: Option<String>,
+}
+
+impl RebuildArgs {
+    /// The projections to rebuild (empty: all) and where.
+    pub fn validate(self) -> Result<(PgConnectOptions, Vec<String>), ConfigError> {
+        if let Some(name) = &self.name {
+            if !PROJECTIONS.contains(&name.as_str()) {
+                return Err(ConfigError::UnknownProjection(name.clone()));
+            }
+        }
+        Ok((
+            self.database.require("projections rebuild")?,
+            self.name.into_iter().collect(),
+        ))
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user's username.
+    pub username: String,
+    /// analyst or admin.
+    pub role: String,
+}
+
+impl GrantArgs {
+    pub fn validate(self) -> Result<(PgConnectOptions, Username, Role), ConfigError> {
+        let role = Role::parse(&self.role).ok_or(ConfigError::UnknownRole(self.role))?;
+        let username = Username::parse(&self.username).map_err(ConfigError::Username)?;
+        Ok((self.database.require("users grant")?, username, role))
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -88,6 +247,23 @@ pub enum ConfigError {
     JwtSecretMissing,
     #[error("PARLEY_JWT_SECRET must be at least {min} bytes long (got {len})")]
     JwtSecretTooShort { min: usize, len: usize },
+    #[error(
+        "`parley {command}` needs DATABASE_URL: the embedded in-memory store keeps no log \
+         between runs"
+    )]
+    DatabaseRequired { command: &'static str },
+    #[error("unknown export format {0:?} (expected jsonl or csv)")]
+    UnknownFormat(String),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("--output must name a file, got {0:?}")]
+    OutputPath(PathBuf),
+    #[error("unknown projection {0:?} (expected users, rooms or messages)")]
+    UnknownProjection(String),
+    #[error("unknown role {0:?} (expected analyst or admin)")]
+    UnknownRole(String),
+    #[error("invalid username: {0}")]
+    Username(ValueError),
 }
 
 /// Where the server keeps its events.
@@ -217,5 +393,68 @@ mod tests {
             StoreConfig::Postgres { pool_size: 16, .. }
         ));
         assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    fn export_args() -> ExportArgs {
+        ExportArgs {
+            database: DatabaseArgs {
+                database_url: Some("postgres://postgres@127.0.0.1/parley".into()),
+            },
+            format: "jsonl".into(),
+            ..ExportArgs::default()
+        }
+    }
+
+    #[test]
+    fn export_arguments_are_checked_before_anything_runs() {
+        let mut a = export_args();
+        a.format = "xml".into();
+        assert!(matches!(a.validate(), Err(ConfigError::UnknownFormat(f)) if f == "xml"));
+        let mut a = export_args();
+        a.from = Some(10);
+        a.to = Some(9);
+        assert!(matches!(
+            a.validate(),
+            Err(ConfigError::Filter(FilterError::InvertedRange {
+                from: 10,
+                to: 9
+            }))
+        ));
+        let mut a = export_args();
+        a.aggregate_type = Some("Order".into());
+        assert!(matches!(
+            a.validate(),
+            Err(ConfigError::Filter(FilterError::UnknownAggregateType(_)))
+        ));
+        let mut a = export_args();
+        a.database.database_url = None;
+        assert!(matches!(
+            a.validate(),
+            Err(ConfigError::DatabaseRequired {
+                command: "events export"
+            })
+        ));
+        let mut a = export_args();
+        a.format = "csv".into();
+        a.event_types = vec!["MessageSent".into()];
+        let config = a.validate().unwrap();
+        assert_eq!(config.format, ExportFormat::Csv);
+        assert_eq!(config.filter.event_types(), ["MessageSent".to_owned()]);
+    }
+
+    #[test]
+    fn a_grant_needs_a_known_role() {
+        let grant = |role: &str| GrantArgs {
+            database: DatabaseArgs {
+                database_url: Some("postgres://postgres@127.0.0.1/parley".into()),
+            },
+            username: "ann".into(),
+            role: role.into(),
+        };
+        assert!(
+            matches!(grant("root").validate(), Err(ConfigError::UnknownRole(r)) if r == "root")
+        );
+        let (_, username, role) = grant("analyst").validate().unwrap();
+        assert_eq!((username.as_str(), role), ("ann", Role::Analyst));
     }
 }

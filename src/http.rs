@@ -1,24 +1,83 @@
-//! The HTTP surface: health and readiness (GraphQL joins it in its own module).
+//! The HTTP surface: GraphQL (see [`crate::graphql`]), health, readiness and metrics, with
+//! tracing, CORS, request ids and the body limit around everything.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use tower_http::cors::CorsLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::app::App;
+use crate::graphql::{self, WsConfig};
 
-/// How long `/readyz` waits for the store before calling it unreachable.
+/// How long `/readyz` waits for the store and the relay.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The metrics recorder of this process (installed once, shared by every app in it).
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first (an embedding program's).
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
 pub fn router(app: App) -> Router {
+    router_with(app, WsConfig::default())
+}
+
+pub fn router_with(app: App, ws: WsConfig) -> Router {
+    prometheus();
+    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(app)
+        .route("/metrics", get(metrics_text))
+        .with_state(app.clone())
+        .merge(graphql::routes(app, ws))
+        .layer(DefaultBodyLimit::max(graphql::MAX_BODY))
+        .layer(middleware::from_fn(count_requests))
+        .layer(CorsLayer::permissive())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("parley_http_requests_total", "method" => method, "path" => path.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("parley_http_request_duration_seconds", "path" => path)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The process is up and serving HTTP.
@@ -26,26 +85,52 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// The store answers: the instance can take traffic.
+/// The store and the relay answer: the instance can take traffic.
 async fn readyz(State(app): State<App>) -> impl IntoResponse {
     let store = match tokio::time::timeout(READY_TIMEOUT, app.log.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("no answer within {READY_TIMEOUT:?}")),
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("no answer within {READY_TIMEOUT:?}")),
     };
-    match store {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "store": app.log.kind() })),
-        ),
-        Err(reason) => {
-            tracing::warn!(%reason, "readiness check failed: store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "store": app.log.kind(), "reason": "store unreachable" }),
-                ),
-            )
-        }
+    let relay = match tokio::time::timeout(READY_TIMEOUT, app.relay.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("no answer within {READY_TIMEOUT:?}")),
+    };
+    let relay_kind = format!("{:?}", app.relay.kind()).to_lowercase();
+    let body = json!({
+        "status": if store.is_none() && relay.is_none() { "ready" } else { "unavailable" },
+        "store": app.log.kind(),
+        "store_ok": store.is_none(),
+        "relay": relay_kind,
+        "relay_ok": relay.is_none(),
+    });
+    if store.is_none() && relay.is_none() {
+        (StatusCode::OK, Json(body))
+    } else {
+        tracing::warn!(store = ?store, relay = ?relay, "readiness check failed");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     }
+}
+
+/// Prometheus text: requests, errors, command latency, subscriptions, projector lag.
+async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
+    match app.read_models.status().await {
+        Ok(status) => {
+            for projection in status {
+                metrics::gauge!("parley_projection_lag_events", "projection" => projection.name.clone())
+                    .set(projection.lag_events as f64);
+                metrics::gauge!("parley_projection_lag_ms", "projection" => projection.name)
+                    .set(projection.lag_ms as f64);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "projection status unavailable for /metrics"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        prometheus().render(),
+    )
 }

@@ -3,10 +3,13 @@
 //! here so tests build exactly the application that runs.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod graphql;
 pub mod http;
+pub mod live;
 pub mod lookups;
 pub mod relay;
 pub mod server;

@@ -282,3 +282,79 @@ fn a_taken_port_fails_at_start_with_one_line() {
         "{stderr:?}"
     );
 }
+
+/// A scratch directory for output files, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("parley-cli-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn is_empty(&self) -> bool {
+        std::fs::read_dir(&self.0)
+            .expect("reading scratch dir")
+            .next()
+            .is_none()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn bad_export_arguments_are_refused_with_one_line_and_no_output_file() {
+    let scratch = Scratch::new();
+    let output = scratch.0.join("events.jsonl");
+    for (args, expected) in [
+        (&["--format", "xml"][..], "unknown export format \"xml\""),
+        (
+            &["--from", "9", "--to", "3"],
+            "the position range is inverted",
+        ),
+        (
+            &["--aggregate-type", "Order"],
+            "unknown aggregate type \"Order\"",
+        ),
+        (&["--from", "-5"], "positions must not be negative (got -5)"),
+        (&["--to=-1"], "positions must not be negative (got -1)"),
+        (
+            &["--event-type", "MessageSend"],
+            "unknown event type \"MessageSend\"",
+        ),
+    ] {
+        assert_config_error(
+            parley()
+                .args(["events", "export"])
+                .args(args)
+                .arg("--output")
+                .arg(&output)
+                .env(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/postgres",
+                ),
+            expected,
+        );
+        assert!(scratch.is_empty(), "{args:?} left a file behind");
+    }
+}
+
+#[test]
+fn the_administrative_commands_say_they_need_a_database() {
+    for args in [
+        &["events", "export"][..],
+        &["projections", "status"],
+        &["projections", "rebuild"],
+        &["users", "grant", "ann", "analyst"],
+    ] {
+        assert_config_error(
+            parley().args(args),
+            "needs DATABASE_URL: the embedded in-memory store keeps no log",
+        );
+    }
+}

@@ -6,22 +6,30 @@
 //!   to the read models and moves their checkpoints in one transaction, then hands the batch
 //!   to the [`LiveFeed`]. One instance projects at a time (advisory lock).
 //! - [`memory::MemoryProjector`] does the same over the embedded log.
-//! - [`ReadModels`] answers the queries the API needs, from either backend.
+//! - [`ReadModels`] answers the queries the API needs, from either backend, including the
+//!   analyst's: pages of the global log ([`EventFilter`], [`EventPage`]), rooms and history
+//!   as of a position ([`RoomAt`]), and rebuilds.
+//! - [`export`] streams the positioned log to JSONL or CSV (`parley events export`).
 
+pub mod events;
+pub mod export;
 pub mod live;
 pub mod log;
 pub mod memory;
 pub mod postgres;
 mod read_models;
+pub mod time_travel;
 pub mod views;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use events::{AggregateKind, EventFilter, EventPage, FilterError};
 pub use live::LiveFeed;
 pub use log::{DecodedEvent, LogEvent};
 pub use read_models::{ReadModelError, ReadModels};
+pub use time_travel::RoomAt;
 pub use views::{
     MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
 };

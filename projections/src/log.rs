@@ -1,9 +1,15 @@
 //! Events as the read side sees them: positioned, with their stored metadata, decoded into
 //! the domain's event types.
+//!
+//! Decoding applies the domain's upcasters ([`parley_domain::upcasters`]), the same list the
+//! aggregate store uses, so an event stored in an older shape projects and replays like a
+//! current one. What leaves the process for analysts ([`LogEvent::redacted`]) is the event as
+//! stored, minus secrets.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use parley_domain::{RoomEvent, RoomId, UserEvent, UserId};
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,18 +40,30 @@ pub enum DecodedEvent {
     Unknown,
 }
 
+/// What replaces a secret in anything handed to analysts (exports, the `events` query).
+pub const REDACTED: &str = "[redacted]";
+
+/// Payload fields that never leave the server: (event type, field inside the event's
+/// object). The argon2 hash in `UserRegistered` is the only one today.
+const SECRET_FIELDS: [(&str, &str); 1] = [("UserRegistered", "password_hash")];
+
+static UPCASTERS: LazyLock<Vec<Box<dyn EventUpcaster>>> = LazyLock::new(parley_domain::upcasters);
+
 impl LogEvent {
-    /// Decodes the payload. An event that does not decode is reported as `Unknown` and
-    /// logged: a projection must not stop the whole log on one unreadable row.
+    /// Decodes the payload, upcasting an older version first. An event that does not decode
+    /// is reported as `Unknown` and logged: a projection must not stop the whole log on one
+    /// unreadable row.
     pub fn decode(&self) -> DecodedEvent {
+        let upcasted = self.upcasted_payload();
+        let payload = upcasted.as_ref().unwrap_or(&self.payload);
         let decoded = match self.aggregate_type.as_str() {
             "Room" => RoomId::parse(&self.aggregate_id).ok().and_then(|id| {
-                RoomEvent::deserialize(&self.payload)
+                RoomEvent::deserialize(payload)
                     .ok()
                     .map(|e| DecodedEvent::Room(id, e))
             }),
             "User" => UserId::parse(&self.aggregate_id).ok().and_then(|id| {
-                UserEvent::deserialize(&self.payload)
+                UserEvent::deserialize(payload)
                     .ok()
                     .map(|e| DecodedEvent::User(id, e))
             }),
@@ -56,12 +74,142 @@ impl LogEvent {
                 position = self.position.0,
                 aggregate_type = %self.aggregate_type,
                 event_type = %self.event_type,
+                event_version = %self.event_version,
                 "event cannot be decoded; projections skip it"
             );
             DecodedEvent::Unknown
         })
     }
+
+    /// The payload brought to the current version, if any upcaster claims this event (`None`:
+    /// the stored payload is current).
+    fn upcasted_payload(&self) -> Option<Value> {
+        if !UPCASTERS
+            .iter()
+            .any(|u| u.can_upcast(&self.event_type, &self.event_version))
+        {
+            return None;
+        }
+        let stored = SerializedEvent::new(
+            self.aggregate_id.clone(),
+            usize::try_from(self.sequence).unwrap_or(0),
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            Value::Null,
+        );
+        let current = UPCASTERS.iter().fold(stored, |event, upcaster| {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                upcaster.upcast(event)
+            } else {
+                event
+            }
+        });
+        Some(current.payload)
+    }
+
+    /// The event as analysts may see it: as stored, with every secret field (the
+    /// `password_hash` of `UserRegistered`) replaced by [`REDACTED`].
+    pub fn redacted(mut self) -> Self {
+        for (event_type, field) in SECRET_FIELDS {
+            if self.event_type != event_type {
+                continue;
+            }
+            if let Some(secret) = self
+                .payload
+                .get_mut(event_type)
+                .and_then(|body| body.get_mut(field))
+            {
+                *secret = Value::String(REDACTED.to_owned());
+            }
+        }
+        self
+    }
+
+    /// `recorded_at` in the canonical form of exports and the API: RFC 3339, UTC, with
+    /// microseconds (`2026-11-20T22:55:54.555283Z`).
+    pub fn recorded_at_rfc3339(&self) -> String {
+        self.recorded_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
 }
 
 /// A committed batch as handed to the live feed: events with their decoded form.
 pub type LiveBatch = Arc<Vec<(LogEvent, DecodedEvent)>>;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(event_type: &str, event_version: &str, payload: Value) -> LogEvent {
+        LogEvent {
+            position: GlobalPosition(7),
+            aggregate_type: if event_type == "UserRegistered" {
+                "User"
+            } else {
+                "Room"
+            }
+            .to_owned(),
+            aggregate_id: "0192f0c4-0000-7000-8000-000000000001".to_owned(),
+            sequence: 2,
+            event_type: event_type.to_owned(),
+            event_version: event_version.to_owned(),
+            payload,
+            metadata: json!({"request_id": "r"}),
+            recorded_at: DateTime::from_timestamp(1_795_733_754, 555_283_999).expect("in range"),
+        }
+    }
+
+    #[test]
+    fn a_password_hash_is_redacted_and_nothing_else_changes() {
+        let registered = event(
+            "UserRegistered",
+            "1.0",
+            json!({"UserRegistered": {"username": "ann", "password_hash": "$argon2id$secret"}}),
+        );
+        let redacted = registered.clone().redacted();
+        assert_eq!(
+            redacted.payload,
+            json!({"UserRegistered": {"username": "ann", "password_hash": "[redacted]"}})
+        );
+        assert_eq!(
+            LogEvent {
+                payload: registered.payload.clone(),
+                ..redacted
+            },
+            registered
+        );
+        let message = event("MessageSent", "1.0", json!({"MessageSent": {"body": "x"}}));
+        assert_eq!(message.clone().redacted(), message);
+    }
+
+    #[test]
+    fn recorded_at_is_rfc3339_utc_with_microseconds() {
+        let e = event("MessageSent", "1.0", json!({}));
+        assert_eq!(e.recorded_at_rfc3339(), "2026-11-26T22:55:54.555283Z");
+    }
+
+    #[test]
+    fn an_old_message_sent_decodes_through_the_upcaster() {
+        let old = event(
+            "MessageSent",
+            "0.9",
+            json!({"MessageSent": {
+                "message_id": "0192f0c4-0000-7000-8000-0000000000aa",
+                "seq": 3,
+                "sender": "0192f0c4-0000-7000-8000-00000000a11c",
+                "text": "old shape",
+                "sent_at": "2024-01-01T00:00:00Z"
+            }}),
+        );
+        match old.decode() {
+            DecodedEvent::Room(_, RoomEvent::MessageSent { body, seq, .. }) => {
+                assert_eq!((body.as_str(), seq.0), ("old shape", 3));
+            }
+            other => panic!("not decoded: {other:?}"),
+        }
+    }
+}

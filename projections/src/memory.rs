@@ -9,9 +9,11 @@ use chrono::{DateTime, Utc};
 use parley_domain::{RoomEvent, RoomId, UserEvent, UserId};
 use tokio::sync::watch;
 
+use crate::events::{EventFilter, EventPage};
 use crate::live::LiveFeed;
 use crate::log::{DecodedEvent, LogEvent};
 use crate::read_models::ReadModelError;
+use crate::time_travel::{RoomAt, RoomReplay};
 use crate::views::{
     Credentials, MessagePage, MessageView, PageRequest, RoomListItem, RoomView, UserView,
 };
@@ -24,7 +26,35 @@ pub trait EmbeddedLog: Send + Sync + 'static {
     fn events_after(&self, after: GlobalPosition, limit: usize) -> Vec<LogEvent>;
     /// The newest position; changes whenever events are appended.
     fn head(&self) -> watch::Receiver<i64>;
+
+    /// The events of one aggregate with `position <= up_to`, in order (time travel). The
+    /// default walks the whole log; a log with a per-aggregate index can do better.
+    fn aggregate_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        up_to: GlobalPosition,
+    ) -> Vec<LogEvent> {
+        let mut found = Vec::new();
+        let mut after = GlobalPosition::START;
+        while after < up_to {
+            let chunk = self.events_after(after, SCAN_CHUNK);
+            let Some(last) = chunk.last() else {
+                break;
+            };
+            after = last.position;
+            found.extend(chunk.into_iter().filter(|e| {
+                e.position <= up_to
+                    && e.aggregate_type == aggregate_type
+                    && e.aggregate_id == aggregate_id
+            }));
+        }
+        found
+    }
 }
+
+/// Events read at a time when the embedded log is scanned.
+const SCAN_CHUNK: usize = 10_000;
 
 #[derive(Clone, Debug)]
 struct UserRow {
@@ -317,7 +347,30 @@ impl MemoryReadModels {
         room: RoomId,
         request: PageRequest,
     ) -> Result<MessagePage, ReadModelError> {
-        let page = request.validate()?;
+        self.messages_up_to(room, request, None)
+    }
+
+    /// A page of a room's history as it was at position `at`: only messages with
+    /// `position <= at`.
+    pub fn messages_at(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+        at: GlobalPosition,
+    ) -> Result<MessagePage, ReadModelError> {
+        if at.0 < 0 {
+            return Err(crate::events::FilterError::NegativePosition(at.0).into());
+        }
+        self.messages_up_to(room, request, Some(at))
+    }
+
+    fn messages_up_to(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+        at: Option<GlobalPosition>,
+    ) -> Result<MessagePage, ReadModelError> {
+        let mut page = request.validate()?;
         let state = self.read();
         let Some(history) = state.messages.get(&room) else {
             return Ok(MessagePage {
@@ -325,6 +378,15 @@ impl MemoryReadModels {
                 has_more: false,
             });
         };
+        if let Some(at) = at {
+            // Seq and position grow together within a room: history as of `at` is a prefix.
+            let last = history
+                .iter()
+                .rev()
+                .find(|(_, m)| m.position <= at)
+                .map_or(0, |(seq, _)| *seq);
+            page.before = page.before.min(last + 1);
+        }
         if page.after.saturating_add(1) >= page.before {
             return Ok(MessagePage {
                 messages: Vec::new(),
@@ -428,6 +490,64 @@ impl MemoryReadModels {
                 lag_ms,
             })
             .collect())
+    }
+
+    /// The attached log (set when a [`MemoryProjector`] is built over these models).
+    fn log(&self) -> Result<&Arc<dyn EmbeddedLog>, ReadModelError> {
+        self.log.get().ok_or(ReadModelError::NoEventLog)
+    }
+
+    /// A page of the log for the `events` query, secrets redacted (see
+    /// [`crate::postgres::PgEventLog::events`]).
+    pub fn events(
+        &self,
+        after: Option<i64>,
+        first: Option<i64>,
+        filter: &EventFilter,
+    ) -> Result<EventPage, ReadModelError> {
+        let (after, first) = EventPage::request(after, first)?;
+        let log = self.log()?;
+        let mut cursor = filter
+            .from()
+            .map_or(after, |from| after.max(GlobalPosition(from.0 - 1)));
+        let wanted = first as usize + 1;
+        let mut events = Vec::new();
+        while events.len() < wanted && filter.to().is_none_or(|to| cursor < to) {
+            let chunk = log.events_after(cursor, SCAN_CHUNK);
+            let Some(last) = chunk.last() else {
+                break;
+            };
+            cursor = last.position;
+            events.extend(chunk.into_iter().filter(|e| filter.matches(e)));
+        }
+        let has_more = events.len() > first as usize;
+        events.truncate(first as usize);
+        Ok(EventPage {
+            events: events.into_iter().map(LogEvent::redacted).collect(),
+            has_more,
+        })
+    }
+
+    /// The room as of position `at`, replayed from the log through the `Room` aggregate.
+    pub fn room_at(
+        &self,
+        room: RoomId,
+        at: GlobalPosition,
+    ) -> Result<Option<RoomAt>, ReadModelError> {
+        if at.0 < 0 {
+            return Err(crate::events::FilterError::NegativePosition(at.0).into());
+        }
+        let mut replay = RoomReplay::default();
+        for event in self.log()?.aggregate_events("Room", &room.to_string(), at) {
+            replay.apply(&event);
+        }
+        Ok(replay.finish(at))
+    }
+
+    /// In the embedded store a rebuild is a [`Self::reset`]: one process owns the models
+    /// and replays the log into them in moments, so there is nothing to shadow.
+    pub fn rebuild(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        self.reset(names)
     }
 
     /// Empties the read models (cursors stay) so the projector replays the log.

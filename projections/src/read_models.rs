@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use parley_domain::{RoomId, UserId};
 
+use crate::events::{EventFilter, EventPage, FilterError};
 use crate::memory::MemoryReadModels;
-use crate::postgres::PgReadModels;
+use crate::postgres::{PgReadModels, RebuildConfig, RebuildProgress, RebuildReport};
+use crate::time_travel::RoomAt;
 use crate::views::{
     Credentials, MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
 };
-use crate::ProjectionStatus;
+use crate::{GlobalPosition, ProjectionStatus};
 
 /// Why a read-model operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,15 @@ pub enum ReadModelError {
     SeqOutOfRange { seq: i64, last_seq: i64 },
     #[error("unknown projection {0:?} (known: users, rooms, messages)")]
     UnknownProjection(String),
+    /// A filter, position or page size the caller got wrong.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// Another rebuild holds the rebuild lock.
+    #[error("another rebuild is running; try again when it has finished")]
+    RebuildRunning,
+    /// Embedded read models that no projector attached a log to.
+    #[error("these read models are not attached to an event log")]
+    NoEventLog,
     #[error("read model database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -110,6 +121,72 @@ impl ReadModels {
 
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
         dispatch!(self, status())
+    }
+
+    /// A page of the global log (the GraphQL `events` query): events with `position >
+    /// after` (default 0) matching `filter`, at most `first` (default 100, at most 1000), in
+    /// position order, with secrets redacted (`password_hash` → `"[redacted]"`).
+    pub async fn events(
+        &self,
+        after: Option<i64>,
+        first: Option<i64>,
+        filter: &EventFilter,
+    ) -> Result<EventPage, ReadModelError> {
+        match self {
+            Self::Postgres(models) => models.log().events(after, first, filter).await,
+            Self::Memory(models) => models.events(after, first, filter),
+        }
+    }
+
+    /// The room as it was at global position `at` (`room(id, atPosition)`): its events up
+    /// to `at` replayed through the `Room` aggregate. `None` if it did not exist yet.
+    pub async fn room_at(
+        &self,
+        room: RoomId,
+        at: GlobalPosition,
+    ) -> Result<Option<RoomAt>, ReadModelError> {
+        match self {
+            Self::Postgres(models) => models.log().room_at(room, at).await,
+            Self::Memory(models) => models.room_at(room, at),
+        }
+    }
+
+    /// A page of a room's history as it was at global position `at` (`messages(…,
+    /// atPosition)`): like [`Self::messages`], over the messages with `position <= at`.
+    pub async fn messages_at(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+        at: GlobalPosition,
+    ) -> Result<MessagePage, ReadModelError> {
+        dispatch!(self, messages_at(room, request, at))
+    }
+
+    /// Rebuilds the named projections (all when empty) while the live ones keep serving:
+    /// shadow tables, replay, atomic swap (see `postgres/rebuild.rs`). `progress` hears
+    /// about every batch. The embedded store simply resets (see
+    /// [`MemoryReadModels::rebuild`]) and reports no events.
+    pub async fn rebuild(
+        &self,
+        names: &[&str],
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<RebuildReport, ReadModelError> {
+        match self {
+            Self::Postgres(models) => {
+                models
+                    .rebuild(names, &RebuildConfig::default(), progress)
+                    .await
+            }
+            Self::Memory(models) => {
+                let started = std::time::Instant::now();
+                models.rebuild(names)?;
+                Ok(RebuildReport {
+                    projections: Vec::new(),
+                    events: 0,
+                    elapsed: started.elapsed(),
+                })
+            }
+        }
     }
 
     /// Empties the named projections (all when empty) and resets their checkpoints; the

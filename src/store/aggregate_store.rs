@@ -66,6 +66,10 @@ impl<A> LoadedAggregate<A> {
     pub fn state(&self) -> &A {
         &self.aggregate
     }
+
+    pub fn into_state(self) -> A {
+        self.aggregate
+    }
 }
 
 impl<A: Aggregate> AggregateContext<A> for LoadedAggregate<A> {

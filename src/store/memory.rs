@@ -174,6 +174,25 @@ impl MemoryLog {
         inner.messages.get(key).map(|&i| inner.log[i].event.clone())
     }
 
+    pub(super) fn room_events(&self, room: &str, after: i64, up_to: i64) -> Vec<LogEvent> {
+        let inner = self.lock();
+        let Some(stream) = inner.streams.get(&("Room".to_owned(), room.to_owned())) else {
+            return Vec::new();
+        };
+        let from = after.max(0) as usize;
+        let to = (up_to.max(0) as usize).min(stream.len());
+        stream
+            .get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| log_event(&inner.log[i]))
+            .collect()
+    }
+
+    pub(super) fn count(&self) -> i64 {
+        self.lock().log.len() as i64
+    }
+
     /// The global log from insertion id `after` (exclusive), at most `limit` entries.
     pub fn entries_after(&self, after: u64, limit: usize) -> Vec<MemoryEntry> {
         let inner = self.lock();
@@ -190,22 +209,27 @@ impl MemoryLog {
 impl EmbeddedLog for MemoryLog {
     fn events_after(&self, after: GlobalPosition, limit: usize) -> Vec<LogEvent> {
         self.entries_after(after.0.max(0) as u64, limit)
-            .into_iter()
-            .map(|entry| LogEvent {
-                position: GlobalPosition(entry.id as i64),
-                aggregate_type: entry.event.aggregate_type,
-                aggregate_id: entry.event.aggregate_id,
-                sequence: entry.event.sequence as i64,
-                event_type: entry.event.event_type,
-                event_version: entry.event.event_version,
-                payload: entry.event.payload,
-                metadata: entry.event.metadata,
-                recorded_at: entry.recorded_at,
-            })
+            .iter()
+            .map(log_event)
             .collect()
     }
 
     fn head(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
+    }
+}
+
+/// An entry as the read side sees it: its insertion id is its position.
+fn log_event(entry: &MemoryEntry) -> LogEvent {
+    LogEvent {
+        position: GlobalPosition(entry.id as i64),
+        aggregate_type: entry.event.aggregate_type.clone(),
+        aggregate_id: entry.event.aggregate_id.clone(),
+        sequence: entry.event.sequence as i64,
+        event_type: entry.event.event_type.clone(),
+        event_version: entry.event.event_version.clone(),
+        payload: entry.event.payload.clone(),
+        metadata: entry.event.metadata.clone(),
+        recorded_at: entry.recorded_at,
     }
 }

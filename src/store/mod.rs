@@ -14,6 +14,7 @@ mod postgres;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use parley_domain::{ClientMsgId, RoomId, UserId, Username};
+use parley_projections::LogEvent;
 use serde_json::Value;
 
 pub use aggregate_store::{AggregateStore, LoadedAggregate, SNAPSHOT_EVERY};
@@ -122,6 +123,28 @@ impl EventLog {
         match self {
             Self::Postgres(log) => log.find_message(&key).await,
             Self::Memory(log) => Ok(log.find_message(&key)),
+        }
+    }
+
+    /// Positioned events of one room with `after < sequence <= up_to`, in sequence order:
+    /// what a live subscriber re-reads to fill a gap it detected.
+    pub async fn room_events(
+        &self,
+        room: RoomId,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<LogEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.room_events(&room.to_string(), after, up_to).await,
+            Self::Memory(log) => Ok(log.room_events(&room.to_string(), after, up_to)),
+        }
+    }
+
+    /// How many events the log holds.
+    pub async fn count(&self) -> Result<i64, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.count().await,
+            Self::Memory(log) => Ok(log.count()),
         }
     }
 

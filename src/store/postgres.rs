@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use parley_domain::Username;
+use parley_projections::{GlobalPosition, LogEvent};
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
@@ -167,6 +168,49 @@ impl PostgresLog {
                 row.get("metadata"),
             )
         }))
+    }
+
+    pub(super) async fn room_events(
+        &self,
+        room: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<LogEvent>, PersistenceError> {
+        let rows = sqlx::query(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload, metadata, recorded_at
+               FROM events
+              WHERE aggregate_type = 'Room' AND aggregate_id = $1
+                AND sequence > $2 AND sequence <= $3 AND position IS NOT NULL
+              ORDER BY sequence",
+        )
+        .bind(room)
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| LogEvent {
+                position: GlobalPosition(row.get("position")),
+                aggregate_type: row.get("aggregate_type"),
+                aggregate_id: row.get("aggregate_id"),
+                sequence: row.get("sequence"),
+                event_type: row.get("event_type"),
+                event_version: row.get("event_version"),
+                payload: row.get("payload"),
+                metadata: row.get("metadata"),
+                recorded_at: row.get("recorded_at"),
+            })
+            .collect())
+    }
+
+    pub(super) async fn count(&self) -> Result<i64, PersistenceError> {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
     }
 
     pub(super) async fn ping(&self) -> Result<(), PersistenceError> {

@@ -175,3 +175,5 @@ impl Drop for TestDb {
         }
     }
 }
+
+pub mod api;

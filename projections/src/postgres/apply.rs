@@ -2,6 +2,12 @@
 //!
 //! Runs of `MessageSent` (nearly all of a chat log) are applied with one set-based statement
 //! per table; other events one by one, in log order.
+//!
+//! Every statement names its tables through [`Targets`], so the same code feeds the live read
+//! models and a rebuild's shadow copies (see `rebuild.rs`). `read_cursors` is the exception:
+//! it belongs to no projection (markRead writes it too), is never shadowed, and the rooms
+//! projection only ever moves a cursor forward (`GREATEST`), which makes replaying into it
+//! harmless.
 
 use std::collections::HashMap;
 
@@ -12,20 +18,113 @@ use uuid::Uuid;
 
 use crate::log::{DecodedEvent, LogEvent};
 
-/// Which projections a batch is applied to.
+/// The projections, each owning its tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Projection {
+    Users,
+    Rooms,
+    Messages,
+}
+
+impl Projection {
+    pub const ALL: [Self; 3] = [Self::Users, Self::Rooms, Self::Messages];
+
+    /// The projection named `name` (its checkpoint row's name).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Users => "users",
+            Self::Rooms => "rooms",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// The live tables this projection owns, with their shadow copies' names.
+    pub fn tables(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Users => &[(USERS_LIVE.users_view, USERS_SHADOW.users_view)],
+            Self::Rooms => &[
+                (ROOMS_LIVE.rooms_view, ROOMS_SHADOW.rooms_view),
+                (ROOMS_LIVE.room_members, ROOMS_SHADOW.room_members),
+            ],
+            Self::Messages => &[(MESSAGES_LIVE.messages_view, MESSAGES_SHADOW.messages_view)],
+        }
+    }
+}
+
+/// The users projection's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UsersTables {
+    pub users_view: &'static str,
+}
+
+/// The rooms projection's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RoomsTables {
+    pub rooms_view: &'static str,
+    pub room_members: &'static str,
+}
+
+/// The messages projection's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MessagesTables {
+    pub messages_view: &'static str,
+}
+
+const USERS_LIVE: UsersTables = UsersTables {
+    users_view: "users_view",
+};
+const USERS_SHADOW: UsersTables = UsersTables {
+    users_view: "users_view_shadow",
+};
+const ROOMS_LIVE: RoomsTables = RoomsTables {
+    rooms_view: "rooms_view",
+    room_members: "room_members",
+};
+const ROOMS_SHADOW: RoomsTables = RoomsTables {
+    rooms_view: "rooms_view_shadow",
+    room_members: "room_members_shadow",
+};
+const MESSAGES_LIVE: MessagesTables = MessagesTables {
+    messages_view: "messages_view",
+};
+const MESSAGES_SHADOW: MessagesTables = MessagesTables {
+    messages_view: "messages_view_shadow",
+};
+
+/// Which projections a batch is applied to, and into which tables (`None`: not applied).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Targets {
-    pub users: bool,
-    pub rooms: bool,
-    pub messages: bool,
+    pub users: Option<UsersTables>,
+    pub rooms: Option<RoomsTables>,
+    pub messages: Option<MessagesTables>,
 }
 
 impl Targets {
+    /// The live tables of the named projections.
     pub fn of(names: &[&str]) -> Self {
         Self {
-            users: names.contains(&"users"),
-            rooms: names.contains(&"rooms"),
-            messages: names.contains(&"messages"),
+            users: names.contains(&"users").then_some(USERS_LIVE),
+            rooms: names.contains(&"rooms").then_some(ROOMS_LIVE),
+            messages: names.contains(&"messages").then_some(MESSAGES_LIVE),
+        }
+    }
+
+    /// The shadow tables of the given projections (a rebuild in progress).
+    pub fn shadows_of(projections: &[Projection]) -> Self {
+        Self {
+            users: projections
+                .contains(&Projection::Users)
+                .then_some(USERS_SHADOW),
+            rooms: projections
+                .contains(&Projection::Rooms)
+                .then_some(ROOMS_SHADOW),
+            messages: projections
+                .contains(&Projection::Messages)
+                .then_some(MESSAGES_SHADOW),
         }
     }
 }
@@ -92,7 +191,7 @@ async fn flush(
     if run.is_empty() {
         return Ok(());
     }
-    if targets.rooms {
+    if let Some(tables) = targets.rooms {
         // Per room: the newest seq and its position. Per (room, sender): the newest seq, which
         // the sender has evidently read.
         let mut rooms: HashMap<Uuid, (i64, i64)> = HashMap::new();
@@ -104,18 +203,23 @@ async fn flush(
             *cursor = (*cursor).max(run.seq[i]);
         }
         let (ids, (seqs, positions)): (Vec<Uuid>, (Vec<i64>, Vec<i64>)) = rooms.into_iter().unzip();
-        sqlx::query(
-            "UPDATE rooms_view r
+        sqlx::query(&format!(
+            "UPDATE {rooms_view} r
                 SET last_seq = GREATEST(r.last_seq, u.seq),
                     last_activity_position = GREATEST(r.last_activity_position, u.position)
                FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS u(room_id, seq, position)
               WHERE r.room_id = u.room_id",
-        )
+            rooms_view = tables.rooms_view
+        ))
         .bind(&ids)
         .bind(&seqs)
         .bind(&positions)
         .execute(&mut *conn)
         .await?;
+        // In key order, so two transactions upserting overlapping cursors (the projector and
+        // a rebuild, say) lock the rows in the same order and cannot deadlock on them.
+        let mut cursors: Vec<((Uuid, Uuid), i64)> = cursors.into_iter().collect();
+        cursors.sort_unstable();
         let (keys, seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = cursors.into_iter().unzip();
         let (rooms, users): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
         sqlx::query(
@@ -131,13 +235,14 @@ async fn flush(
         .execute(&mut *conn)
         .await?;
     }
-    if targets.messages {
-        sqlx::query(
-            "INSERT INTO messages_view
+    if let Some(tables) = targets.messages {
+        sqlx::query(&format!(
+            "INSERT INTO {messages_view}
                     (room_id, seq, message_id, sender, body, client_msg_id, sent_at, position)
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[],
                                   $5::text[], $6::text[], $7::timestamptz[], $8::bigint[])",
-        )
+            messages_view = tables.messages_view
+        ))
         .bind(&run.room_id)
         .bind(&run.seq)
         .bind(&run.message_id)
@@ -160,47 +265,82 @@ async fn apply_one(
 ) -> Result<(), sqlx::Error> {
     let position = log.position.0;
     match decoded {
-        DecodedEvent::User(user, event) if targets.users => match event {
-            UserEvent::UserRegistered {
-                username,
-                password_hash,
-                registered_at,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO users_view (user_id, username, password_hash, created_at, position)
+        DecodedEvent::User(user, event) => {
+            if let Some(tables) = targets.users {
+                apply_user(conn, tables, *user, event, position).await?;
+            }
+        }
+        DecodedEvent::Room(room, event) => {
+            if let Some(tables) = targets.rooms {
+                apply_room(conn, tables, *room, event, position).await?;
+            }
+        }
+        DecodedEvent::Unknown => {}
+    }
+    Ok(())
+}
+
+async fn apply_user(
+    conn: &mut PgConnection,
+    tables: UsersTables,
+    user: parley_domain::UserId,
+    event: &UserEvent,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    match event {
+        UserEvent::UserRegistered {
+            username,
+            password_hash,
+            registered_at,
+            ..
+        } => {
+            sqlx::query(&format!(
+                "INSERT INTO {users_view} (user_id, username, password_hash, created_at, position)
                      VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(user.0)
-                .bind(username.as_str())
-                .bind(password_hash)
-                .bind(registered_at)
-                .bind(position)
-                .execute(&mut *conn)
-                .await?;
-            }
-            UserEvent::RoleGranted { role } => {
-                sqlx::query(
-                    "UPDATE users_view SET roles = array_append(roles, $2)
+                users_view = tables.users_view
+            ))
+            .bind(user.0)
+            .bind(username.as_str())
+            .bind(password_hash)
+            .bind(registered_at)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        UserEvent::RoleGranted { role } => {
+            sqlx::query(&format!(
+                "UPDATE {users_view} SET roles = array_append(roles, $2)
                       WHERE user_id = $1 AND NOT ($2 = ANY (roles))",
-                )
-                .bind(user.0)
-                .bind(role.as_str())
-                .execute(&mut *conn)
-                .await?;
-            }
-        },
-        DecodedEvent::Room(room, event) if targets.rooms => match event {
-            RoomEvent::RoomCreated {
-                name,
-                host,
-                created_at,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO rooms_view (room_id, name, host, created_at, last_activity_position, position)
+                users_view = tables.users_view
+            ))
+            .bind(user.0)
+            .bind(role.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_room(
+    conn: &mut PgConnection,
+    tables: RoomsTables,
+    room: parley_domain::RoomId,
+    event: &RoomEvent,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    match event {
+        RoomEvent::RoomCreated {
+            name,
+            host,
+            created_at,
+            ..
+        } => {
+            sqlx::query(&format!(
+                    "INSERT INTO {rooms_view} (room_id, name, host, created_at, last_activity_position, position)
                      VALUES ($1, $2, $3, $4, $5, $5)",
-                )
+                    rooms_view = tables.rooms_view
+                ))
                 .bind(room.0)
                 .bind(name.as_str())
                 .bind(host.0)
@@ -208,59 +348,66 @@ async fn apply_one(
                 .bind(position)
                 .execute(&mut *conn)
                 .await?;
-                set_member_state(conn, room.0, host.0, "member", position).await?;
-            }
-            RoomEvent::MemberInvited { user_id, .. } => {
-                sqlx::query(
-                    "INSERT INTO room_members (room_id, user_id, state, position)
+            set_member_state(conn, tables, room.0, host.0, "member", position).await?;
+        }
+        RoomEvent::MemberInvited { user_id, .. } => {
+            sqlx::query(&format!(
+                "INSERT INTO {room_members} (room_id, user_id, state, position)
                      VALUES ($1, $2, 'invited', $3) ON CONFLICT DO NOTHING",
-                )
-                .bind(room.0)
-                .bind(user_id.0)
-                .bind(position)
-                .execute(&mut *conn)
-                .await?;
-            }
-            RoomEvent::MemberJoined { user_id } => {
-                set_member_state(conn, room.0, user_id.0, "member", position).await?;
-                // A new member has nothing unread from before they joined.
-                sqlx::query(
+                room_members = tables.room_members
+            ))
+            .bind(room.0)
+            .bind(user_id.0)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        RoomEvent::MemberJoined { user_id } => {
+            set_member_state(conn, tables, room.0, user_id.0, "member", position).await?;
+            // A new member has nothing unread from before they joined. Read from this
+            // projection's own rooms table: a replay into shadows must see the room as it
+            // was at this event, not as it is live.
+            sqlx::query(&format!(
                     "INSERT INTO read_cursors (room_id, user_id, last_read_seq)
-                     SELECT room_id, $2, last_seq FROM rooms_view WHERE room_id = $1
+                     SELECT room_id, $2, last_seq FROM {rooms_view} WHERE room_id = $1
                      ON CONFLICT (room_id, user_id) DO UPDATE
                         SET last_read_seq = GREATEST(read_cursors.last_read_seq, excluded.last_read_seq),
                             updated_at = now()",
-                )
+                    rooms_view = tables.rooms_view
+                ))
                 .bind(room.0)
                 .bind(user_id.0)
                 .execute(&mut *conn)
                 .await?;
-            }
-            RoomEvent::MemberLeft { user_id } => {
-                sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
-                    .bind(room.0)
-                    .bind(user_id.0)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            RoomEvent::MessageSent { .. } => {}
-        },
-        _ => {}
+        }
+        RoomEvent::MemberLeft { user_id } => {
+            sqlx::query(&format!(
+                "DELETE FROM {room_members} WHERE room_id = $1 AND user_id = $2",
+                room_members = tables.room_members
+            ))
+            .bind(room.0)
+            .bind(user_id.0)
+            .execute(&mut *conn)
+            .await?;
+        }
+        RoomEvent::MessageSent { .. } => {}
     }
     Ok(())
 }
 
 async fn set_member_state(
     conn: &mut PgConnection,
+    tables: RoomsTables,
     room: Uuid,
     user: Uuid,
     state: &str,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO room_members (room_id, user_id, state, position) VALUES ($1, $2, $3, $4)
+    sqlx::query(&format!(
+        "INSERT INTO {room_members} (room_id, user_id, state, position) VALUES ($1, $2, $3, $4)
          ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state, position = excluded.position",
-    )
+        room_members = tables.room_members
+    ))
     .bind(room)
     .bind(user)
     .bind(state)
@@ -270,12 +417,9 @@ async fn set_member_state(
     Ok(())
 }
 
-/// The tables each projection owns (truncated by a rebuild). `read_cursors` is nobody's.
-pub(crate) fn tables_of(projection: &str) -> &'static [&'static str] {
-    match projection {
-        "users" => &["users_view"],
-        "rooms" => &["rooms_view", "room_members"],
-        "messages" => &["messages_view"],
-        _ => &[],
-    }
+/// The live tables each projection owns (emptied by a reset). `read_cursors` is nobody's.
+pub(crate) fn tables_of(projection: &str) -> Vec<&'static str> {
+    Projection::parse(projection)
+        .map(|p| p.tables().iter().map(|(live, _)| *live).collect())
+        .unwrap_or_default()
 }

@@ -1,8 +1,13 @@
-//! The read side over PostgreSQL: the projector and the read-model queries.
+//! The read side over PostgreSQL: the projector, the read-model queries, the positioned
+//! log reader (events pages, exports, time travel) and shadow-table rebuilds.
 
 mod apply;
+mod log_reader;
 mod projector;
 mod queries;
+mod rebuild;
 
+pub use log_reader::PgEventLog;
 pub use projector::{ActiveSession, PgProjector, ProjectorConfig, StepOutcome};
 pub use queries::PgReadModels;
+pub use rebuild::{RebuildConfig, RebuildPhase, RebuildProgress, RebuildReport};

@@ -10,9 +10,11 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::apply::tables_of;
+use super::log_reader::PgEventLog;
+use super::rebuild::{self, RebuildConfig, RebuildProgress, RebuildReport};
 use crate::read_models::ReadModelError;
 use crate::views::{
-    Credentials, MessagePage, MessageView, PageRequest, RoomListItem, RoomView, UserView,
+    Credentials, MessagePage, MessageView, Page, PageRequest, RoomListItem, RoomView, UserView,
 };
 use crate::{GlobalPosition, ProjectionStatus, PROJECTIONS};
 
@@ -79,6 +81,23 @@ impl PgReadModels {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The positioned event log behind these read models.
+    pub fn log(&self) -> PgEventLog {
+        PgEventLog::new(self.pool.clone())
+    }
+
+    /// Rebuilds the named projections (all when empty) into shadow tables and swaps them in,
+    /// without interrupting reads or the projector (see `rebuild.rs`).
+    pub async fn rebuild(
+        &self,
+        names: &[&str],
+        config: &RebuildConfig,
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<RebuildReport, ReadModelError> {
+        let projections = rebuild::projections_named(names)?;
+        rebuild::rebuild(&self.pool, &projections, config, progress).await
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
@@ -201,7 +220,28 @@ impl PgReadModels {
         room: RoomId,
         request: PageRequest,
     ) -> Result<MessagePage, ReadModelError> {
-        let page = request.validate()?;
+        self.messages_page(room, request.validate()?).await
+    }
+
+    /// A page of a room's history as it was at position `at`: only the messages with
+    /// `position <= at`. Seq and position grow together within a room, so that history is
+    /// the prefix up to the room's last seq at `at`, found in the log by index.
+    pub async fn messages_at(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+        at: GlobalPosition,
+    ) -> Result<MessagePage, ReadModelError> {
+        let mut page = request.validate()?;
+        if at.0 < 0 {
+            return Err(crate::events::FilterError::NegativePosition(at.0).into());
+        }
+        let last = self.log().last_seq_at(room, at).await?;
+        page.before = page.before.min(last + 1);
+        self.messages_page(room, page).await
+    }
+
+    async fn messages_page(&self, room: RoomId, page: Page) -> Result<MessagePage, ReadModelError> {
         let order = if page.backward { "DESC" } else { "ASC" };
         let rows = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages_view
@@ -335,10 +375,7 @@ impl PgReadModels {
         if let Some(unknown) = names.iter().find(|n| !PROJECTIONS.contains(n)) {
             return Err(ReadModelError::UnknownProjection((*unknown).to_owned()));
         }
-        let tables: Vec<&str> = names
-            .iter()
-            .flat_map(|n| tables_of(n).iter().copied())
-            .collect();
+        let tables: Vec<&str> = names.iter().flat_map(|n| tables_of(n)).collect();
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
             .execute(&mut *tx)

@@ -1,0 +1,34 @@
+//! `parley users grant USERNAME ROLE`: a `RoleGranted` event through the command layer.
+
+use anyhow::Context;
+use parley_domain::UserError;
+use parley_projections::postgres::PgEventLog;
+
+use super::{tool_pool, Failure};
+use crate::commands::{CommandBus, CommandError, CommandMeta};
+use crate::config::GrantArgs;
+use crate::store::{EventLog, PostgresLog};
+
+pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
+    let (options, username, role) = args.validate().map_err(Failure::Usage)?;
+    let pool = tool_pool(options).await?;
+    let user = PgEventLog::new(pool.clone())
+        .user_id(username.as_str())
+        .await
+        .context("looking up the user")?
+        .with_context(|| format!("no user is registered as \"{username}\""))?;
+    let bus = CommandBus::new(EventLog::Postgres(PostgresLog::new(pool)));
+    let meta = CommandMeta::system(format!("cli:users-grant:{}", uuid::Uuid::new_v4()));
+    match bus.grant_role(user, role, &meta).await {
+        Ok(()) => {
+            println!("granted {role} to {username}");
+            Ok(())
+        }
+        Err(CommandError::Rejected(UserError::AlreadyHasRole(role))) => {
+            Err(anyhow::anyhow!("{username} already has the role {role}").into())
+        }
+        Err(error) => Err(anyhow::Error::new(error)
+            .context(format!("granting {role} to {username}"))
+            .into()),
+    }
+}

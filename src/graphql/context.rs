@@ -1,0 +1,150 @@
+//! What resolvers get from their context: the app, the signed-in user, the request id.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, ID};
+use parley_domain::{RoomId, UserId};
+use parley_projections::RoomView;
+
+use super::error::{ApiError, ApiResult};
+use super::loaders::UserLoader;
+use crate::app::App;
+use crate::commands::CommandMeta;
+
+/// The user a verified token names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor(pub UserId);
+
+/// The request (HTTP) or connection (WebSocket) id, for metadata and logs.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// How many subscriptions one WebSocket connection may hold at once.
+#[derive(Clone, Debug)]
+pub struct SubscriptionBudget {
+    active: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// Held by a running subscription; gives its slot back when dropped.
+#[derive(Debug)]
+pub struct SubscriptionSlot {
+    active: Arc<AtomicUsize>,
+}
+
+impl SubscriptionBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            active: Arc::default(),
+            max,
+        }
+    }
+
+    pub fn take(&self) -> Result<SubscriptionSlot, ApiError> {
+        let taken = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => {
+                metrics::gauge!("parley_active_subscriptions").increment(1.0);
+                Ok(SubscriptionSlot {
+                    active: self.active.clone(),
+                })
+            }
+            Err(_) => Err(ApiError::BadInput(format!(
+                "at most {} subscriptions per connection",
+                self.max
+            ))),
+        }
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("parley_active_subscriptions").decrement(1.0);
+    }
+}
+
+pub fn app<'a>(ctx: &Context<'a>) -> &'a App {
+    ctx.data_unchecked::<App>()
+}
+
+pub fn users<'a>(ctx: &Context<'a>) -> &'a DataLoader<UserLoader> {
+    ctx.data_unchecked::<Arc<DataLoader<UserLoader>>>()
+}
+
+/// The signed-in user, or `UNAUTHENTICATED`.
+pub fn actor(ctx: &Context<'_>) -> ApiResult<UserId> {
+    ctx.data_opt::<Actor>().map(|a| a.0).ok_or_else(|| {
+        ApiError::Unauthenticated("sign in first: send a bearer token".to_owned()).into()
+    })
+}
+
+pub fn meta(ctx: &Context<'_>) -> CommandMeta {
+    let request_id = ctx
+        .data_opt::<RequestId>()
+        .map_or_else(|| "-".to_owned(), |r| r.0.clone());
+    CommandMeta::new(ctx.data_opt::<Actor>().map(|a| a.0), request_id)
+}
+
+/// Parses an id argument.
+pub fn room_id(id: &ID) -> ApiResult<RoomId> {
+    RoomId::parse(id)
+        .map_err(|_| ApiError::BadInput(format!("{:?} is not a valid room id", id.as_str())).into())
+}
+
+pub fn user_id(id: &ID) -> ApiResult<UserId> {
+    UserId::parse(id)
+        .map_err(|_| ApiError::BadInput(format!("{:?} is not a valid user id", id.as_str())).into())
+}
+
+/// Requires the actor to be a member of the room, judged by the room aggregate itself (so a
+/// leave or join takes effect at once). `NOT_FOUND` for a room that does not exist.
+pub async fn require_member(
+    app: &App,
+    room: RoomId,
+    user: UserId,
+) -> ApiResult<parley_domain::Room> {
+    let state = app
+        .commands
+        .room_state(room)
+        .await
+        .map_err(ApiError::internal)?;
+    match state {
+        None => Err(ApiError::NotFound("no such room".to_owned()).into()),
+        Some((state, _)) if !state.is_member(user) => {
+            Err(ApiError::Forbidden("you are not a member of this room".to_owned()).into())
+        }
+        Some((state, _)) => Ok(state),
+    }
+}
+
+/// The room as the read model shows it once it reflects `ready` (read-your-writes after a
+/// command: the projector is a few milliseconds behind the command).
+pub async fn fresh_room(
+    app: &App,
+    room: RoomId,
+    ready: impl Fn(&RoomView) -> bool,
+) -> ApiResult<RoomView> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = app.read_models.room(room).await.map_err(ApiError::from)?;
+        match view {
+            Some(view) if ready(&view) => return Ok(view),
+            Some(view) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(%room, "read model still behind after 5 s; answering with it");
+                return Ok(view);
+            }
+            None if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::internal("room not projected within 5 s").into())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}

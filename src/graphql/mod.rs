@@ -1,0 +1,51 @@
+//! The GraphQL API of `shared/API.md`: schema, resolvers and transport (HTTP and WebSocket).
+
+mod context;
+mod error;
+mod loaders;
+mod mutation;
+mod query;
+mod subscription;
+mod transport;
+mod types;
+
+use async_graphql::{SDLExportOptions, Schema};
+
+pub use context::{Actor, RequestId, SubscriptionBudget};
+pub use error::ApiError;
+pub use loaders::UserLoader;
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::{Subscription, TYPING_TTL};
+pub use transport::{routes, WsConfig, MAX_BODY};
+
+use crate::app::App;
+
+pub type ParleySchema = Schema<Query, Mutation, Subscription>;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Most complex query accepted (each field counts 1).
+pub const MAX_COMPLEXITY: usize = 1000;
+
+/// The schema over `app`.
+pub fn schema(app: App) -> ParleySchema {
+    Schema::build(Query, Mutation, Subscription)
+        .data(app)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .extension(error::ErrorCodes)
+        .finish()
+}
+
+/// The schema as SDL, sorted, as checked in at `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription)
+        .finish()
+        .sdl_with_options(
+            SDLExportOptions::new()
+                .sorted_fields()
+                .sorted_arguments()
+                .sorted_enum_items(),
+        )
+}

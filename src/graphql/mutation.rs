@@ -1,0 +1,258 @@
+//! `Mutation`: each runs one domain command (or an ephemeral action) as the signed-in user.
+
+use async_graphql::{Context, Object, ID};
+use parley_domain::{Password, RoomError, UserId, ValueError};
+use parley_projections::UserView;
+
+use super::context::{actor, app, fresh_room, meta, require_member, room_id, user_id};
+use super::error::{ApiError, ApiResult};
+use super::types::{with_last_message, AuthPayload, Message, Room, User};
+use crate::auth;
+use crate::commands::CommandError;
+use crate::live::{LiveEvent, LiveMessage};
+use crate::relay::Channel;
+
+#[derive(Debug, Default)]
+pub struct Mutation;
+
+fn password(raw: &str) -> ApiResult<Password> {
+    Password::parse(raw).map_err(|e: ValueError| ApiError::BadInput(e.to_string()).into())
+}
+
+async fn publish_typing(
+    ctx: &Context<'_>,
+    room: parley_domain::RoomId,
+    user: UserId,
+    is_typing: bool,
+) {
+    let event = LiveEvent::Typing {
+        room_id: room,
+        user,
+        is_typing,
+    };
+    let payload = match serde_json::to_value(&event) {
+        Ok(payload) => payload,
+        Err(error) => return tracing::error!(%error, "typing event not serializable"),
+    };
+    if let Err(error) = app(ctx).relay.publish(&Channel::Room(room), &payload).await {
+        tracing::warn!(%error, "typing event not relayed");
+    }
+}
+
+#[Object]
+impl Mutation {
+    /// Creates an account and signs in. Username: 3–32 of `[a-z0-9_]`; password 8–128.
+    async fn register(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        password: String,
+    ) -> ApiResult<AuthPayload> {
+        let password = self::password(&password)?;
+        let app = app(ctx);
+        let hash = auth::hash_password(password)
+            .await
+            .map_err(ApiError::internal)?;
+        let id = app
+            .commands
+            .register_user(&username, hash, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        let token = app.tokens.issue(id).map_err(ApiError::internal)?;
+        let user = User(UserView {
+            id,
+            username,
+            roles: Vec::new(),
+            created_at: chrono::Utc::now(),
+        });
+        let user = match app.read_models.user(id).await.map_err(ApiError::from)? {
+            Some(view) => User(view),
+            None => user,
+        };
+        Ok(AuthPayload { token, user })
+    }
+
+    /// Signs in. The same error for an unknown user and a wrong password.
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        password: String,
+    ) -> ApiResult<AuthPayload> {
+        let app = app(ctx);
+        let mut credentials = app
+            .read_models
+            .credentials(&username)
+            .await
+            .map_err(ApiError::from)?;
+        if credentials.is_none() {
+            // Registered a moment ago? The directory is a few milliseconds behind the store.
+            if let Ok(name) = parley_domain::Username::parse(&username) {
+                if app
+                    .log
+                    .username_taken(&name)
+                    .await
+                    .map_err(ApiError::internal)?
+                {
+                    for _ in 0..100 {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        credentials = app
+                            .read_models
+                            .credentials(&username)
+                            .await
+                            .map_err(ApiError::from)?;
+                        if credentials.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let stored = credentials.as_ref().map(|c| c.password_hash.clone());
+        if !auth::verify_password(password, stored).await {
+            return Err(
+                ApiError::Unauthenticated("invalid username or password".to_owned()).into(),
+            );
+        }
+        let Some(credentials) = credentials else {
+            return Err(
+                ApiError::Unauthenticated("invalid username or password".to_owned()).into(),
+            );
+        };
+        let token = app
+            .tokens
+            .issue(credentials.user.id)
+            .map_err(ApiError::internal)?;
+        Ok(AuthPayload {
+            token,
+            user: User(credentials.user),
+        })
+    }
+
+    /// Opens a room: the caller is its host and first member; `participants` are invited.
+    async fn create_room(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        participants: Option<Vec<ID>>,
+    ) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let participants = participants
+            .unwrap_or_default()
+            .iter()
+            .map(user_id)
+            .collect::<ApiResult<Vec<_>>>()?;
+        let app = app(ctx);
+        let room = app
+            .commands
+            .create_room(me, &name, participants, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        let view = fresh_room(app, room, |_| true).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
+    /// Joins a room by id. Joining a room one is in is a `CONFLICT`.
+    async fn join_room(&self, ctx: &Context<'_>, room_id: ID) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let app = app(ctx);
+        app.commands
+            .join_room(room, me, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        let view = fresh_room(app, room, |v| v.members.contains(&me)).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
+    /// Leaves a room (the host too); the room and its history remain. Leaving a room one is
+    /// not in is a `CONFLICT`.
+    async fn leave_room(&self, ctx: &Context<'_>, room_id: ID) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let app = app(ctx);
+        match app.commands.leave_room(room, me, &meta(ctx)).await {
+            Err(CommandError::Rejected(RoomError::NotMember)) => {
+                return Err(
+                    ApiError::Conflict("you are not a member of this room".to_owned()).into(),
+                )
+            }
+            other => other.map_err(ApiError::from)?,
+        }
+        let view = fresh_room(app, room, |v| !v.members.contains(&me)).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
+    /// Sends a message; returns it once it is durable. Repeating a `clientMsgId` returns the
+    /// original message and stores nothing.
+    async fn send_message(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        body: String,
+        client_msg_id: String,
+    ) -> ApiResult<Message> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let app = app(ctx);
+        let sent = app
+            .commands
+            .send_message(room, me, &body, &client_msg_id, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        if !sent.repeated {
+            publish_typing(ctx, room, me, false).await;
+        }
+        Ok(Message(LiveMessage {
+            id: sent.message_id,
+            room_id: room,
+            seq: sent.seq.0 as i64,
+            sender: sent.sender,
+            body: sent.body.as_str().to_owned(),
+            client_msg_id: sent.client_msg_id.as_str().to_owned(),
+            sent_at: sent.sent_at,
+            position: 0,
+        }))
+    }
+
+    /// Tells the room the caller is typing; it shows for about 5 s unless repeated.
+    async fn typing(&self, ctx: &Context<'_>, room_id: ID) -> ApiResult<bool> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        require_member(app(ctx), room, me).await?;
+        publish_typing(ctx, room, me, true).await;
+        Ok(true)
+    }
+
+    /// Moves the caller's read cursor forward to `seq` (never back).
+    async fn mark_read(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let room = self::room_id(&room_id)?;
+        let app = app(ctx);
+        let Some((state, _)) = app
+            .commands
+            .room_state(room)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Err(ApiError::NotFound("no such room".to_owned()).into());
+        };
+        if !state.is_member(me) {
+            return Err(ApiError::Forbidden("you are not a member of this room".to_owned()).into());
+        }
+        let last_seq = state.last_seq().0 as i64;
+        if !(0..=last_seq).contains(&seq) {
+            return Err(ApiError::BadInput(format!(
+                "seq must be between 0 and {last_seq}, got {seq}"
+            ))
+            .into());
+        }
+        fresh_room(app, room, |v| v.last_seq >= seq).await?;
+        app.read_models
+            .mark_read(room, me, seq)
+            .await
+            .map_err(ApiError::from)?;
+        let view = fresh_room(app, room, |_| true).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+}

@@ -1,0 +1,316 @@
+//! `Subscription`: live messages, typing and notices, over the relay.
+//!
+//! Each subscription subscribes to its relay channel *first* and only then reads what it
+//! must replay, so nothing falls between the two. From then on it keeps a cursor — the
+//! message `seq` for `messages`, the room's aggregate sequence for room notices — drops what
+//! it has already delivered and, on a jump (an event the relay lost) or a `Resync`/`Lagged`
+//! from the relay, re-reads the missing part from the read models or the log. Memory stays
+//! bounded: the relay buffer per subscriber is fixed and re-reads go page by page.
+//!
+//! A member who leaves receives their own `MEMBER_LEFT` in order after everything before it
+//! and before anything after it; the subscription ends there.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_graphql::{Context, Subscription, ID};
+use async_stream::stream;
+use futures::Stream;
+use parley_domain::{RoomId, UserId};
+use tokio::time::Instant;
+
+use super::context::{actor, app, require_member, SubscriptionBudget};
+use super::error::{ApiError, ApiResult};
+use super::types::{Message, Notice, TypingEvent};
+use crate::app::App;
+use crate::live::{replayed_room_event, LiveEvent, LiveMessage, NoticeKind};
+use crate::relay::{Channel, RelayItem, Subscription as RelaySubscription};
+
+/// How long a typing indicator lasts without a refresh.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
+
+/// Messages re-read per query when replaying or filling a gap.
+const PAGE: i64 = 100;
+
+#[derive(Debug, Default)]
+pub struct Subscription;
+
+async fn subscribe(app: &App, channel: Channel) -> ApiResult<RelaySubscription> {
+    app.relay
+        .subscribe(&channel)
+        .await
+        .map_err(|e| ApiError::internal(format!("live relay unavailable: {e}")).into())
+}
+
+fn decode(item: &serde_json::Value) -> Option<LiveEvent> {
+    match serde_json::from_value(item.clone()) {
+        Ok(event) => Some(event),
+        Err(error) => {
+            tracing::warn!(%error, "ignoring an unreadable live event");
+            None
+        }
+    }
+}
+
+fn left(event: &LiveEvent, me: UserId) -> bool {
+    matches!(event, LiveEvent::Notice { notice, .. }
+        if notice.kind == NoticeKind::MemberLeft && notice.user == Some(me))
+}
+
+/// Messages of `room` with `after < seq <= up_to`, read page by page.
+async fn read_messages(
+    app: &App,
+    room: RoomId,
+    after: i64,
+    up_to: i64,
+) -> Result<Vec<LiveMessage>, ApiError> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    while cursor < up_to {
+        let page = app
+            .read_models
+            .messages_between(room, cursor, up_to, PAGE)
+            .await
+            .map_err(ApiError::from)?;
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        let full = page.len() as i64 == PAGE;
+        out.extend(page.into_iter().map(LiveMessage::from));
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[Subscription]
+impl Subscription {
+    /// Messages of a room: first those after seq `after` (when given), then live ones, in
+    /// seq order with no gap and no duplicate. Members only; ends when the caller leaves.
+    async fn messages(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        after: Option<i64>,
+    ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        if after.is_some_and(|a| a < 0) {
+            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
+        }
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        require_member(&app, room, me).await?;
+        let mut live = subscribe(&app, Channel::Room(room)).await?;
+        let mut last = match after {
+            Some(after) => after,
+            None => app
+                .commands
+                .room_state(room)
+                .await
+                .map_err(ApiError::internal)?
+                .map_or(0, |(state, _)| state.last_seq().0 as i64),
+        };
+        Ok(stream! {
+            let _slot = slot;
+            // Replay, page by page, up to what the read model holds now.
+            loop {
+                match read_messages(&app, room, last, last + PAGE).await {
+                    Ok(page) if page.is_empty() => break,
+                    Ok(page) => for message in page {
+                        last = message.seq;
+                        yield Ok(Message(message));
+                    },
+                    Err(error) => { yield Err(error.into()); return; }
+                }
+            }
+            while let Some(item) = live.recv().await {
+                let event = match item {
+                    RelayItem::Message(value) => decode(&value),
+                    RelayItem::Resync | RelayItem::Lagged(_) => {
+                        // Whatever the relay dropped is in the read model: re-read from the cursor.
+                        loop {
+                            match read_messages(&app, room, last, last + PAGE).await {
+                                Ok(page) if page.is_empty() => break,
+                                Ok(page) => for message in page {
+                                    last = message.seq;
+                                    yield Ok(Message(message));
+                                },
+                                Err(error) => { yield Err(error.into()); return; }
+                            }
+                        }
+                        None
+                    }
+                };
+                let Some(event) = event else { continue };
+                if left(&event, me) {
+                    return;
+                }
+                let LiveEvent::Message { message, .. } = event else { continue };
+                if message.seq <= last {
+                    continue;
+                }
+                if message.seq > last + 1 {
+                    match read_messages(&app, room, last, message.seq - 1).await {
+                        Ok(missing) => for m in missing {
+                            last = m.seq;
+                            yield Ok(Message(m));
+                        },
+                        Err(error) => { yield Err(error.into()); return; }
+                    }
+                }
+                if message.seq == last + 1 {
+                    last = message.seq;
+                    yield Ok(Message(message));
+                } else {
+                    tracing::error!(%room, expected = last + 1, got = message.seq, "message gap could not be filled");
+                }
+            }
+        })
+    }
+
+    /// Who is typing in a room: `isTyping: true` when someone starts, `false` when they send a
+    /// message or after ~5 s without a refresh. The caller's own typing is not echoed.
+    async fn typing(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+    ) -> Result<impl Stream<Item = ApiResult<TypingEvent>>, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        require_member(&app, room, me).await?;
+        let mut live = subscribe(&app, Channel::Room(room)).await?;
+        Ok(stream! {
+            let _slot = slot;
+            let mut typing: HashMap<UserId, Instant> = HashMap::new();
+            loop {
+                let next_expiry = typing.values().min().copied();
+                let item = tokio::select! {
+                    item = live.recv() => item,
+                    () = async {
+                        match next_expiry {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let now = Instant::now();
+                        let expired: Vec<UserId> = typing.iter().filter(|(_, at)| **at <= now).map(|(u, _)| *u).collect();
+                        for user in expired {
+                            typing.remove(&user);
+                            yield Ok(TypingEvent { room, user_id: user, is_typing: false });
+                        }
+                        continue;
+                    }
+                };
+                let Some(item) = item else { return };
+                let RelayItem::Message(value) = item else { continue };
+                let Some(event) = decode(&value) else { continue };
+                if left(&event, me) {
+                    return;
+                }
+                let LiveEvent::Typing { user, is_typing, .. } = event else { continue };
+                if user == me {
+                    continue;
+                }
+                if is_typing {
+                    let was_typing = typing.insert(user, Instant::now() + TYPING_TTL).is_some();
+                    if !was_typing {
+                        yield Ok(TypingEvent { room, user_id: user, is_typing: true });
+                    }
+                } else if typing.remove(&user).is_some() {
+                    yield Ok(TypingEvent { room, user_id: user, is_typing: false });
+                }
+            }
+        })
+    }
+
+    /// System notices. With `roomId`: that room's (created, invited, joined, left, online,
+    /// offline), members only, in log order with gaps re-read from the log. Without: the
+    /// caller's own (invitations) and announcements.
+    async fn notices(
+        &self,
+        ctx: &Context<'_>,
+        room_id: Option<ID>,
+    ) -> Result<impl Stream<Item = ApiResult<Notice>>, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        let room = room_id.as_ref().map(super::context::room_id).transpose()?;
+        let stream: std::pin::Pin<Box<dyn Stream<Item = ApiResult<Notice>> + Send>> = match room {
+            Some(room) => {
+                require_member(&app, room, me).await?;
+                let mut live = subscribe(&app, Channel::Room(room)).await?;
+                let mut last = app
+                    .commands
+                    .room_state(room)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_or(0, |(_, sequence)| sequence as i64);
+                Box::pin(stream! {
+                    let _slot = slot;
+                    while let Some(item) = live.recv().await {
+                        let mut events = Vec::new();
+                        match item {
+                            RelayItem::Message(value) => {
+                                let Some(event) = decode(&value) else { continue };
+                                let Some(sequence) = event.sequence() else {
+                                    // Ephemeral (presence): no cursor.
+                                    if let LiveEvent::Notice { notice, .. } = event { yield Ok(Notice(notice)); }
+                                    continue;
+                                };
+                                if sequence <= last { continue; }
+                                if sequence > last + 1 {
+                                    match app.log.room_events(room, last, sequence - 1).await {
+                                        Ok(missing) => events.extend(missing.iter().filter_map(replayed_room_event)),
+                                        Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                                    }
+                                }
+                                events.push(event);
+                            }
+                            RelayItem::Resync | RelayItem::Lagged(_) => {
+                                match app.log.room_events(room, last, i64::MAX).await {
+                                    Ok(missing) => events.extend(missing.iter().filter_map(replayed_room_event)),
+                                    Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                                }
+                            }
+                        }
+                        for event in events {
+                            if let Some(sequence) = event.sequence() {
+                                if sequence <= last { continue; }
+                                last = sequence;
+                            }
+                            let is_my_leave = left(&event, me);
+                            if let LiveEvent::Notice { notice, .. } = event {
+                                yield Ok(Notice(notice));
+                            }
+                            if is_my_leave {
+                                return;
+                            }
+                        }
+                    }
+                })
+            }
+            None => {
+                let mut mine = subscribe(&app, Channel::User(me)).await?;
+                let mut everyone = subscribe(&app, Channel::Broadcast).await?;
+                Box::pin(stream! {
+                    let _slot = slot;
+                    loop {
+                        let item = tokio::select! {
+                            item = mine.recv() => item,
+                            item = everyone.recv() => item,
+                        };
+                        let Some(item) = item else { return };
+                        let RelayItem::Message(value) = item else { continue };
+                        if let Some(LiveEvent::Notice { notice, .. }) = decode(&value) {
+                            yield Ok(Notice(notice));
+                        }
+                    }
+                })
+            }
+        };
+        Ok(stream)
+    }
+}

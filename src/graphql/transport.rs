@@ -1,0 +1,456 @@
+//! GraphQL over HTTP (`POST /graphql`, `GET /graphql`) and WebSocket (`GET /graphql/ws`).
+//!
+//! HTTP: the body is read here (not by async-graphql's extractor) so that the 1 MiB limit,
+//! malformed JSON and bad tokens all get a GraphQL-shaped error with `extensions.code`.
+//! Mutations are refused over GET.
+//!
+//! WebSocket: async-graphql speaks both protocols (`graphql-transport-ws`, legacy
+//! `graphql-ws`); this module pumps frames around it to add what it lacks: close code 4403
+//! for a missing or bad token, 4408 when `connection_init` does not come, server pings and an
+//! idle timeout, and presence heartbeats for the signed-in user.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{BatchRequest, Data};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query as UrlQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use parley_domain::UserId;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::context::{Actor, RequestId, SubscriptionBudget};
+use super::error::{refusal, REQUEST_ID};
+use super::loaders::UserLoader;
+use super::ParleySchema;
+use crate::app::App;
+
+/// Largest request body, for GraphQL too.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Most operations in one batched request.
+const MAX_BATCH: usize = 10;
+
+/// WebSocket limits.
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// How long a client has to send `connection_init`.
+    pub init_timeout: Duration,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 100,
+            init_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct GraphqlState {
+    app: App,
+    schema: ParleySchema,
+    ws: WsConfig,
+}
+
+/// The GraphQL routes.
+pub fn routes(app: App, ws: WsConfig) -> Router {
+    let state = GraphqlState {
+        schema: super::schema(app.clone()),
+        app,
+        ws,
+    };
+    Router::new()
+        .route("/graphql", get(get_graphql).post(post_graphql))
+        .route("/graphql/ws", get(websocket))
+        .with_state(state)
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    metrics::counter!("parley_graphql_errors_total", "code" => code.to_owned()).increment(1);
+    (status, Json(refusal(code, message))).into_response()
+}
+
+/// The token of an `Authorization: Bearer …` header: `None` without one.
+fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(()),
+    )
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
+    Arc::new(DataLoader::new(
+        UserLoader::new(app.read_models.clone()),
+        tokio::spawn,
+    ))
+}
+
+/// Checks the bearer token of an HTTP request: `Ok(None)` when there is none, else the
+/// reason it is refused.
+fn http_actor(app: &App, headers: &HeaderMap) -> Result<Option<UserId>, &'static str> {
+    match bearer(headers) {
+        None => Ok(None),
+        Some(Ok(token)) => app
+            .tokens
+            .verify(token)
+            .map(Some)
+            .map_err(|_| "invalid or expired token"),
+        Some(Err(())) => Err("the Authorization header must be `Bearer <token>`"),
+    }
+}
+
+fn unauthenticated(reason: &str) -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", reason)
+}
+
+async fn execute(
+    state: &GraphqlState,
+    request: BatchRequest,
+    actor: Option<UserId>,
+    id: String,
+) -> Response {
+    let mut request = request
+        .data(RequestId(id.clone()))
+        .data(user_loader(&state.app));
+    if let Some(actor) = actor {
+        request = request.data(Actor(actor));
+    }
+    let response = REQUEST_ID
+        .scope(id, state.schema.execute_batch(request))
+        .await;
+    let mut http = Json(&response).into_response();
+    if let Some(cache) = response.cache_control().value() {
+        if let Ok(value) = cache.parse() {
+            http.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
+    }
+    http
+}
+
+/// `POST /graphql`: queries and mutations.
+async fn post_graphql(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "request body exceeds 1 MiB",
+            )
+        }
+        Err(rejection) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &rejection.body_text(),
+            )
+        }
+    };
+    let request: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("the body is not a GraphQL request in JSON: {error}"),
+            )
+        }
+    };
+    if let BatchRequest::Batch(batch) = &request {
+        if batch.len() > MAX_BATCH || batch.is_empty() {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("a batch holds 1 to {MAX_BATCH} operations"),
+            );
+        }
+    }
+    let actor = match http_actor(&state.app, &headers) {
+        Ok(actor) => actor,
+        Err(reason) => return unauthenticated(reason),
+    };
+    execute(&state, request, actor, request_id(&headers)).await
+}
+
+/// Whether the operation a GET request would run is a query.
+fn is_query(request: &async_graphql::Request) -> Result<bool, String> {
+    let document = async_graphql::parser::parse_query(&request.query).map_err(|e| e.to_string())?;
+    let kind = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| op.node.ty)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    Ok(kind.is_none_or(|ty| ty == OperationType::Query))
+}
+
+/// `GET /graphql`: GraphiQL in a browser, or a query from URL parameters.
+async fn get_graphql(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    UrlQuery(params): UrlQuery<std::collections::HashMap<String, String>>,
+) -> Response {
+    if !params.contains_key("query") {
+        return Html(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql/ws")
+                .title("Parley GraphiQL")
+                .finish(),
+        )
+        .into_response();
+    }
+    let query = serde_urlencoded::to_string(&params).unwrap_or_default();
+    let request = match async_graphql::http::parse_query_string(&query) {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &error.to_string(),
+            )
+        }
+    };
+    match is_query(&request) {
+        Ok(true) => {}
+        Ok(false) => return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_USER_INPUT",
+            "mutations and subscriptions are not accepted over GET: use POST (or the WebSocket)",
+        ),
+        Err(error) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &error),
+    }
+    let actor = match http_actor(&state.app, &headers) {
+        Ok(actor) => actor,
+        Err(reason) => return unauthenticated(reason),
+    };
+    execute(
+        &state,
+        BatchRequest::Single(request),
+        actor,
+        request_id(&headers),
+    )
+    .await
+}
+
+/// `GET /graphql/ws`: the WebSocket upgrade.
+async fn websocket(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|list| {
+            list.split(',')
+                .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+        });
+    let Some(protocol) = protocol else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "ask for subprotocol graphql-transport-ws (or legacy graphql-ws)",
+        );
+    };
+    let header_token = bearer(&headers).map(|t| t.map(str::to_owned));
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| serve_socket(socket, protocol, state, header_token))
+}
+
+/// The token a `connection_init` payload carries: `{ token }` (or an `Authorization` field).
+fn init_token(payload: &serde_json::Value) -> Option<String> {
+    let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
+    field("token").map(str::to_owned).or_else(|| {
+        field("Authorization")
+            .or_else(|| field("authorization"))
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    })
+}
+
+/// Close codes of the graphql-transport-ws protocol.
+const FORBIDDEN: u16 = 4403;
+const INIT_TIMEOUT: u16 = 4408;
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn serve_socket(
+    socket: WebSocket,
+    protocol: WebSocketProtocols,
+    state: GraphqlState,
+    header_token: Option<Result<String, ()>>,
+) {
+    let connection_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("websocket", connection = %connection_id);
+    let pumped = pump(socket, protocol, state, header_token, connection_id.clone());
+    REQUEST_ID
+        .scope(connection_id, tracing::Instrument::instrument(pumped, span))
+        .await;
+}
+
+async fn pump(
+    socket: WebSocket,
+    protocol: WebSocketProtocols,
+    state: GraphqlState,
+    header_token: Option<Result<String, ()>>,
+    connection_id: String,
+) {
+    let (mut sink, mut source) = socket.split();
+    let (to_graphql, from_client) = mpsc::channel::<Bytes>(32);
+    let refused = Arc::new(AtomicBool::new(false));
+    let (signed_in_tx, mut signed_in) = mpsc::channel::<UserId>(1);
+
+    let init = {
+        let app = state.app.clone();
+        let refused = refused.clone();
+        let ws = state.ws.clone();
+        let connection_id = connection_id.clone();
+        move |payload: serde_json::Value| async move {
+            let token = init_token(&payload).or_else(|| header_token.and_then(Result::ok));
+            let actor = token.as_deref().and_then(|t| app.tokens.verify(t).ok());
+            let Some(actor) = actor else {
+                refused.store(true, Ordering::SeqCst);
+                return Err(async_graphql::Error::new(
+                    "Forbidden: missing or invalid token",
+                ));
+            };
+            let _ = signed_in_tx.send(actor).await;
+            let mut data = Data::default();
+            data.insert(Actor(actor));
+            data.insert(RequestId(connection_id));
+            data.insert(user_loader(&app));
+            data.insert(SubscriptionBudget::new(ws.max_subscriptions));
+            Ok(data)
+        }
+    };
+    let ws_protocol = protocol;
+    let mut graphql = async_graphql::http::WebSocket::new(
+        state.schema.clone(),
+        ReceiverStream::new(from_client),
+        ws_protocol,
+    )
+    .on_connection_init(init);
+
+    let mut ping = tokio::time::interval(state.ws.ping_interval);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    let init_deadline = tokio::time::sleep(state.ws.init_timeout);
+    tokio::pin!(init_deadline);
+    let mut user: Option<UserId> = None;
+    let mut heartbeat = tokio::time::interval(state.app.presence.ttl() / 3);
+
+    loop {
+        tokio::select! {
+            frame = source.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                last_heard = tokio::time::Instant::now();
+                match frame {
+                    Message::Text(text) => {
+                        if to_graphql.send(Bytes::from(text.as_str().to_owned())).await.is_err() { break; }
+                    }
+                    Message::Binary(bytes) => {
+                        if to_graphql.send(bytes).await.is_err() { break; }
+                    }
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            out = graphql.next() => {
+                let Some(out) = out else { break };
+                let message = match out {
+                    WsMessage::Text(text) => Message::Text(text.into()),
+                    WsMessage::Close(code, reason) => {
+                        let code = if refused.load(Ordering::SeqCst) { FORBIDDEN } else { code };
+                        Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+                    }
+                };
+                let closing = matches!(message, Message::Close(_));
+                if sink.send(message).await.is_err() || closing { break; }
+                if refused.load(Ordering::SeqCst) {
+                    // Legacy protocol: the error went out as a message; now close.
+                    let _ = sink.send(close(FORBIDDEN, "Forbidden")).await;
+                    break;
+                }
+            }
+            Some(actor) = signed_in.recv() => {
+                user = Some(actor);
+                touch_presence(&state.app, actor, &connection_id).await;
+            }
+            _ = heartbeat.tick(), if user.is_some() => {
+                if let Some(actor) = user {
+                    touch_presence(&state.app, actor, &connection_id).await;
+                }
+            }
+            () = &mut init_deadline, if user.is_none() => {
+                let _ = sink.send(close(INIT_TIMEOUT, "Connection initialisation timeout")).await;
+                break;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > state.ws.idle_timeout {
+                    let _ = sink.send(close(1001, "idle timeout")).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() { break; }
+            }
+        }
+    }
+    if let Some(actor) = user {
+        if let Err(error) = state.app.presence.disconnect(actor, &connection_id).await {
+            tracing::warn!(%error, "presence not cleared; it expires by TTL");
+        }
+    }
+}
+
+async fn touch_presence(app: &App, user: UserId, connection_id: &str) {
+    if let Err(error) = app.presence.heartbeat(user, connection_id).await {
+        tracing::warn!(%error, "presence heartbeat failed");
+    }
+}

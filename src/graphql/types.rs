@@ -1,0 +1,312 @@
+//! The GraphQL object types of API.md.
+
+use async_graphql::{ComplexObject, Context, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use parley_domain::{RoomId, UserId};
+use parley_projections::{MessagePage as MessagePageView, PageRequest, RoomView, UserView};
+
+use super::context::{actor, app, users};
+use super::error::{ApiError, ApiResult};
+use crate::live::{LiveMessage, LiveNotice, NoticeKind};
+
+/// Resolves a user that must exist (a sender, a host, a member).
+pub async fn load_user(ctx: &Context<'_>, id: UserId) -> ApiResult<User> {
+    users(ctx)
+        .load_one(id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(User)
+        .ok_or_else(|| {
+            ApiError::internal(format!("user {id} is referenced but not in the directory")).into()
+        })
+}
+
+async fn load_users(ctx: &Context<'_>, ids: &[UserId]) -> ApiResult<Vec<User>> {
+    let found = users(ctx)
+        .load_many(ids.iter().copied())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ids
+        .iter()
+        .filter_map(|id| found.get(id).cloned().map(User))
+        .collect())
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct User(pub UserView);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn username(&self) -> &str {
+        &self.0.username
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    /// Roles beyond a plain user: `analyst`, `admin`.
+    async fn roles(&self) -> &[String] {
+        &self.0.roles
+    }
+}
+
+/// A chat room.
+#[derive(Clone, Debug)]
+pub struct Room {
+    pub view: RoomView,
+    /// Precomputed by the rooms list; otherwise looked up.
+    pub last_message: Option<Option<LiveMessage>>,
+    pub unread_count: Option<i64>,
+}
+
+impl Room {
+    pub fn new(view: RoomView) -> Self {
+        Self {
+            view,
+            last_message: None,
+            unread_count: None,
+        }
+    }
+}
+
+#[Object]
+impl Room {
+    async fn id(&self) -> ID {
+        ID(self.view.id.to_string())
+    }
+
+    async fn name(&self) -> &str {
+        &self.view.name
+    }
+
+    async fn host(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.view.host).await
+    }
+
+    /// Members, in id order.
+    async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
+        load_users(ctx, &self.view.members).await
+    }
+
+    /// Invited users who have not joined yet.
+    async fn invited(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
+        load_users(ctx, &self.view.invited).await
+    }
+
+    /// Members connected right now, on any instance.
+    async fn online(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
+        let online = app(ctx)
+            .presence
+            .online_among(&self.view.members)
+            .await
+            .map_err(ApiError::internal)?;
+        let ids: Vec<UserId> = self
+            .view
+            .members
+            .iter()
+            .copied()
+            .filter(|m| online.contains(m))
+            .collect();
+        load_users(ctx, &ids).await
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.view.created_at
+    }
+
+    async fn last_message(&self) -> ApiResult<Option<Message>> {
+        Ok(self.last_message.clone().flatten().map(Message))
+    }
+
+    /// Messages after the caller's read cursor (0 for non-members).
+    async fn unread_count(&self, ctx: &Context<'_>) -> ApiResult<i64> {
+        if let Some(count) = self.unread_count {
+            return Ok(count);
+        }
+        let me = actor(ctx)?;
+        if !self.view.members.contains(&me) {
+            return Ok(0);
+        }
+        Ok(app(ctx)
+            .read_models
+            .unread_count(self.view.id, me)
+            .await
+            .map_err(ApiError::from)?)
+    }
+}
+
+/// Fills in a room's last message from the read model.
+pub async fn with_last_message(ctx: &Context<'_>, mut room: Room) -> ApiResult<Room> {
+    if room.last_message.is_none() {
+        let seq = room.view.last_seq;
+        let last = app(ctx)
+            .read_models
+            .messages_between(room.view.id, seq - 1, seq, 1)
+            .await
+            .map_err(ApiError::from)?;
+        room.last_message = Some(last.into_iter().next().map(LiveMessage::from));
+    }
+    Ok(room)
+}
+
+/// A message in a room.
+#[derive(Clone, Debug)]
+pub struct Message(pub LiveMessage);
+
+#[Object]
+impl Message {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn room_id(&self) -> ID {
+        ID(self.0.room_id.to_string())
+    }
+
+    /// Contiguous 1, 2, 3… within the room.
+    async fn seq(&self) -> i64 {
+        self.0.seq
+    }
+
+    async fn sender(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.0.sender).await
+    }
+
+    async fn body(&self) -> &str {
+        &self.0.body
+    }
+
+    async fn client_msg_id(&self) -> &str {
+        &self.0.client_msg_id
+    }
+
+    async fn sent_at(&self) -> DateTime<Utc> {
+        self.0.sent_at
+    }
+}
+
+/// A page of history, oldest first.
+#[derive(SimpleObject, Debug)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// More messages exist beyond this page in the direction it was read.
+    pub has_more: bool,
+}
+
+impl From<MessagePageView> for MessagePage {
+    fn from(page: MessagePageView) -> Self {
+        Self {
+            messages: page
+                .messages
+                .into_iter()
+                .map(|m| Message(LiveMessage::from(m)))
+                .collect(),
+            has_more: page.has_more,
+        }
+    }
+}
+
+/// Validated paging arguments.
+pub fn page_request(
+    after: Option<i64>,
+    before: Option<i64>,
+    first: Option<i64>,
+    last: Option<i64>,
+) -> PageRequest {
+    PageRequest {
+        after,
+        before,
+        first,
+        last,
+    }
+}
+
+/// A system notice: membership changes, presence, announcements.
+#[derive(Clone, Debug)]
+pub struct Notice(pub LiveNotice);
+
+#[Object]
+impl Notice {
+    async fn kind(&self) -> NoticeKind {
+        self.0.kind
+    }
+
+    async fn room_id(&self) -> Option<ID> {
+        self.0.room_id.map(|r| ID(r.to_string()))
+    }
+
+    /// Whom the notice is about.
+    async fn user(&self, ctx: &Context<'_>) -> ApiResult<Option<User>> {
+        match self.0.user {
+            Some(id) => load_user(ctx, id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A human-readable sentence.
+    async fn text(&self, ctx: &Context<'_>) -> ApiResult<String> {
+        if let Some(text) = &self.0.text {
+            return Ok(text.clone());
+        }
+        let name = |user: Option<UserId>| async move {
+            match user {
+                Some(id) => load_user(ctx, id).await.map(|u| u.0.username),
+                None => Ok("someone".to_owned()),
+            }
+        };
+        let who = name(self.0.user).await?;
+        Ok(match self.0.kind {
+            NoticeKind::RoomCreated => format!("{who} created the room"),
+            NoticeKind::MemberInvited => format!("{} invited {who}", name(self.0.by).await?),
+            NoticeKind::MemberJoined => format!("{who} joined"),
+            NoticeKind::MemberLeft => format!("{who} left"),
+            NoticeKind::MemberOnline => format!("{who} is online"),
+            NoticeKind::MemberOffline => format!("{who} went offline"),
+            NoticeKind::Announcement => "announcement".to_owned(),
+        })
+    }
+
+    /// Global log position of the event behind the notice (0 for ephemeral notices).
+    async fn position(&self) -> i64 {
+        self.0.position
+    }
+
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+}
+
+/// Someone started or stopped typing.
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct TypingEvent {
+    #[graphql(skip)]
+    pub room: RoomId,
+    #[graphql(skip)]
+    pub user_id: UserId,
+    pub is_typing: bool,
+}
+
+#[ComplexObject]
+impl TypingEvent {
+    async fn room_id(&self) -> ID {
+        ID(self.room.to_string())
+    }
+
+    async fn user(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.user_id).await
+    }
+}
+
+/// A session token and its user.
+#[derive(SimpleObject, Debug)]
+pub struct AuthPayload {
+    pub token: String,
+    pub user: User,
+}

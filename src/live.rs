@@ -1,0 +1,256 @@
+//! The live path from the projector to subscribers on any instance.
+//!
+//! The active projector hands each committed batch to its instance's [`LiveFeed`]; the
+//! [`publish`] task of that instance turns the events into [`LiveEvent`]s and publishes them
+//! on relay channels: a room's events on its room channel, invitations on the invitee's user
+//! channel, announcements on the broadcast channel. Subscribers (GraphQL subscriptions)
+//! listen on those channels on whichever instance they are connected to.
+//!
+//! Every room-channel event carries the room's aggregate `sequence` (contiguous 1, 2, 3…),
+//! and messages their `seq`, so a subscriber detects anything the relay lost and re-reads it.
+
+use chrono::{DateTime, Utc};
+use parley_domain::{MessageId, RoomEvent, RoomId, UserId};
+use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::relay::{Channel, Relay};
+
+/// Kinds of system notice (API.md `NoticeKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
+pub enum NoticeKind {
+    RoomCreated,
+    MemberInvited,
+    MemberJoined,
+    MemberLeft,
+    MemberOnline,
+    MemberOffline,
+    Announcement,
+}
+
+/// A message as it travels live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub seq: i64,
+    pub sender: UserId,
+    pub body: String,
+    pub client_msg_id: String,
+    pub sent_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+impl From<MessageView> for LiveMessage {
+    fn from(m: MessageView) -> Self {
+        Self {
+            id: m.id,
+            room_id: m.room_id,
+            seq: m.seq,
+            sender: m.sender,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+            sent_at: m.sent_at,
+            position: m.position.0,
+        }
+    }
+}
+
+/// A system notice as it travels live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveNotice {
+    pub kind: NoticeKind,
+    pub room_id: Option<RoomId>,
+    /// Whom the notice is about (the member who joined, the invitee…).
+    pub user: Option<UserId>,
+    /// Who caused it, when that is someone else (the host who invited).
+    pub by: Option<UserId>,
+    /// Free text (announcements).
+    pub text: Option<String>,
+    /// Global log position (0 for ephemeral notices such as presence).
+    pub position: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// What crosses the relay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// A stored message; `sequence` is the room's aggregate sequence.
+    Message { sequence: i64, message: LiveMessage },
+    /// A stored room event as a notice (`sequence` set) or an ephemeral or personal notice.
+    Notice {
+        sequence: Option<i64>,
+        notice: LiveNotice,
+    },
+    /// Someone is typing (ephemeral; never stored).
+    Typing {
+        room_id: RoomId,
+        user: UserId,
+        is_typing: bool,
+    },
+}
+
+impl LiveEvent {
+    /// The room's aggregate sequence, for room-channel events from the log.
+    pub fn sequence(&self) -> Option<i64> {
+        match self {
+            Self::Message { sequence, .. } => Some(*sequence),
+            Self::Notice { sequence, .. } => *sequence,
+            Self::Typing { .. } => None,
+        }
+    }
+}
+
+fn notice(
+    kind: NoticeKind,
+    room: RoomId,
+    user: UserId,
+    by: Option<UserId>,
+    log: &LogEvent,
+) -> LiveNotice {
+    LiveNotice {
+        kind,
+        room_id: Some(room),
+        user: Some(user),
+        by,
+        text: None,
+        position: log.position.0,
+        at: log.recorded_at,
+    }
+}
+
+/// The live events of one log event, with the channels they go to.
+pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, LiveEvent)> {
+    let DecodedEvent::Room(room, event) = decoded else {
+        return Vec::new();
+    };
+    let room = *room;
+    let sequence = Some(log.sequence);
+    let on_room =
+        |notice: LiveNotice| (Channel::Room(room), LiveEvent::Notice { sequence, notice });
+    match event {
+        RoomEvent::RoomCreated { host, .. } => {
+            vec![on_room(notice(
+                NoticeKind::RoomCreated,
+                room,
+                *host,
+                None,
+                log,
+            ))]
+        }
+        RoomEvent::MemberInvited {
+            user_id,
+            invited_by,
+        } => {
+            let invited = notice(
+                NoticeKind::MemberInvited,
+                room,
+                *user_id,
+                Some(*invited_by),
+                log,
+            );
+            vec![
+                on_room(invited.clone()),
+                (
+                    Channel::User(*user_id),
+                    LiveEvent::Notice {
+                        sequence: None,
+                        notice: invited,
+                    },
+                ),
+            ]
+        }
+        RoomEvent::MemberJoined { user_id } => {
+            vec![on_room(notice(
+                NoticeKind::MemberJoined,
+                room,
+                *user_id,
+                None,
+                log,
+            ))]
+        }
+        RoomEvent::MemberLeft { user_id } => {
+            vec![on_room(notice(
+                NoticeKind::MemberLeft,
+                room,
+                *user_id,
+                None,
+                log,
+            ))]
+        }
+        RoomEvent::MessageSent {
+            message_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+        } => vec![(
+            Channel::Room(room),
+            LiveEvent::Message {
+                sequence: log.sequence,
+                message: LiveMessage {
+                    id: *message_id,
+                    room_id: room,
+                    seq: seq.0 as i64,
+                    sender: *sender,
+                    body: body.as_str().to_owned(),
+                    client_msg_id: client_msg_id.as_str().to_owned(),
+                    sent_at: *sent_at,
+                    position: log.position.0,
+                },
+            },
+        )],
+    }
+}
+
+/// Publishes what this instance's projector commits until `stop` completes. A publish that
+/// fails (relay down) is logged and skipped: subscribers notice the gap and re-read it.
+pub async fn publish(feed: LiveFeed, relay: Relay, stop: impl std::future::Future<Output = ()>) {
+    let mut batches = feed.subscribe();
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            () = &mut stop => return,
+            batch = batches.recv() => batch,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(
+                    skipped,
+                    "live publisher fell behind; subscribers will re-read"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        for (log, decoded) in batch.iter() {
+            for (channel, event) in live_events(log, decoded) {
+                let payload = match serde_json::to_value(&event) {
+                    Ok(payload) => payload,
+                    Err(error) => {
+                        tracing::error!(%error, "live event not serializable");
+                        continue;
+                    }
+                };
+                if let Err(error) = relay.publish(&channel, &payload).await {
+                    tracing::warn!(%error, position = log.position.0, "live event not relayed");
+                    metrics::counter!("parley_relay_publish_errors_total").increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// Converts a log event read back for gap filling into the live event a subscriber would have
+/// received on the room channel.
+pub fn replayed_room_event(log: &LogEvent) -> Option<LiveEvent> {
+    let decoded = log.decode();
+    live_events(log, &decoded)
+        .into_iter()
+        .find(|(channel, _)| matches!(channel, Channel::Room(_)))
+        .map(|(_, event)| event)
+}
