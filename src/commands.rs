@@ -30,6 +30,12 @@ use crate::store::{AggregateStore, EventLog};
 /// How often a conflicting command is tried before the caller gets [`CommandError::Conflict`].
 pub const MAX_ATTEMPTS: u32 = 12;
 
+/// After a conflict on an aggregate, every command on it in this instance takes the
+/// aggregate's cross-instance lock first, for this long. Writers on a contended room then
+/// queue in Postgres (first come, first served) instead of racing each other, so none of them
+/// can be starved; an uncontended room costs nothing extra.
+pub const HOT_FOR: Duration = Duration::from_secs(10);
+
 /// Who asked for a command and in which request; stored with every event it produces.
 #[derive(Clone, Debug, Default)]
 pub struct CommandMeta {
@@ -104,6 +110,8 @@ pub struct SentMessage {
 struct AggregateLocks {
     stripes: Vec<Mutex<()>>,
     hasher: RandomState,
+    /// Aggregates that saw a conflict recently, and until when they count as contended.
+    hot: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl AggregateLocks {
@@ -111,7 +119,28 @@ impl AggregateLocks {
         Self {
             stripes: (0..stripes).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
+            hot: std::sync::Mutex::default(),
         }
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        // Plain map operations only: a poisoned lock still holds a consistent map.
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_hot(&self, aggregate_id: &str) -> bool {
+        self.hot()
+            .get(aggregate_id)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    fn mark_hot(&self, aggregate_id: &str) {
+        let now = std::time::Instant::now();
+        let mut hot = self.hot();
+        if hot.len() > 10_000 {
+            hot.retain(|_, until| *until > now);
+        }
+        hot.insert(aggregate_id.to_owned(), now + HOT_FOR);
     }
 
     async fn lock(&self, aggregate_id: &str) -> MutexGuard<'_, ()> {
@@ -191,6 +220,16 @@ impl CommandBus {
         Ok(Some((loaded.into_state(), sequence)))
     }
 
+    /// Whether `user` exists and holds `role`, by the User aggregate (O(1) when cached).
+    pub async fn has_role(&self, user: UserId, role: Role) -> Result<bool, String> {
+        let loaded = self
+            .user_store
+            .load_aggregate(&user.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(loaded.state().has_role(role))
+    }
+
     /// Whether `user` is a member of `room` right now (`None`: no such room).
     pub async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<bool>, String> {
         Ok(self
@@ -215,6 +254,7 @@ impl CommandBus {
         };
         execute(
             &self.users,
+            &self.log,
             &self.locks,
             &user_id.to_string(),
             command,
@@ -231,7 +271,37 @@ impl CommandBus {
         meta: &CommandMeta,
     ) -> Result<(), CommandError<UserError>> {
         let command = UserCommand::GrantRole { role };
-        execute(&self.users, &self.locks, &user.to_string(), command, meta).await
+        execute(
+            &self.users,
+            &self.log,
+            &self.locks,
+            &user.to_string(),
+            command,
+            meta,
+        )
+        .await
+    }
+
+    /// An announcement by `admin` to every connected user.
+    pub async fn announce(
+        &self,
+        admin: UserId,
+        text: &str,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<UserError>> {
+        let command = UserCommand::Announce {
+            text: text.to_owned(),
+            made_at: Utc::now(),
+        };
+        execute(
+            &self.users,
+            &self.log,
+            &self.locks,
+            &admin.to_string(),
+            command,
+            meta,
+        )
+        .await
     }
 
     /// Opens a room hosted by `host`, inviting `participants`.
@@ -252,6 +322,7 @@ impl CommandBus {
         };
         execute(
             &self.rooms,
+            &self.log,
             &self.locks,
             &room_id.to_string(),
             command,
@@ -268,7 +339,15 @@ impl CommandBus {
         meta: &CommandMeta,
     ) -> Result<(), CommandError<RoomError>> {
         let command = RoomCommand::JoinRoom { user };
-        execute(&self.rooms, &self.locks, &room.to_string(), command, meta).await
+        execute(
+            &self.rooms,
+            &self.log,
+            &self.locks,
+            &room.to_string(),
+            command,
+            meta,
+        )
+        .await
     }
 
     pub async fn leave_room(
@@ -278,7 +357,15 @@ impl CommandBus {
         meta: &CommandMeta,
     ) -> Result<(), CommandError<RoomError>> {
         let command = RoomCommand::LeaveRoom { user };
-        execute(&self.rooms, &self.locks, &room.to_string(), command, meta).await
+        execute(
+            &self.rooms,
+            &self.log,
+            &self.locks,
+            &room.to_string(),
+            command,
+            meta,
+        )
+        .await
     }
 
     /// Sends a message and returns it as stored, once it is durable. Repeating a
@@ -302,7 +389,15 @@ impl CommandBus {
         };
         let aggregate_id = room.to_string();
         let _serialized = self.locks.lock(&aggregate_id).await;
-        retry_conflicts(&self.rooms, &aggregate_id, command, meta).await?;
+        retry_conflicts(
+            &self.rooms,
+            &self.log,
+            &self.locks,
+            &aggregate_id,
+            command,
+            meta,
+        )
+        .await?;
 
         // The aggregate accepted the command, so these parse; parse errors here would mean
         // the aggregate and this layer disagree on the rules.
@@ -372,6 +467,7 @@ fn sent_message(room_id: RoomId, event: RoomEvent, ours: MessageId) -> Option<Se
 /// Runs one command with the aggregate's lock held.
 async fn execute<A>(
     cqrs: &CqrsFramework<A, AggregateStore<A>>,
+    log: &EventLog,
     locks: &AggregateLocks,
     aggregate_id: &str,
     command: A::Command,
@@ -382,11 +478,13 @@ where
     A::Command: Clone,
 {
     let _serialized = locks.lock(aggregate_id).await;
-    retry_conflicts(cqrs, aggregate_id, command, meta).await
+    retry_conflicts(cqrs, log, locks, aggregate_id, command, meta).await
 }
 
 async fn retry_conflicts<A>(
     cqrs: &CqrsFramework<A, AggregateStore<A>>,
+    log: &EventLog,
+    locks: &AggregateLocks,
     aggregate_id: &str,
     command: A::Command,
     meta: &CommandMeta,
@@ -401,6 +499,11 @@ where
         started,
     };
     let mut attempt = 0;
+    // The cross-instance lock, once taken; held until the command is done.
+    let mut lock: Option<Option<crate::store::AggregateLock>> = None;
+    if locks.is_hot(aggregate_id) {
+        lock = Some(take_lock::<A>(log, aggregate_id).await);
+    }
     loop {
         attempt += 1;
         match cqrs
@@ -416,9 +519,30 @@ where
                     attempt,
                     "conflict; retrying"
                 );
-                tokio::time::sleep(backoff(attempt)).await;
+                locks.mark_hot(aggregate_id);
+                match &lock {
+                    None => lock = Some(take_lock::<A>(log, aggregate_id).await),
+                    // Holding it, we lost to a writer that does not lock yet: go again at once.
+                    Some(Some(_)) => {}
+                    Some(None) => tokio::time::sleep(backoff(attempt)).await,
+                }
             }
             result => return result.map_err(CommandError::from_aggregate),
+        }
+    }
+}
+
+/// Takes the aggregate's cross-instance lock; `None` where there is none (embedded log) or
+/// when it cannot be had (then the command falls back to backoff).
+async fn take_lock<A: Aggregate>(
+    log: &EventLog,
+    aggregate_id: &str,
+) -> Option<crate::store::AggregateLock> {
+    match log.lock_aggregate(A::TYPE, aggregate_id).await {
+        Ok(lock) => lock,
+        Err(error) => {
+            tracing::warn!(%error, "cannot take the aggregate lock; backing off instead");
+            None
         }
     }
 }

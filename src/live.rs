@@ -10,7 +10,7 @@
 //! and messages their `seq`, so a subscriber detects anything the relay lost and re-reads it.
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomEvent, RoomId, UserId};
+use parley_domain::{MessageId, RoomEvent, RoomId, UserEvent, UserId};
 use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -123,6 +123,24 @@ fn notice(
 
 /// The live events of one log event, with the channels they go to.
 pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, LiveEvent)> {
+    if let DecodedEvent::User(admin, UserEvent::AnnouncementMade { text, .. }) = decoded {
+        let notice = LiveNotice {
+            kind: NoticeKind::Announcement,
+            room_id: None,
+            user: Some(*admin),
+            by: Some(*admin),
+            text: Some(text.as_str().to_owned()),
+            position: log.position.0,
+            at: log.recorded_at,
+        };
+        return vec![(
+            Channel::Broadcast,
+            LiveEvent::Notice {
+                sequence: None,
+                notice,
+            },
+        )];
+    }
     let DecodedEvent::Room(room, event) = decoded else {
         return Vec::new();
     };
@@ -253,4 +271,43 @@ pub fn replayed_room_event(log: &LogEvent) -> Option<LiveEvent> {
         .into_iter()
         .find(|(channel, _)| matches!(channel, Channel::Room(_)))
         .map(|(_, event)| event)
+}
+
+/// Tells every room `user` is a member of that they came online or went offline
+/// (ephemeral notices: never stored, no cursor).
+pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId, online: bool) {
+    let rooms = match app.read_models.rooms_of(user).await {
+        Ok(rooms) => rooms,
+        Err(error) => return tracing::warn!(%error, "presence notice skipped: rooms unavailable"),
+    };
+    let kind = if online {
+        NoticeKind::MemberOnline
+    } else {
+        NoticeKind::MemberOffline
+    };
+    for item in rooms {
+        let event = LiveEvent::Notice {
+            sequence: None,
+            notice: LiveNotice {
+                kind,
+                room_id: Some(item.room.id),
+                user: Some(user),
+                by: None,
+                text: None,
+                position: 0,
+                at: Utc::now(),
+            },
+        };
+        let payload = match serde_json::to_value(&event) {
+            Ok(payload) => payload,
+            Err(error) => return tracing::error!(%error, "presence notice not serializable"),
+        };
+        if let Err(error) = app
+            .relay
+            .publish(&Channel::Room(item.room.id), &payload)
+            .await
+        {
+            tracing::warn!(%error, "presence notice not relayed");
+        }
+    }
 }

@@ -335,6 +335,17 @@ async fn an_export_holds_every_event_of_the_store_in_position_order() {
             .unwrap_or_else(|| panic!("{key} after {at} in {first}"));
         at += found + key.len();
     }
+    // Payload and metadata are canonical JSON (compact, sorted keys) whatever their stored
+    // form: the bulk rows were stored with spaces and in insertion order.
+    for (raw, line) in text.lines().zip(&exported) {
+        for key in ["payload", "metadata"] {
+            let canonical = format!(
+                "\"{key}\":{}",
+                serde_json::to_string(&line[key]).expect("JSON")
+            );
+            assert!(raw.contains(&canonical), "{key} not canonical in {raw}");
+        }
+    }
     assert!(!text.contains(SECRET_HASH), "password hashes are redacted");
     assert_eq!(
         text.matches("\"password_hash\":\"[redacted]\"").count(),
@@ -474,6 +485,15 @@ async fn each_export_filter_selects_exactly_its_events() {
     assert!(
         export(&db, &["--from", "1000"]).is_empty(),
         "beyond the head: empty"
+    );
+    assert!(
+        export(&db, &["--aggregate-id", "no-such-aggregate"]).is_empty(),
+        "an id no aggregate has: empty"
+    );
+    assert_eq!(
+        export(&db, &["--aggregate-id", "no-such-aggregate", "--format", "csv"]),
+        b"position,aggregateType,aggregateId,sequence,eventType,eventVersion,payload,metadata,recordedAt\n",
+        "an empty CSV export still has its header"
     );
     app.stop().await;
 }

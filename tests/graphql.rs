@@ -32,6 +32,7 @@ on_both_stores!(
     bad_input_gets_a_typed_error_and_changes_nothing,
     a_resumed_subscription_has_no_gap_and_no_duplicate_at_the_seam,
     history_pages_and_the_rooms_list_answer_over_http,
+    analysts_page_the_event_log_and_look_back_in_time,
 );
 
 const MESSAGES: &str = "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body sender { username } } }";
@@ -573,20 +574,43 @@ async fn one_connection_holds_at_most_the_configured_subscriptions() {
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, "general", &[]).await;
     let mut client = WsClient::connect(server.addr, &alice.token).await;
-    for id in ["a", "b", "c"] {
+    // Both slots taken (and proven live) before a third is asked for: subscriptions start
+    // concurrently, so asking for three at once could refuse any one of them.
+    for id in ["a", "b"] {
         client
-            .subscribe(id, MESSAGES, json!({ "r": room, "a": null }))
+            .subscribe(id, MESSAGES, json!({ "r": room, "a": 0 }))
             .await;
     }
+    server.send(&alice, &room, "one", "c1").await;
+    for id in ["a", "b"] {
+        assert_eq!(client.next(id).await["messages"]["seq"], 1);
+    }
+    client
+        .subscribe("c", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
     assert_eq!(client.refusal("c").await, "BAD_USER_INPUT");
     // Ending one frees a slot.
     client.unsubscribe("a").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    client
-        .subscribe("d", MESSAGES, json!({ "r": room, "a": 0 }))
-        .await;
-    server.send(&alice, &room, "hi", "c1").await;
-    assert_eq!(client.next("d").await["messages"]["seq"], 1);
+    let mut freed = None;
+    for attempt in 0..50 {
+        let id = format!("d{attempt}");
+        client
+            .subscribe(&id, MESSAGES, json!({ "r": room, "a": 0 }))
+            .await;
+        let first = client.message(&id).await;
+        if first["payload"]["data"]["messages"]["seq"] == 1 {
+            freed = Some(id);
+            break;
+        }
+        assert_eq!(
+            first["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{first}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = freed.expect("the ended subscription's slot is given back");
+    server.send(&alice, &room, "two", "c2").await;
+    assert_eq!(client.next(&id).await["messages"]["seq"], 2);
     server.stop().await;
 }
 
@@ -648,5 +672,137 @@ async fn graphiql_health_readiness_and_metrics_answer() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    server.stop().await;
+}
+
+async fn analysts_page_the_event_log_and_look_back_in_time(store: Store) {
+    let server = TestServer::start(store).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let analyst = server.register("ana").await;
+    let room = server.create_room(&alice, "general", &[]).await;
+    server.send(&alice, &room, "before bob", "c1").await;
+    server.join(&bob, &room).await;
+    server.send(&bob, &room, "after bob", "c2").await;
+    let events = "query($a: Int, $f: Int, $t: String, $i: ID, $e: [String!]) { events(after: $a, first: $f, aggregateType: $t, aggregateId: $i, eventTypes: $e) { hasMore events { position aggregateType aggregateId sequence eventType eventVersion payload metadata recordedAt } } }";
+
+    server
+        .fails(Some(&analyst.token), events, json!({}), "FORBIDDEN")
+        .await;
+    let meta = parley::commands::CommandMeta::system("test");
+    let analyst_id = parley_domain::UserId::parse(&analyst.id).unwrap();
+    server
+        .app
+        .commands
+        .grant_role(analyst_id, parley_domain::Role::Analyst, &meta)
+        .await
+        .unwrap();
+
+    // Wait until every event has its position (the projector is a few ms behind).
+    let total = server.event_count().await;
+    let mut log = Vec::new();
+    for _ in 0..200 {
+        let page = server
+            .ok(Some(&analyst.token), events, json!({ "f": 1000 }))
+            .await;
+        log = page["events"]["events"].as_array().unwrap().clone();
+        if log.len() as i64 == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(log.len() as i64, total, "the log pages every event");
+    let positions: Vec<i64> = log
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=total).collect::<Vec<_>>(),
+        "in position order, no gap"
+    );
+    let registered = log
+        .iter()
+        .find(|e| e["eventType"] == "UserRegistered")
+        .unwrap();
+    assert_eq!(
+        registered["payload"]["UserRegistered"]["password_hash"],
+        "[redacted]"
+    );
+    assert!(registered["metadata"]["request_id"].is_string());
+    assert!(registered["recordedAt"].as_str().unwrap().ends_with('Z'));
+
+    let first_two = server
+        .ok(Some(&analyst.token), events, json!({ "f": 2 }))
+        .await;
+    assert_eq!(first_two["events"]["hasMore"], true);
+    let messages = server
+        .ok(
+            Some(&analyst.token),
+            events,
+            json!({ "t": "Room", "i": room, "e": ["MessageSent"] }),
+        )
+        .await;
+    let bodies: Vec<&str> = messages["events"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["MessageSent"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["before bob", "after bob"]);
+    server
+        .fails(
+            Some(&analyst.token),
+            events,
+            json!({ "t": "Galaxy" }),
+            "BAD_USER_INPUT",
+        )
+        .await;
+
+    // Time travel: the room as of the first message, before Bob joined.
+    let first_message = log
+        .iter()
+        .find(|e| e["eventType"] == "MessageSent")
+        .unwrap()["position"]
+        .as_i64()
+        .unwrap();
+    let then = server
+        .ok(
+            Some(&alice.token),
+            "query($r: ID!, $p: Int) { room(id: $r, atPosition: $p) { name members { username } lastMessage { body } } }",
+            json!({ "r": room, "p": first_message }),
+        )
+        .await;
+    assert_eq!(then["room"]["members"], json!([{ "username": "alice" }]));
+    assert_eq!(then["room"]["lastMessage"]["body"], "before bob");
+    let history_then = server
+        .ok(
+            Some(&alice.token),
+            "query($r: ID!, $p: Int) { messages(roomId: $r, atPosition: $p) { messages { body } } }",
+            json!({ "r": room, "p": first_message }),
+        )
+        .await;
+    assert_eq!(
+        history_then["messages"]["messages"],
+        json!([{ "body": "before bob" }])
+    );
+    // An analyst may look back at a room they are not in; an outsider may not.
+    let outsider = server.register("outsider").await;
+    server
+        .fails(
+            Some(&outsider.token),
+            "query($r: ID!) { room(id: $r, atPosition: 1) { name } }",
+            json!({ "r": room }),
+            "FORBIDDEN",
+        )
+        .await;
+    let as_analyst = server
+        .ok(
+            Some(&analyst.token),
+            "query($r: ID!, $p: Int) { room(id: $r, atPosition: $p) { name } }",
+            json!({ "r": room, "p": first_message }),
+        )
+        .await;
+    assert_eq!(as_analyst["room"]["name"], "general");
     server.stop().await;
 }

@@ -17,7 +17,9 @@ pub use room::{Room, RoomCommand, RoomError, RoomEvent};
 pub use services::{RoomServices, ServiceError, UserServices};
 pub use upcasting::upcasters;
 pub use user::{Role, User, UserCommand, UserError, UserEvent};
-pub use values::{ClientMsgId, MessageBody, Password, RoomName, Username, ValueError};
+pub use values::{
+    AnnouncementText, ClientMsgId, MessageBody, Password, RoomName, Username, ValueError,
+};
 
 /// The version every event type carries today. Bump it (and add an upcaster) whenever an
 /// event's stored shape changes.

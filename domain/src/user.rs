@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
 use crate::services::{ServiceError, UserServices};
-use crate::values::{Username, ValueError};
+use crate::values::{AnnouncementText, Username, ValueError};
 use crate::EVENT_VERSION;
 
 /// A role that widens what a user may do.
@@ -60,6 +60,11 @@ pub enum UserCommand {
     },
     /// Give the user a role.
     GrantRole { role: Role },
+    /// Say something to every connected user. Admins only.
+    Announce {
+        text: String,
+        made_at: DateTime<Utc>,
+    },
 }
 
 /// Events of the `User` aggregate. A persisted contract: names and fields never change
@@ -76,6 +81,11 @@ pub enum UserEvent {
     },
     /// A user was given a role. v1.0.
     RoleGranted { role: Role },
+    /// An admin made an announcement to every connected user. v1.0.
+    AnnouncementMade {
+        text: AnnouncementText,
+        made_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -83,6 +93,7 @@ impl DomainEvent for UserEvent {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::RoleGranted { .. } => "RoleGranted",
+            Self::AnnouncementMade { .. } => "AnnouncementMade",
         }
         .to_owned()
     }
@@ -110,6 +121,12 @@ pub enum UserError {
     /// The command names a user that was never registered.
     #[error("unknown user")]
     UnknownUser,
+    /// Only admins may announce.
+    #[error("only admins may make announcements")]
+    NotAdmin,
+    /// The announcement text breaks a rule.
+    #[error("{0}")]
+    InvalidAnnouncement(ValueError),
     /// The user already has this role.
     #[error("user already has role {0}")]
     AlreadyHasRole(Role),
@@ -187,6 +204,18 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::RoleGranted { role }, self).await;
             }
+            UserCommand::Announce { text, made_at } => {
+                if self.id.is_none() {
+                    return Err(UserError::UnknownUser);
+                }
+                if !self.roles.contains(&Role::Admin) {
+                    return Err(UserError::NotAdmin);
+                }
+                let text =
+                    AnnouncementText::parse(&text).map_err(UserError::InvalidAnnouncement)?;
+                sink.write(UserEvent::AnnouncementMade { text, made_at }, self)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -202,6 +231,7 @@ impl Aggregate for User {
             UserEvent::RoleGranted { role } => {
                 self.roles.insert(role);
             }
+            UserEvent::AnnouncementMade { .. } => {}
         }
     }
 }

@@ -33,6 +33,12 @@ pub enum ValueError {
     /// Message body longer than 4000 characters.
     #[error("message body must be at most {max} characters, got {len}")]
     BodyTooLong { max: usize, len: usize },
+    /// Announcement text made only of whitespace (or empty).
+    #[error("announcement text must not be blank")]
+    AnnouncementBlank,
+    /// Announcement text longer than 1000 characters.
+    #[error("announcement text must be at most {max} characters, got {len}")]
+    AnnouncementTooLong { max: usize, len: usize },
     /// `clientMsgId` empty or longer than 64 characters.
     #[error("clientMsgId must be {min} to {max} characters long, got {len}")]
     ClientMsgIdLength { min: usize, max: usize, len: usize },
@@ -183,6 +189,33 @@ impl ClientMsgId {
         if !(Self::MIN..=Self::MAX).contains(&len) {
             return Err(ValueError::ClientMsgIdLength {
                 min: Self::MIN,
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The text of an announcement to every connected user: 1–1000 characters, not blank.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AnnouncementText(String);
+
+impl AnnouncementText {
+    pub const MAX: usize = 1000;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        if s.trim().is_empty() {
+            return Err(ValueError::AnnouncementBlank);
+        }
+        let len = char_len(s);
+        if len > Self::MAX {
+            return Err(ValueError::AnnouncementTooLong {
                 max: Self::MAX,
                 len,
             });

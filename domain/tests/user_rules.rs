@@ -200,3 +200,79 @@ fn roles_parse_from_and_print_as_their_lower_case_names() {
     assert_eq!(Role::parse("Admin"), None);
     assert_eq!(Role::parse("root"), None);
 }
+
+// --- Announce --------------------------------------------------------------------------------
+
+fn announce(text: &str) -> parley_domain::UserCommand {
+    parley_domain::UserCommand::Announce {
+        text: text.to_owned(),
+        made_at: now(),
+    }
+}
+
+fn admin_alice() -> Vec<parley_domain::UserEvent> {
+    vec![user_registered(ALICE, "alice"), role_granted(Role::Admin)]
+}
+
+#[test]
+fn an_admin_announcement_records_announcement_made() {
+    with(FakeDirectory::empty())
+        .given(admin_alice())
+        .when(announce("all.service-check"))
+        .then_expect_events(vec![parley_domain::UserEvent::AnnouncementMade {
+            text: parley_domain::AnnouncementText::parse("all.service-check").unwrap(),
+            made_at: now(),
+        }]);
+}
+
+#[test]
+fn an_announcement_by_a_user_who_is_not_admin_is_refused() {
+    with(FakeDirectory::empty())
+        .given(vec![
+            user_registered(ALICE, "alice"),
+            role_granted(Role::Analyst),
+        ])
+        .when(announce("hello"))
+        .then_expect_error(UserError::NotAdmin);
+}
+
+#[test]
+fn an_announcement_by_an_unknown_user_is_refused() {
+    with(FakeDirectory::empty())
+        .given_no_previous_events()
+        .when(announce("hello"))
+        .then_expect_error(UserError::UnknownUser);
+}
+
+#[test]
+fn a_blank_or_over_long_announcement_is_refused() {
+    with(FakeDirectory::empty())
+        .given(admin_alice())
+        .when(announce("  \n "))
+        .then_expect_error(UserError::InvalidAnnouncement(
+            ValueError::AnnouncementBlank,
+        ));
+    with(FakeDirectory::empty())
+        .given(admin_alice())
+        .when(announce(&"é".repeat(1001)))
+        .then_expect_error(UserError::InvalidAnnouncement(
+            ValueError::AnnouncementTooLong {
+                max: 1000,
+                len: 1001,
+            },
+        ));
+}
+
+#[test]
+fn an_announcement_leaves_the_user_state_unchanged() {
+    let mut user = User::default();
+    for event in admin_alice() {
+        user.apply(event);
+    }
+    let before = user.clone();
+    user.apply(parley_domain::UserEvent::AnnouncementMade {
+        text: parley_domain::AnnouncementText::parse("x").unwrap(),
+        made_at: now(),
+    });
+    assert_eq!(user, before);
+}

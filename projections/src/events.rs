@@ -44,9 +44,10 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     "UserRegistered",
     "RoleGranted",
+    "AnnouncementMade",
     "RoomCreated",
     "MemberInvited",
     "MemberJoined",
@@ -272,6 +273,10 @@ mod tests {
             },
             UserEvent::RoleGranted {
                 role: Role::Analyst,
+            },
+            UserEvent::AnnouncementMade {
+                text: parley_domain::AnnouncementText::parse("hello").expect("valid"),
+                made_at: now,
             },
         ];
         let mut names: Vec<String> = room_events

@@ -1,8 +1,10 @@
 //! `parley events export`: the positioned log, streamed to JSONL or CSV.
 //!
 //! Output is a pure function of (range, filters): events in position order, one per line,
-//! with a fixed column order, JSON objects with sorted keys (serde_json's default map) and
-//! `recordedAt` in one canonical form, so two exports of the same range are byte-identical.
+//! with a fixed column order, payload and metadata in canonical JSON (compact, keys sorted:
+//! what serde_json writes for a `Value`) and `recordedAt` in one form, so two exports of the
+//! same range are byte-identical. JSON the server wrote itself is already canonical and is
+//! copied as is; anything else is re-serialized (see `canonical_json.rs`).
 //! Secrets are redacted (`password_hash` of `UserRegistered` becomes `"[redacted]"`).
 //!
 //! The log is read in keyset-paged statements of [`EXPORT_PAGE`] events by one task while
@@ -14,12 +16,12 @@
 use std::io::{self, BufWriter, Write};
 use std::str::FromStr;
 
-use serde::Serialize;
-use serde_json::Value;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use crate::canonical_json::write_canonical;
 use crate::events::EventFilter;
-use crate::log::LogEvent;
+use crate::log::{write_rfc3339_micros, LogEvent, RawLogEvent};
 use crate::postgres::PgEventLog;
 use crate::GlobalPosition;
 
@@ -106,6 +108,9 @@ pub struct ExportSummary {
 pub struct EventWriter<W: Write> {
     out: Out<W>,
     events: u64,
+    /// Reused buffers for the canonical payload and metadata of the event being written.
+    payload: Vec<u8>,
+    metadata: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -135,18 +140,15 @@ impl<W: Write> Write for Counting<W> {
 
 const BUFFER: usize = 256 * 1024;
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonLine<'a> {
+/// The fields of one event, with payload and metadata as canonical JSON text.
+struct Fields<'a> {
     position: i64,
     aggregate_type: &'a str,
     aggregate_id: &'a str,
     sequence: i64,
     event_type: &'a str,
     event_version: &'a str,
-    payload: &'a Value,
-    metadata: &'a Value,
-    recorded_at: &'a str,
+    recorded_at: &'a DateTime<Utc>,
 }
 
 impl<W: Write> EventWriter<W> {
@@ -166,38 +168,86 @@ impl<W: Write> EventWriter<W> {
                 Out::Csv(Box::new(csv))
             }
         };
-        Ok(Self { out, events: 0 })
+        Ok(Self {
+            out,
+            events: 0,
+            payload: Vec::with_capacity(1024),
+            metadata: Vec::with_capacity(256),
+        })
     }
 
-    /// Writes one event, exactly as given (redact first: see [`LogEvent::redacted`]).
+    /// Writes one decoded event, exactly as given (redact first: [`LogEvent::redacted`]).
     pub fn write(&mut self, event: &LogEvent) -> Result<(), ExportError> {
-        let recorded_at = event.recorded_at_rfc3339();
+        self.payload.clear();
+        self.metadata.clear();
+        // A `Value` serializes canonically already (sorted keys, compact).
+        serde_json::to_writer(&mut self.payload, &event.payload).map_err(io::Error::from)?;
+        serde_json::to_writer(&mut self.metadata, &event.metadata).map_err(io::Error::from)?;
+        self.write_fields(&Fields {
+            position: event.position.0,
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            recorded_at: &event.recorded_at,
+        })
+    }
+
+    /// Writes one event read as text, exactly as given (redact first:
+    /// [`RawLogEvent::redacted`]); its JSON is brought to the same canonical form.
+    pub fn write_raw(&mut self, event: &RawLogEvent) -> Result<(), ExportError> {
+        self.payload.clear();
+        self.metadata.clear();
+        write_canonical(&event.payload, &mut self.payload).map_err(io::Error::from)?;
+        write_canonical(&event.metadata, &mut self.metadata).map_err(io::Error::from)?;
+        self.write_fields(&Fields {
+            position: event.position.0,
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            recorded_at: &event.recorded_at,
+        })
+    }
+
+    fn write_fields(&mut self, fields: &Fields<'_>) -> Result<(), ExportError> {
         match &mut self.out {
             Out::Jsonl(out) => {
-                let line = JsonLine {
-                    position: event.position.0,
-                    aggregate_type: &event.aggregate_type,
-                    aggregate_id: &event.aggregate_id,
-                    sequence: event.sequence,
-                    event_type: &event.event_type,
-                    event_version: &event.event_version,
-                    payload: &event.payload,
-                    metadata: &event.metadata,
-                    recorded_at: &recorded_at,
+                let string = |out: &mut BufWriter<Counting<W>>, s: &str| {
+                    serde_json::to_writer(out, s).map_err(io::Error::from)
                 };
-                serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
-                out.write_all(b"\n")?;
+                write!(out, "{{\"position\":{}", fields.position)?;
+                out.write_all(b",\"aggregateType\":")?;
+                string(out, fields.aggregate_type)?;
+                out.write_all(b",\"aggregateId\":")?;
+                string(out, fields.aggregate_id)?;
+                write!(out, ",\"sequence\":{}", fields.sequence)?;
+                out.write_all(b",\"eventType\":")?;
+                string(out, fields.event_type)?;
+                out.write_all(b",\"eventVersion\":")?;
+                string(out, fields.event_version)?;
+                out.write_all(b",\"payload\":")?;
+                out.write_all(&self.payload)?;
+                out.write_all(b",\"metadata\":")?;
+                out.write_all(&self.metadata)?;
+                out.write_all(b",\"recordedAt\":\"")?;
+                write_rfc3339_micros(fields.recorded_at, out)?;
+                out.write_all(b"\"}\n")?;
             }
             Out::Csv(out) => {
+                let mut recorded_at = Vec::with_capacity(27);
+                write_rfc3339_micros(fields.recorded_at, &mut recorded_at)?;
                 out.write_record([
-                    event.position.0.to_string().as_str(),
-                    &event.aggregate_type,
-                    &event.aggregate_id,
-                    event.sequence.to_string().as_str(),
-                    &event.event_type,
-                    &event.event_version,
-                    &event.payload.to_string(),
-                    &event.metadata.to_string(),
+                    fields.position.to_string().as_bytes(),
+                    fields.aggregate_type.as_bytes(),
+                    fields.aggregate_id.as_bytes(),
+                    fields.sequence.to_string().as_bytes(),
+                    fields.event_type.as_bytes(),
+                    fields.event_version.as_bytes(),
+                    &self.payload,
+                    &self.metadata,
                     &recorded_at,
                 ])?;
             }
@@ -225,6 +275,32 @@ impl<W: Write> EventWriter<W> {
     }
 }
 
+/// Reads the pages of `filter` from `first` on, in order, into `pages` (a read error is
+/// the last thing sent). Stops when the range is done or nobody listens any more.
+fn read_pages(
+    log: PgEventLog,
+    filter: EventFilter,
+    first: GlobalPosition,
+    pages: mpsc::Sender<Result<Vec<RawLogEvent>, sqlx::Error>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut after = GlobalPosition(first.0 - 1);
+        loop {
+            let page = log.raw_page(after, EXPORT_PAGE, &filter).await;
+            let done = match &page {
+                Ok(events) => {
+                    after = events.last().map_or(after, |e| e.position);
+                    (events.len() as i64) < EXPORT_PAGE
+                }
+                Err(_) => true,
+            };
+            if pages.send(page).await.is_err() || done {
+                return;
+            }
+        }
+    })
+}
+
 /// Streams the events `filter` selects, in position order, redacted, to `out` in `format`.
 /// `progress` is called after every page (from the writer thread). Returns the writer (for
 /// the caller to sync and publish, e.g. rename a temporary file) and a summary.
@@ -245,26 +321,15 @@ where
     // `None`: the aggregate id names no aggregate; the export is empty but well-formed.
     let resolved = log.resolve(&pinned).await?;
 
-    let (pages, mut received) = mpsc::channel::<Result<Vec<LogEvent>, sqlx::Error>>(READ_AHEAD);
-    let reader = resolved.map(|filter| {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut after = GlobalPosition(first.0 - 1);
-            loop {
-                let page = log.page(after, EXPORT_PAGE, &filter).await;
-                let done = match &page {
-                    Ok(events) => {
-                        after = events.last().map_or(after, |e| e.position);
-                        (events.len() as i64) < EXPORT_PAGE
-                    }
-                    Err(_) => true,
-                };
-                if pages.send(page).await.is_err() || done {
-                    return;
-                }
-            }
-        })
-    });
+    let (pages, mut received) = mpsc::channel::<Result<Vec<RawLogEvent>, sqlx::Error>>(READ_AHEAD);
+    let reader = match resolved {
+        // Nothing to read: dropping the sender ends the writer's loop at once.
+        None => {
+            drop(pages);
+            None
+        }
+        Some(filter) => Some(read_pages(log.clone(), filter, first, pages)),
+    };
 
     let writer = tokio::task::spawn_blocking(move || {
         let mut progress = progress;
@@ -273,7 +338,8 @@ where
             let page = page?;
             let position = page.last().map_or(last, |e| e.position);
             for event in page {
-                writer.write(&event.redacted())?;
+                let event = event.redacted().map_err(io::Error::from)?;
+                writer.write_raw(&event)?;
             }
             progress(ExportProgress {
                 events: writer.events(),
@@ -364,9 +430,34 @@ mod tests {
         let mut reader = csv::Reader::from_reader(csv.as_bytes());
         let record = reader.records().next().expect("a row").expect("valid csv");
         assert_eq!(&record[0], "42");
-        let payload: Value = serde_json::from_str(&record[6]).expect("payload is JSON text");
+        let payload: serde_json::Value =
+            serde_json::from_str(&record[6]).expect("payload is JSON text");
         assert_eq!(payload, event().payload);
         assert_eq!(&record[8], "2026-11-26T22:55:54.555283Z");
+    }
+
+    #[test]
+    fn raw_and_decoded_events_are_written_identically() {
+        for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+            let decoded = event();
+            let raw = RawLogEvent {
+                position: decoded.position,
+                aggregate_type: decoded.aggregate_type.clone(),
+                aggregate_id: decoded.aggregate_id.clone(),
+                sequence: decoded.sequence,
+                event_type: decoded.event_type.clone(),
+                event_version: decoded.event_version.clone(),
+                // Stored text in another key order and spacing.
+                payload: r#"{ "MessageSent": { "seq": 2, "body": "hi, \"you\"\nthere" } }"#
+                    .to_owned(),
+                metadata: r#"{"timestamp":"t","request_id":"r","actor":"a"}"#.to_owned(),
+                recorded_at: decoded.recorded_at,
+            };
+            let mut writer = EventWriter::new(Vec::new(), format).expect("writer");
+            writer.write_raw(&raw).expect("write");
+            let (bytes, _) = writer.finish().expect("finish");
+            assert_eq!(String::from_utf8(bytes).expect("utf-8"), render(format));
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   as of a position ([`RoomAt`]), and rebuilds.
 //! - [`export`] streams the positioned log to JSONL or CSV (`parley events export`).
 
+mod canonical_json;
 pub mod events;
 pub mod export;
 pub mod live;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use events::{AggregateKind, EventFilter, EventPage, FilterError};
 pub use live::LiveFeed;
-pub use log::{DecodedEvent, LogEvent};
+pub use log::{DecodedEvent, LogEvent, RawLogEvent};
 pub use read_models::{ReadModelError, ReadModels};
 pub use time_travel::RoomAt;
 pub use views::{

@@ -156,6 +156,7 @@ impl State {
                     }
                 }
             }
+            DecodedEvent::User(_, UserEvent::AnnouncementMade { .. }) => {}
             DecodedEvent::Room(id, event) => self.apply_room(*id, event, position),
             DecodedEvent::Unknown => {}
         }

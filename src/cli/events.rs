@@ -89,14 +89,39 @@ async fn to_file(
     Ok(summary)
 }
 
-/// Runs `work` unless Ctrl-C comes first; then the export is abandoned (and a partial file
-/// removed by its guard).
+/// Runs `work` unless Ctrl-C or SIGTERM comes first; then the export is abandoned (and a
+/// partial file removed by its guard).
 async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Result<T, Failure> {
     tokio::select! {
         result = work => Ok(result),
-        _ = tokio::signal::ctrl_c() => {
+        () = interrupted() => {
             Err(anyhow::anyhow!("interrupted; nothing was written to the output file").into())
         }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM; never, if neither can be listened for.
+async fn interrupted() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
     }
 }
 

@@ -101,7 +101,10 @@ impl From<UserError> for ApiError {
             UserError::AlreadyRegistered
             | UserError::UsernameTaken(_)
             | UserError::AlreadyHasRole(_) => Self::Conflict(message),
-            UserError::InvalidUsername(_) => Self::BadInput(message),
+            UserError::InvalidUsername(_) | UserError::InvalidAnnouncement(_) => {
+                Self::BadInput(message)
+            }
+            UserError::NotAdmin => Self::Forbidden(message),
             UserError::UnknownUser => Self::NotFound(message),
             UserError::MissingPasswordHash | UserError::Service(_) => Self::internal(message),
         }

@@ -224,6 +224,18 @@ impl Mutation {
         Ok(true)
     }
 
+    /// Role `admin`: an `ANNOUNCEMENT` notice to every connected user, on every instance
+    /// (a stored event). Text 1–1000 characters, not blank.
+    async fn announce(&self, ctx: &Context<'_>, text: String) -> ApiResult<bool> {
+        let me = actor(ctx)?;
+        app(ctx)
+            .commands
+            .announce(me, &text, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(true)
+    }
+
     /// Moves the caller's read cursor forward to `seq` (never back).
     async fn mark_read(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Room> {
         let me = actor(ctx)?;

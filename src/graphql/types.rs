@@ -310,3 +310,59 @@ pub struct AuthPayload {
     pub token: String,
     pub user: User,
 }
+
+/// One event of the global log, as analysts see it (secrets redacted).
+#[derive(Clone, Debug)]
+pub struct StoredEvent(pub parley_projections::LogEvent);
+
+#[Object]
+impl StoredEvent {
+    /// Global position: strictly increasing in commit order, never skipped.
+    async fn position(&self) -> i64 {
+        self.0.position.0
+    }
+
+    /// `User` or `Room`.
+    async fn aggregate_type(&self) -> &str {
+        &self.0.aggregate_type
+    }
+
+    async fn aggregate_id(&self) -> ID {
+        ID(self.0.aggregate_id.clone())
+    }
+
+    /// Position of the event within its aggregate's stream (1, 2, 3…).
+    async fn sequence(&self) -> i64 {
+        self.0.sequence
+    }
+
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+
+    async fn event_version(&self) -> &str {
+        &self.0.event_version
+    }
+
+    /// The event as stored (externally tagged by event type).
+    async fn payload(&self) -> async_graphql::Json<serde_json::Value> {
+        async_graphql::Json(self.0.payload.clone())
+    }
+
+    /// Acting user, request id and server timestamp of the command behind the event.
+    async fn metadata(&self) -> async_graphql::Json<serde_json::Value> {
+        async_graphql::Json(self.0.metadata.clone())
+    }
+
+    /// RFC 3339, UTC, microseconds: the same text as `parley events export`.
+    async fn recorded_at(&self) -> String {
+        self.0.recorded_at_rfc3339()
+    }
+}
+
+/// A page of the global log.
+#[derive(SimpleObject, Debug)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    pub has_more: bool,
+}

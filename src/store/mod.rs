@@ -30,6 +30,12 @@ pub enum EventLog {
     Memory(MemoryLog),
 }
 
+/// A held cross-instance aggregate lock (see [`EventLog::lock_aggregate`]).
+#[derive(Debug)]
+pub struct AggregateLock {
+    _tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
 /// An aggregate's saved state and the sequence of the last event folded into it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -137,6 +143,23 @@ impl EventLog {
         match self {
             Self::Postgres(log) => log.room_events(&room.to_string(), after, up_to).await,
             Self::Memory(log) => Ok(log.room_events(&room.to_string(), after, up_to)),
+        }
+    }
+
+    /// Serializes writers of one aggregate across instances while held (Postgres); `None`
+    /// for the embedded log, where one process's own serialization suffices.
+    pub async fn lock_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<AggregateLock>, PersistenceError> {
+        match self {
+            Self::Postgres(log) => Ok(Some(AggregateLock {
+                _tx: log
+                    .lock_aggregate(&format!("{aggregate_type}:{aggregate_id}"))
+                    .await?,
+            })),
+            Self::Memory(_) => Ok(None),
         }
     }
 

@@ -213,6 +213,22 @@ impl PostgresLog {
             .map_err(db_error)
     }
 
+    /// Takes the cross-instance lock of one aggregate: an advisory lock held by an open
+    /// transaction (which writes nothing, so it never holds the log's xmin back); released
+    /// when the returned transaction is dropped.
+    pub(super) async fn lock_aggregate(
+        &self,
+        key: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, PersistenceError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        Ok(tx)
+    }
+
     pub(super) async fn ping(&self) -> Result<(), PersistenceError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

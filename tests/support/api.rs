@@ -306,9 +306,11 @@ impl WsClient {
         client
     }
 
+    /// The next text message. One deadline for the whole wait: server pings do not extend it.
     async fn read(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("a WebSocket message within 15 s")?;
             match frame.ok()? {
@@ -356,7 +358,13 @@ impl WsClient {
         if let Some(message) = self.pending.get_mut(id).and_then(VecDeque::pop_front) {
             return message;
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message for subscription {id} within 20 s (others pending: {:?})",
+                self.pending.keys().collect::<Vec<_>>()
+            );
             let message = self.read().await.expect("the socket stays open");
             match message["type"].as_str() {
                 Some("ping") => {

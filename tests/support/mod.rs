@@ -177,3 +177,4 @@ impl Drop for TestDb {
 }
 
 pub mod api;
+pub mod redis;

@@ -318,6 +318,8 @@ async fn apply_user(
             .execute(&mut *conn)
             .await?;
         }
+        // Announcements live only in the log and the live path.
+        UserEvent::AnnouncementMade { .. } => {}
     }
     Ok(())
 }

@@ -1,0 +1,419 @@
+//! Two Parley instances sharing one PostgreSQL and one Redis, as in docker-compose.yml: users
+//! on different instances chat as if on one server. Real Redis, real Postgres, real HTTP and
+//! WebSocket; each test under its own Redis prefix.
+
+mod support;
+
+use std::time::Duration;
+
+use parley::app::AppOptions;
+use parley::graphql::WsConfig;
+use parley::relay::{Presence, PresenceConfig, Relay, RelayConfig};
+use parley::store::{EventLog, PostgresLog};
+use serde_json::{json, Value};
+use support::api::{fast_projector, Session, TestServer, WsClient};
+use support::redis::{
+    admin, eventually, kill_clients_named, redis_url, unique_prefix, upstream_of, url_via,
+    FaultyProxy,
+};
+use support::TestDb;
+
+const MESSAGES: &str =
+    "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body } }";
+const NOTICES: &str =
+    "subscription($r: ID) { notices(roomId: $r) { kind text user { username } } }";
+const TYPING: &str = "subscription($r: ID!) { typing(roomId: $r) { isTyping user { username } } }";
+const PRESENCE_TTL: Duration = Duration::from_secs(2);
+
+async fn options(url: &str, prefix: &str) -> AppOptions {
+    admin().await; // fails with a clear message when Redis is unreachable
+    AppOptions {
+        projector: fast_projector(),
+        relay: Relay::redis(url, RelayConfig::with_prefix(prefix))
+            .await
+            .expect("Redis relay"),
+        presence: Presence::redis(
+            url,
+            PresenceConfig {
+                prefix: prefix.to_owned(),
+                ttl: PRESENCE_TTL,
+                ..PresenceConfig::default()
+            },
+        )
+        .await
+        .expect("Redis presence"),
+    }
+}
+
+/// Two instances, A and B, over one database and one Redis prefix.
+async fn two_instances() -> (TestServer, TestServer) {
+    parley::telemetry::init();
+    let db = TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let prefix = unique_prefix();
+    let url = redis_url();
+    let a = TestServer::on_log(
+        log.clone(),
+        Some(db),
+        options(&url, &prefix).await,
+        WsConfig::default(),
+    )
+    .await;
+    let b = TestServer::on_log(log, None, options(&url, &prefix).await, WsConfig::default()).await;
+    (a, b)
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_on_one_instance_reaches_subscribers_on_the_other_in_order_exactly_once() {
+    let (a, b) = two_instances().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let room = a.create_room(&alice, "general", &[&bob]).await;
+    b.join(&bob, &room).await;
+
+    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
+    bob_on_b
+        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    bob_on_b.subscribe("t", TYPING, json!({ "r": room })).await;
+    bob_on_b.subscribe("n", NOTICES, json!({ "r": room })).await;
+    settle().await;
+
+    for i in 1..=50 {
+        a.send(&alice, &room, &format!("from A {i}"), &format!("a{i}"))
+            .await;
+    }
+    for i in 1..=50 {
+        let message = bob_on_b.next("m").await;
+        assert_eq!(message["messages"]["seq"], i);
+        assert_eq!(message["messages"]["body"], format!("from A {i}"));
+    }
+    bob_on_b.quiet("m", Duration::from_millis(300)).await;
+
+    a.ok(
+        Some(&alice.token),
+        "mutation($r: ID!) { typing(roomId: $r) }",
+        json!({ "r": room }),
+    )
+    .await;
+    let typing = bob_on_b.next("t").await;
+    assert_eq!(
+        typing["typing"],
+        json!({ "isTyping": true, "user": { "username": "alice" } })
+    );
+
+    a.join(&carol, &room).await;
+    let notice = bob_on_b.next("n").await;
+    assert_eq!(notice["notices"]["kind"], "MEMBER_JOINED");
+    assert_eq!(notice["notices"]["user"]["username"], "carol");
+
+    // Announcements reach every instance.
+    let admin_id = parley_domain::UserId::parse(&alice.id).unwrap();
+    a.app
+        .commands
+        .grant_role(
+            admin_id,
+            parley_domain::Role::Admin,
+            &parley::commands::CommandMeta::system("test"),
+        )
+        .await
+        .unwrap();
+    let mut carol_on_a = WsClient::connect(a.addr, &carol.token).await;
+    carol_on_a
+        .subscribe("mine", NOTICES, json!({ "r": null }))
+        .await;
+    bob_on_b
+        .subscribe("mine", NOTICES, json!({ "r": null }))
+        .await;
+    settle().await;
+    b.ok(
+        Some(&alice.token),
+        "mutation { announce(text: \"all.service-check\") }",
+        json!({}),
+    )
+    .await;
+    for client in [&mut carol_on_a, &mut bob_on_b] {
+        let notice = client.next("mine").await;
+        assert_eq!(notice["notices"]["kind"], "ANNOUNCEMENT");
+        assert_eq!(notice["notices"]["text"], "all.service-check");
+    }
+    b.fails(
+        Some(&bob.token),
+        "mutation { announce(text: \"hi\") }",
+        json!({}),
+        "FORBIDDEN",
+    )
+    .await;
+    b.fails(
+        Some(&alice.token),
+        "mutation { announce(text: \"  \") }",
+        json!({}),
+        "BAD_USER_INPUT",
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Collects seqs of subscription `id` until it has `count` distinct ones.
+async fn collect(mut client: WsClient, id: &'static str, count: usize) -> Vec<i64> {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let message = client.next(id).await;
+        seqs.push(message["messages"]["seq"].as_i64().expect("seq"));
+    }
+    client.quiet(id, Duration::from_millis(500)).await;
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_relay_connections_mid_stream_loses_and_repeats_nothing() {
+    let (a, b) = two_instances().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "general", &[]).await;
+    b.join(&bob, &room).await;
+
+    let mut subscribers = Vec::new();
+    for (server, user) in [(&a, &alice), (&a, &bob), (&b, &alice), (&b, &bob)] {
+        let mut client = WsClient::connect(server.addr, &user.token).await;
+        client
+            .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
+            .await;
+        subscribers.push(client);
+    }
+    settle().await;
+    let collectors: Vec<_> = subscribers
+        .into_iter()
+        .map(|client| tokio::spawn(collect(client, "m", 1000)))
+        .collect();
+
+    // Four senders, two per instance, 250 messages each.
+    let senders: Vec<_> = [(&a, &alice), (&a, &bob), (&b, &alice), (&b, &bob)]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (server, user))| {
+            let url = server.url("/graphql");
+            let token = user.token.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let query = "mutation($r: ID!, $c: String!) { sendMessage(roomId: $r, body: \"x\", clientMsgId: $c) { seq } }";
+                for i in 0..250 {
+                    let body = json!({ "query": query, "variables": { "r": room, "c": format!("s{n}-{i}") } });
+                    let response: Value = http.post(&url).bearer_auth(&token).json(&body).send().await.unwrap().json().await.unwrap();
+                    assert!(response.get("errors").is_none(), "{response}");
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile, kill every relay connection of both instances, three times.
+    let names: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| s.app.relay.client_name().expect("redis relay").to_owned())
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for name in &names {
+            kill_clients_named(name).await;
+        }
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    for collector in collectors {
+        let seqs = collector.await.unwrap();
+        assert_eq!(
+            seqs,
+            (1..=1000).collect::<Vec<_>>(),
+            "every subscriber gets 1..1000 exactly once"
+        );
+    }
+    let resyncs: u64 = [&a, &b].iter().map(|s| s.app.relay.stats().resyncs).sum();
+    assert!(resyncs > 0, "the kills were noticed (resyncs: {resyncs})");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_listens_to_a_room_only_while_it_has_subscribers_there() {
+    let (a, b) = two_instances().await;
+    let alice = a.register("alice").await;
+    let room = a.create_room(&alice, "general", &[]).await;
+    let channel = b.app.relay.channel_name(&parley::relay::Channel::Room(
+        parley_domain::RoomId::parse(&room).unwrap(),
+    ));
+    assert!(!b.app.relay.active_channels().contains(&channel));
+
+    let mut client = WsClient::connect(b.addr, &alice.token).await;
+    client
+        .subscribe("m1", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    client
+        .subscribe("m2", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    eventually("B subscribes the room channel", || async {
+        b.app.relay.active_channels().contains(&channel)
+    })
+    .await;
+    assert!(
+        !a.app.relay.active_channels().contains(&channel),
+        "A has no subscriber there"
+    );
+
+    client.unsubscribe("m1").await;
+    settle().await;
+    assert!(
+        b.app.relay.active_channels().contains(&channel),
+        "one subscriber is left"
+    );
+    client.unsubscribe("m2").await;
+    eventually("B unsubscribes the room channel", || async {
+        !b.app.relay.active_channels().contains(&channel)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn online(server: &TestServer, who: &Session, room: &str) -> Vec<String> {
+    let data = server
+        .ok(
+            Some(&who.token),
+            "query($r: ID!) { room(id: $r) { online { username } } }",
+            json!({ "r": room }),
+        )
+        .await;
+    data["room"]["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_follows_connections_on_any_instance() {
+    let (a, b) = two_instances().await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = a.create_room(&alice, "general", &[]).await;
+    a.join(&bob, &room).await;
+
+    let mut alice_ws = WsClient::connect(a.addr, &alice.token).await;
+    alice_ws.subscribe("n", NOTICES, json!({ "r": room })).await;
+    settle().await;
+    assert_eq!(online(&a, &alice, &room).await, vec!["alice"]);
+
+    // Bob on two devices, one per instance.
+    let bob_on_a = WsClient::connect(a.addr, &bob.token).await;
+    let notice = alice_ws.next("n").await;
+    assert_eq!(
+        notice["notices"],
+        json!({ "kind": "MEMBER_ONLINE", "text": "bob is online", "user": { "username": "bob" } })
+    );
+    let bob_on_b = WsClient::connect(b.addr, &bob.token).await;
+    let mut both: Vec<String> = online(&b, &alice, &room).await;
+    both.sort();
+    assert_eq!(both, vec!["alice", "bob"]);
+
+    // The first device dies without a close frame: still online through the other.
+    drop(bob_on_a);
+    tokio::time::sleep(PRESENCE_TTL + Duration::from_millis(500)).await;
+    assert!(online(&a, &alice, &room).await.contains(&"bob".to_owned()));
+
+    // The last one dies: offline within the TTL, and the room is told.
+    drop(bob_on_b);
+    let notice = alice_ws.next("n").await;
+    assert_eq!(notice["notices"]["kind"], "MEMBER_OFFLINE");
+    eventually("bob is offline", || async {
+        online(&a, &alice, &room).await == vec!["alice".to_owned()]
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
+    let db = TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let url = redis_url();
+    let proxy = FaultyProxy::start(upstream_of(&url)).await;
+    let via_proxy = url_via(&url, proxy.addr);
+    let server = TestServer::on_log(
+        log,
+        Some(db),
+        options(&via_proxy, &unique_prefix()).await,
+        WsConfig::default(),
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, "general", &[]).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    proxy.cut();
+    let ready = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (body["store_ok"].clone(), body["relay_ok"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(
+        http.get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Writes and reads go on; only live delivery is degraded.
+    server
+        .send(&alice, &room, "while redis is down", "down-1")
+        .await;
+    let page = server
+        .ok(
+            Some(&alice.token),
+            "query($r: ID!) { messages(roomId: $r) { messages { body } } }",
+            json!({ "r": room }),
+        )
+        .await;
+    assert_eq!(
+        page["messages"]["messages"][0]["body"],
+        "while redis is down"
+    );
+
+    proxy.restore();
+    eventually("ready again", || async {
+        http.get(server.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+    // A subscriber started after the outage sees everything, the outage's messages too.
+    let mut ws = WsClient::connect(server.addr, &alice.token).await;
+    ws.subscribe("m", MESSAGES, json!({ "r": room, "a": 0 }))
+        .await;
+    assert_eq!(
+        ws.next("m").await["messages"]["body"],
+        "while redis is down"
+    );
+    server.stop().await;
+}
