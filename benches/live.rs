@@ -164,7 +164,11 @@ async fn subscribe_all(addr: std::net::SocketAddr, token: &str, rooms: &[String]
 }
 
 /// Reads `socket` until `stop`, stamping every `next` frame as soon as it is read.
-async fn read(mut socket: Socket, counters: Arc<Received>, stop: CancellationToken) -> Vec<Receipt> {
+async fn read(
+    mut socket: Socket,
+    counters: Arc<Received>,
+    stop: CancellationToken,
+) -> Vec<Receipt> {
     let mut receipts = Vec::with_capacity(64 * 1024);
     loop {
         let frame = tokio::select! {
@@ -416,7 +420,11 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ws_warm = counters.next.load(Ordering::Relaxed);
-    let servers: Vec<&TestServer> = if std::ptr::eq(a, b) { vec![a] } else { vec![a, b] };
+    let servers: Vec<&TestServer> = if std::ptr::eq(a, b) {
+        vec![a]
+    } else {
+        vec![a, b]
+    };
     let relay_before: Vec<RelayStats> = servers.iter().map(|s| s.app.relay.stats()).collect();
 
     // Measured phases.
@@ -716,7 +724,10 @@ async fn main() {
     let single = TestServer::start(Store::Postgres).await;
     let base = scenario("single", &single, &single, cfg).await;
     single.stop().await;
-    print_run("single instance (in-process relay; sender and subscribers on it)", &base);
+    print_run(
+        "single instance (in-process relay; sender and subscribers on it)",
+        &base,
+    );
 
     // 2. Cross instance: sender on A, subscribers on B, over Redis.
     let (a, b) = two_instances().await;
@@ -747,10 +758,7 @@ async fn main() {
     );
 
     println!("-- cross / single");
-    println!(
-        "{:>8} {:>9} {:>9} {:>9}",
-        "target/s", "p50", "p99", "max"
-    );
+    println!("{:>8} {:>9} {:>9} {:>9}", "target/s", "p50", "p99", "max");
     for (c, s) in cross.phases.iter().zip(&base.phases) {
         println!(
             "{:>8} {:>8.2}x {:>8.2}x {:>8.2}x",

@@ -27,6 +27,7 @@ use parley_projections::{
 };
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
+use support::checksums::dump_all;
 use support::TestDb;
 
 fn meta() -> CommandMeta {
@@ -1154,42 +1155,6 @@ async fn an_old_message_sent_event_still_replays_and_projects(app: &App) {
 }
 
 // ---- Shadow rebuilds -----------------------------------------------------------------------
-
-/// Checksum (md5) and row count of a table's contents in a canonical order.
-async fn checksum(pool: &PgPool, table: &str, columns: &str, order: &str) -> (String, i64) {
-    sqlx::query_as(&format!(
-        "SELECT md5(coalesce(string_agg(row({columns})::text, E'\\n' ORDER BY {order}), '')), count(*)
-           FROM {table}"
-    ))
-    .fetch_one(pool)
-    .await
-    .unwrap_or_else(|e| panic!("checksumming {table}: {e}"))
-}
-
-const TABLES: [(&str, &str, &str); 5] = [
-    ("users_view", "*", "user_id"),
-    ("rooms_view", "*", "room_id"),
-    ("room_members", "*", "room_id, user_id"),
-    ("messages_view", "*", "room_id, seq"),
-    (
-        "read_cursors",
-        "room_id, user_id, last_read_seq",
-        "room_id, user_id",
-    ),
-];
-
-async fn dump_all(pool: &PgPool) -> Vec<(String, i64)> {
-    let mut sums = Vec::new();
-    for (table, columns, order) in TABLES {
-        let columns = if columns == "*" {
-            format!("{table}.*")
-        } else {
-            columns.to_owned()
-        };
-        sums.push(checksum(pool, table, &columns, order).await);
-    }
-    sums
-}
 
 async fn index_names(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(

@@ -13,6 +13,7 @@ use parley_domain::{RoomId, UserId};
 use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
 use parley_projections::{LiveFeed, PageRequest, ReadModelError, ReadModels};
 use sqlx::PgPool;
+use support::checksums::{dump_all, TABLES};
 use support::TestDb;
 
 fn meta() -> CommandMeta {
@@ -42,44 +43,6 @@ async fn caught_up(models: &ReadModels) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Checksum (md5) and row count of a read-model table's contents in a canonical order.
-async fn checksum(pool: &PgPool, table: &str, columns: &str, order: &str) -> (String, i64) {
-    sqlx::query_as(&format!(
-        "SELECT md5(coalesce(string_agg(row({columns})::text, E'\\n' ORDER BY {order}), '')), count(*)
-           FROM {table}"
-    ))
-    .fetch_one(pool)
-    .await
-    .unwrap_or_else(|e| panic!("checksumming {table}: {e}"))
-}
-
-/// Every read-model table: name, the columns that are a function of the log, sort order.
-/// (`read_cursors.updated_at` is wall-clock bookkeeping, not state.)
-const TABLES: [(&str, &str, &str); 5] = [
-    ("users_view", "*", "user_id"),
-    ("rooms_view", "*", "room_id"),
-    ("room_members", "*", "room_id, user_id"),
-    ("messages_view", "*", "room_id, seq"),
-    (
-        "read_cursors",
-        "room_id, user_id, last_read_seq",
-        "room_id, user_id",
-    ),
-];
-
-async fn dump_all(pool: &PgPool) -> Vec<(String, i64)> {
-    let mut sums = Vec::new();
-    for (table, columns, order) in TABLES {
-        let columns = if columns == "*" {
-            format!("{table}.*")
-        } else {
-            columns.to_owned()
-        };
-        sums.push(checksum(pool, table, &columns, order).await);
-    }
-    sums
 }
 
 /// Positions of all events, in position order; asserts every event has one.

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant};
 
 use support::redis::{
-    admin, client_ids_named, eventually, redis_url, unique_prefix, unreachable_message,
-    upstream_of, url_via, FaultyProxy, WAIT,
+    admin, client_ids_named, eventually, kill_clients_named, redis_url, unique_prefix,
+    unreachable_message, upstream_of, url_via, FaultyProxy, WAIT,
 };
 
 async fn redis_relay(prefix: &str) -> Relay {
@@ -81,17 +81,7 @@ async fn kill_connection_of(relay: &Relay) {
         async move { !client_ids_named(&name).await.is_empty() }
     })
     .await;
-    let mut conn = admin().await;
-    for id in client_ids_named(&name).await {
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(&id)
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT KILL");
-        assert_eq!(killed, 1, "CLIENT KILL ID {id} killed nothing");
-    }
+    kill_clients_named(&name).await;
 }
 
 async fn wait_until_received(relay: &Relay, count: u64) {

@@ -177,4 +177,5 @@ impl Drop for TestDb {
 }
 
 pub mod api;
+pub mod checksums;
 pub mod redis;

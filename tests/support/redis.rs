@@ -171,12 +171,13 @@ pub fn url_via(url: &str, addr: SocketAddr) -> String {
 pub async fn kill_clients_named(name: &str) {
     let mut conn = admin().await;
     for id in client_ids_named(name).await {
-        let _: i64 = redis::cmd("CLIENT")
+        let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("ID")
             .arg(&id)
             .query_async(&mut conn)
             .await
             .expect("CLIENT KILL");
+        assert_eq!(killed, 1, "CLIENT KILL ID {id} killed nothing");
     }
 }
