@@ -9,19 +9,26 @@
 //!
 //! Each scenario: `PARLEY_BENCH_SUBSCRIBERS` (10) users, each on its own real
 //! graphql-transport-ws connection subscribed to `messages(roomId) { seq }` in every one of
-//! `PARLEY_BENCH_ROOMS` (4) rooms; `PARLEY_BENCH_SENDERS` (16) sender tasks, each on its own
-//! HTTP/1.1 keep-alive connection, sender `k` writing to room `k % rooms`, paced together at
-//! 100 msg/s for `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 msg/s for as long (a
+//! `PARLEY_BENCH_ROOMS` (16) rooms (so every message reaches every subscriber);
+//! `PARLEY_BENCH_SENDERS` (32) sender tasks, each on its own HTTP/1.1 keep-alive connection,
+//! sender `k` writing to room `k % rooms`, paced together at 100 msg/s for
+//! `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 msg/s for as long (a
 //! `tokio::time::interval` per task, staggered; a task that falls behind catches up in a
 //! burst, and whatever was not started before the phase ends is not sent, so the achieved
-//! rate is reported). A warm-up of `PARLEY_BENCH_WARMUP` (20) messages per sender precedes
-//! the measured phases and proves every subscription live.
+//! rate is reported). Several rooms because one room's writes are serialized: on 2 cores one
+//! room took about 300 msg/s. A warm-up of `PARLEY_BENCH_WARMUP` (20) messages per sender
+//! precedes the measured phases and proves every subscription live.
 //!
 //! Latency of one delivery = when the subscriber's task read the `next` frame minus when the
 //! sender started the `sendMessage` HTTP call (one monotonic clock: all in one process). The
 //! bench prints p50/p99/max per rate and scenario, and the cross/single ratios; and, for the
 //! cross-instance run, Redis commands (`RelayStats::redis_commands()` of A and B summed) per
 //! WebSocket message delivered to the subscribers, with the PUBLISH count and relay deliveries.
+//!
+//! To say where the time goes, the bench also stamps each message when the projecting
+//! instance hands it to its live feed (`App::live`, right after the projector's commit) and
+//! splits the latency there; with `PARLEY_BENCH_REDIS_TAP=1` a plain Redis subscriber also
+//! stamps it when Redis hands it out (diagnostics: one more Redis copy per message).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -34,13 +41,16 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use parley::app::AppOptions;
 use parley::graphql::WsConfig;
-use parley::relay::{Presence, PresenceConfig, Relay, RelayConfig, RelayStats};
+use parley::relay::{Channel, Presence, PresenceConfig, Relay, RelayConfig, RelayStats};
 use parley::store::{EventLog, PostgresLog};
+use parley_domain::{RoomEvent, RoomId};
+use parley_projections::DecodedEvent;
 use serde_json::{json, Value};
 use support::api::{fast_projector, open_socket, Session, Store, TestServer};
 use support::redis::{admin, redis_url, unique_prefix};
 use support::TestDb;
 use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -216,6 +226,89 @@ async fn read(
     receipts
 }
 
+/// Stamps every message the projecting instance hands to its live feed (committed to the
+/// read models, about to be published on the relay), until `stop`.
+async fn tap(
+    server_app: parley::app::App,
+    rooms: HashMap<String, usize>,
+    stop: CancellationToken,
+) -> (Vec<Receipt>, u64) {
+    let mut feed = server_app.live.subscribe();
+    let mut projected = Vec::with_capacity(64 * 1024);
+    let mut lagged = 0;
+    loop {
+        let batch = tokio::select! {
+            () = stop.cancelled() => break,
+            batch = feed.recv() => batch,
+        };
+        let at = Instant::now();
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(RecvError::Lagged(n)) => {
+                lagged += n;
+                continue;
+            }
+            Err(RecvError::Closed) => break,
+        };
+        for (log, decoded) in batch.iter() {
+            if let DecodedEvent::Room(_, RoomEvent::MessageSent { seq, .. }) = decoded {
+                if let Some(room) = rooms.get(&log.aggregate_id) {
+                    projected.push(Receipt {
+                        room: *room,
+                        seq: seq.0 as i64,
+                        at,
+                    });
+                }
+            }
+        }
+    }
+    (projected, lagged)
+}
+
+/// Diagnostics (`PARLEY_BENCH_REDIS_TAP=1`, cross-instance only): a plain Redis subscriber
+/// to the rooms' channels that stamps each message when Redis hands it out. Costs Redis one
+/// more copy per message; not in `RelayStats`.
+async fn redis_tap(
+    url: String,
+    channels: HashMap<String, usize>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+) -> Vec<Receipt> {
+    let client = redis::Client::open(url.as_str()).expect("Redis URL");
+    let mut pubsub = client.get_async_pubsub().await.expect("Redis tap");
+    for name in channels.keys() {
+        pubsub.subscribe(name).await.expect("SUBSCRIBE");
+    }
+    let _ = ready.send(());
+    let mut messages = pubsub.on_message();
+    let mut seen = Vec::with_capacity(64 * 1024);
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            message = messages.next() => message,
+        };
+        let at = Instant::now();
+        let Some(message) = message else { break };
+        let Some(room) = channels.get(message.get_channel_name()) else {
+            continue;
+        };
+        let Ok(payload) = message.get_payload::<String>() else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&payload).unwrap_or_default();
+        if value["type"] == "message" {
+            if let Some(seq) = value["message"]["seq"].as_i64() {
+                seen.push(Receipt {
+                    room: *room,
+                    seq,
+                    at,
+                });
+            }
+        }
+    }
+    seen
+}
+
 // ---------------------------------------------------------------------------------------
 // Senders
 // ---------------------------------------------------------------------------------------
@@ -330,6 +423,18 @@ struct PhaseResult {
     http: Stats,
     /// How late the HTTP calls started against the pacer's schedule.
     pacing: Stats,
+    /// From the call's start until the projector handed the message to the live feed
+    /// (stored, projected, committed), once per message.
+    to_projection: Stats,
+    /// From the live feed to the subscriber's socket (relay publish, Redis, fan-out,
+    /// GraphQL, WebSocket), once per delivery.
+    after_projection: Stats,
+    /// With the Redis tap: from the live feed until Redis handed the message out (A's
+    /// publisher and Redis), once per message; and from there to the subscriber's socket.
+    projection_to_redis: Stats,
+    after_redis: Stats,
+    /// Delivery latency by second of the phase (by send start).
+    by_second: Vec<Stats>,
     /// Deliveries read before the sender had the HTTP response.
     before_response: usize,
     /// Deliveries expected (sent x subscribers) but not seen.
@@ -344,6 +449,8 @@ struct RunResult {
     ws_window: usize,
     duplicates: usize,
     drain: Duration,
+    /// Batches the live-feed tap missed (its stamps are then incomplete).
+    feed_lagged: u64,
     refused: usize,
     lost: usize,
     /// Relay counters of (sender's instance, subscribers' instance) at the start of the
@@ -354,7 +461,13 @@ struct RunResult {
 
 /// Runs one scenario: the sender on `a`, the subscribers on `b` (the same server for the
 /// single-instance baseline).
-async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Config) -> RunResult {
+async fn scenario(
+    label: &'static str,
+    a: &TestServer,
+    b: &TestServer,
+    cfg: Config,
+    redis_tap_url: Option<String>,
+) -> RunResult {
     let alice = a.register(&format!("{label}_sender")).await;
     let mut subs: Vec<Session> = Vec::new();
     for i in 0..cfg.subscribers {
@@ -374,6 +487,28 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
 
     let counters = Arc::new(Received::default());
     let stop = CancellationToken::new();
+    let room_index: HashMap<String, usize> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, room)| (room.clone(), i))
+        .collect();
+    let redis_tapped = match redis_tap_url {
+        Some(url) => {
+            let channels = room_index
+                .iter()
+                .map(|(room, i)| {
+                    let room = RoomId::parse(room).expect("a room id");
+                    (a.app.relay.channel_name(&Channel::Room(room)), *i)
+                })
+                .collect();
+            let (ready, subscribed) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(redis_tap(url, channels, ready, stop.clone()));
+            subscribed.await.expect("Redis tap subscribed");
+            Some(task)
+        }
+        None => None,
+    };
+    let tapped = tokio::spawn(tap(a.app.clone(), room_index, stop.clone()));
     let mut readers = Vec::new();
     for sub in &subs {
         let socket = subscribe_all(b.addr, &sub.token, &rooms).await;
@@ -395,9 +530,8 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
         })
         .collect();
 
-    // Warm-up: opens every keep-alive connection and proves every subscription live (a
-    // subscription is live once its relay subscription is confirmed, so a message sent
-    // before that could be missed: send again until every subscriber has seen the latest).
+    // Warm-up: opens every keep-alive connection, loads the rooms into the aggregate cache
+    // and proves every subscription live: every subscriber must get every warm-up message.
     let mut sent: Vec<Sent> = Vec::new();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let warm: Vec<_> = senders
@@ -429,6 +563,9 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
 
     // Measured phases.
     let start = Instant::now() + Duration::from_millis(100);
+    let phase_starts: Vec<Instant> = (0..RATES.len())
+        .map(|p| start + cfg.phase * p as u32)
+        .collect();
     let paced: Vec<_> = senders
         .iter()
         .map(|s| tokio::spawn(s.clone().paced(cfg.senders, start, cfg.phase)))
@@ -452,11 +589,28 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
     for reader in readers {
         receipts.push(reader.await.expect("reader"));
     }
+    let (projected, feed_lagged) = tapped.await.expect("feed tap");
+    let in_redis: HashMap<(usize, i64), Instant> = match redis_tapped {
+        Some(task) => task
+            .await
+            .expect("Redis tap")
+            .iter()
+            .map(|r| ((r.room, r.seq), r.at))
+            .collect(),
+        None => HashMap::new(),
+    };
+    let projected: HashMap<(usize, i64), Instant> =
+        projected.iter().map(|r| ((r.room, r.seq), r.at)).collect();
 
     // Latencies: receipts joined to sends by (room, seq).
     let by_key: HashMap<(usize, i64), &Sent> = sent.iter().map(|s| ((s.room, s.seq), s)).collect();
     assert_eq!(by_key.len(), sent.len(), "{label}: (room, seq) repeated");
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
+    let mut after_projection: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
+    let mut after_redis: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
+    // Per phase, per second of the phase (by send start): the latencies.
+    let mut by_second: Vec<Vec<Vec<Duration>>> =
+        vec![vec![Vec::new(); cfg.phase.as_secs().max(1) as usize]; RATES.len()];
     let mut before_response = vec![0; RATES.len()];
     let mut seen_per_phase = vec![0; RATES.len()];
     let mut duplicates = 0;
@@ -472,7 +626,17 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
             };
             let Some(p) = s.phase else { continue };
             seen_per_phase[p] += 1;
-            latencies[p].push(r.at.saturating_duration_since(s.start));
+            let latency = r.at.saturating_duration_since(s.start);
+            latencies[p].push(latency);
+            let second = (s.start.saturating_duration_since(phase_starts[p]).as_secs() as usize)
+                .min(by_second[p].len() - 1);
+            by_second[p][second].push(latency);
+            if let Some(at) = projected.get(&(r.room, r.seq)) {
+                after_projection[p].push(r.at.saturating_duration_since(*at));
+            }
+            if let Some(at) = in_redis.get(&(r.room, r.seq)) {
+                after_redis[p].push(r.at.saturating_duration_since(*at));
+            }
             if r.at < s.end {
                 before_response[p] += 1;
             }
@@ -494,6 +658,28 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
                         .map(|s| s.start.saturating_duration_since(s.scheduled))
                         .collect(),
                 ),
+                to_projection: Stats::new(
+                    mine.iter()
+                        .filter_map(|s| projected.get(&(s.room, s.seq)))
+                        .zip(mine.iter())
+                        .map(|(at, s)| at.saturating_duration_since(s.start))
+                        .collect(),
+                ),
+                after_projection: Stats::new(std::mem::take(&mut after_projection[p])),
+                projection_to_redis: Stats::new(
+                    mine.iter()
+                        .filter_map(|s| {
+                            let projected = projected.get(&(s.room, s.seq))?;
+                            let in_redis = in_redis.get(&(s.room, s.seq))?;
+                            Some(in_redis.saturating_duration_since(*projected))
+                        })
+                        .collect(),
+                ),
+                after_redis: Stats::new(std::mem::take(&mut after_redis[p])),
+                by_second: std::mem::take(&mut by_second[p])
+                    .into_iter()
+                    .map(Stats::new)
+                    .collect(),
                 before_response: before_response[p],
                 missing: expected(mine.len()).saturating_sub(seen_per_phase[p]),
             }
@@ -505,6 +691,7 @@ async fn scenario(label: &'static str, a: &TestServer, b: &TestServer, cfg: Conf
         ws_window: ws_total - ws_warm,
         duplicates,
         drain,
+        feed_lagged,
         refused: counters.refused.load(Ordering::Relaxed),
         lost: counters.lost.load(Ordering::Relaxed),
         relay_before,
@@ -612,15 +799,53 @@ fn print_run(name: &str, run: &RunResult) {
          sendMessage round trip; late = call start behind the pacer's schedule; <resp = \
          deliveries read before the sender had its HTTP response)"
     );
+    for p in &run.phases {
+        println!(
+            "   {:>5}/s: send start -> projected p50 {:.3} p99 {:.3} max {:.3}; projected -> \
+             subscriber p50 {:.3} p99 {:.3} max {:.3}",
+            p.rate,
+            ms(p.to_projection.p50),
+            ms(p.to_projection.p99),
+            ms(p.to_projection.max),
+            ms(p.after_projection.p50),
+            ms(p.after_projection.p99),
+            ms(p.after_projection.max),
+        );
+        if p.after_redis.n > 0 {
+            println!(
+                "   {:>5}/s: (Redis tap) projected -> out of Redis p50 {:.3} p99 {:.3} max {:.3}; \
+                 out of Redis -> subscriber p50 {:.3} p99 {:.3} max {:.3}",
+                p.rate,
+                ms(p.projection_to_redis.p50),
+                ms(p.projection_to_redis.p99),
+                ms(p.projection_to_redis.max),
+                ms(p.after_redis.p50),
+                ms(p.after_redis.p99),
+                ms(p.after_redis.max),
+            );
+        }
+        let seconds: Vec<String> = p
+            .by_second
+            .iter()
+            .map(|s| format!("{:.1}/{:.0}", ms(s.p50), ms(s.max)))
+            .collect();
+        println!(
+            "   {:>5}/s: latency p50/max by second: {}",
+            p.rate,
+            seconds.join(" ")
+        );
+    }
     println!(
         "   WebSocket `next` frames: {} in the measured window (+ drain {:.0} ms), {} in all \
-         incl. warm-up; duplicates {}, refused {}, connections lost {}",
+         incl. warm-up; duplicates {}, refused {}, connections lost {}, live-feed tap \
+         lagged {}",
         run.ws_window,
         ms(run.drain),
         run.ws_total,
         run.duplicates,
         run.refused,
-        run.lost
+        run.lost,
+        run.feed_lagged
     );
 }
 
@@ -703,8 +928,8 @@ async fn main() {
         .try_init();
     let cfg = Config {
         subscribers: env_usize("PARLEY_BENCH_SUBSCRIBERS", 10),
-        rooms: env_usize("PARLEY_BENCH_ROOMS", 4).max(1),
-        senders: env_usize("PARLEY_BENCH_SENDERS", 16).max(1),
+        rooms: env_usize("PARLEY_BENCH_ROOMS", 16).max(1),
+        senders: env_usize("PARLEY_BENCH_SENDERS", 32).max(1),
         warmup: env_usize("PARLEY_BENCH_WARMUP", 20).max(1),
         phase: Duration::from_secs(env_usize("PARLEY_BENCH_PHASE_SECS", 10) as u64),
     };
@@ -722,7 +947,8 @@ async fn main() {
 
     // 1. Baseline: one instance, in-process relay.
     let single = TestServer::start(Store::Postgres).await;
-    let base = scenario("single", &single, &single, cfg).await;
+    let base = scenario("single", &single, &single, cfg, None).await;
+    single.app.stop().await; // the projector, before the database is dropped
     single.stop().await;
     print_run(
         "single instance (in-process relay; sender and subscribers on it)",
@@ -731,7 +957,10 @@ async fn main() {
 
     // 2. Cross instance: sender on A, subscribers on B, over Redis.
     let (a, b) = two_instances().await;
-    let cross = scenario("cross", &a, &b, cfg).await;
+    let redis_tap = std::env::var("PARLEY_BENCH_REDIS_TAP").is_ok_and(|v| v == "1");
+    let cross = scenario("cross", &a, &b, cfg, redis_tap.then(redis_url)).await;
+    b.app.stop().await;
+    a.app.stop().await;
     b.stop().await;
     a.stop().await;
     print_run(

@@ -38,6 +38,8 @@ pub struct App {
     pub relay: Relay,
     /// Who is online, across instances.
     pub presence: Presence,
+    /// Who this instance saw typing (to send "stopped typing" when they send).
+    pub typing: Arc<crate::live::TypingTracker>,
     pub tokens: Tokens,
     background: Background,
 }
@@ -160,6 +162,7 @@ impl App {
             live,
             relay,
             presence,
+            typing: Arc::default(),
             tokens: Tokens::new(&jwt_secret),
             background,
         }

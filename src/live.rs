@@ -224,6 +224,9 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
     }
 }
 
+/// Most live events sent to the relay in one round trip.
+const PUBLISH_CHUNK: usize = 500;
+
 /// Publishes what this instance's projector commits until `stop` completes. A publish that
 /// fails (relay down) is logged and skipped: subscribers notice the gap and re-read it.
 pub async fn publish(feed: LiveFeed, relay: Relay, stop: impl std::future::Future<Output = ()>) {
@@ -245,19 +248,21 @@ pub async fn publish(feed: LiveFeed, relay: Relay, stop: impl std::future::Futur
             }
             Err(RecvError::Closed) => return,
         };
+        let mut outgoing = Vec::new();
         for (log, decoded) in batch.iter() {
             for (channel, event) in live_events(log, decoded) {
-                let payload = match serde_json::to_value(&event) {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(%error, "live event not serializable");
-                        continue;
-                    }
-                };
-                if let Err(error) = relay.publish(&channel, &payload).await {
-                    tracing::warn!(%error, position = log.position.0, "live event not relayed");
-                    metrics::counter!("parley_relay_publish_errors_total").increment(1);
+                match serde_json::to_value(&event) {
+                    Ok(payload) => outgoing.push((channel, payload)),
+                    Err(error) => tracing::error!(%error, "live event not serializable"),
                 }
+            }
+        }
+        // One round trip per chunk of a batch, in log order.
+        for chunk in outgoing.chunks(PUBLISH_CHUNK) {
+            if let Err(error) = relay.publish_all(chunk).await {
+                tracing::warn!(%error, events = chunk.len(), "live events not relayed");
+                metrics::counter!("parley_relay_publish_errors_total")
+                    .increment(chunk.len() as u64);
             }
         }
     }
@@ -311,3 +316,41 @@ pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId
         }
     }
 }
+
+/// Who this instance saw typing recently, so that sending a message publishes "stopped
+/// typing" only for someone who was typing (typing on one device and sending from another
+/// instance leaves the indicator to expire by itself).
+#[derive(Debug, Default)]
+pub struct TypingTracker {
+    started: std::sync::Mutex<std::collections::HashMap<(RoomId, UserId), std::time::Instant>>,
+}
+
+impl TypingTracker {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(RoomId, UserId), std::time::Instant>>
+    {
+        // Plain map operations only: a poisoned lock still holds a consistent map.
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `user` is typing in `room` now.
+    pub fn started(&self, room: RoomId, user: UserId) {
+        let now = std::time::Instant::now();
+        let mut map = self.map();
+        if map.len() > 10_000 {
+            map.retain(|_, at| now.duration_since(*at) < TYPING_TTL);
+        }
+        map.insert((room, user), now);
+    }
+
+    /// Whether `user` was typing in `room` (within the indicator's lifetime); forgets it.
+    pub fn stopped(&self, room: RoomId, user: UserId) -> bool {
+        self.map()
+            .remove(&(room, user))
+            .is_some_and(|at| at.elapsed() < TYPING_TTL)
+    }
+}
+
+/// How long a typing indicator lasts without a refresh.
+pub const TYPING_TTL: std::time::Duration = std::time::Duration::from_secs(5);

@@ -10,7 +10,7 @@ use super::types::{with_last_message, AuthPayload, Message, Room, User};
 use crate::auth;
 use crate::commands::CommandError;
 use crate::live::{LiveEvent, LiveMessage};
-use crate::relay::Channel;
+use crate::relay::{Channel, Relay};
 
 #[derive(Debug, Default)]
 pub struct Mutation;
@@ -19,12 +19,7 @@ fn password(raw: &str) -> ApiResult<Password> {
     Password::parse(raw).map_err(|e: ValueError| ApiError::BadInput(e.to_string()).into())
 }
 
-async fn publish_typing(
-    ctx: &Context<'_>,
-    room: parley_domain::RoomId,
-    user: UserId,
-    is_typing: bool,
-) {
+async fn publish_typing(relay: &Relay, room: parley_domain::RoomId, user: UserId, is_typing: bool) {
     let event = LiveEvent::Typing {
         room_id: room,
         user,
@@ -34,7 +29,7 @@ async fn publish_typing(
         Ok(payload) => payload,
         Err(error) => return tracing::error!(%error, "typing event not serializable"),
     };
-    if let Err(error) = app(ctx).relay.publish(&Channel::Room(room), &payload).await {
+    if let Err(error) = relay.publish(&Channel::Room(room), &payload).await {
         tracing::warn!(%error, "typing event not relayed");
     }
 }
@@ -200,8 +195,10 @@ impl Mutation {
             .send_message(room, me, &body, &client_msg_id, &meta(ctx))
             .await
             .map_err(ApiError::from)?;
-        if !sent.repeated {
-            publish_typing(ctx, room, me, false).await;
+        if !sent.repeated && app.typing.stopped(room, me) {
+            // Off the response path: the message is durable, the indicator is cosmetic.
+            let relay = app.relay.clone();
+            tokio::spawn(async move { publish_typing(&relay, room, me, false).await });
         }
         Ok(Message(LiveMessage {
             id: sent.message_id,
@@ -219,8 +216,10 @@ impl Mutation {
     async fn typing(&self, ctx: &Context<'_>, room_id: ID) -> ApiResult<bool> {
         let me = actor(ctx)?;
         let room = super::context::room_id(&room_id)?;
-        require_member(app(ctx), room, me).await?;
-        publish_typing(ctx, room, me, true).await;
+        let app = app(ctx);
+        require_member(app, room, me).await?;
+        app.typing.started(room, me);
+        publish_typing(&app.relay, room, me, true).await;
         Ok(true)
     }
 

@@ -11,7 +11,6 @@
 //! and before anything after it; the subscription ends there.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_graphql::{Context, Subscription, ID};
 use async_stream::stream;
@@ -26,8 +25,7 @@ use crate::app::App;
 use crate::live::{replayed_room_event, LiveEvent, LiveMessage, NoticeKind};
 use crate::relay::{Channel, RelayItem, Subscription as RelaySubscription};
 
-/// How long a typing indicator lasts without a refresh.
-pub const TYPING_TTL: Duration = Duration::from_secs(5);
+pub use crate::live::TYPING_TTL;
 
 /// Messages re-read per query when replaying or filling a gap.
 const PAGE: i64 = 100;

@@ -302,6 +302,45 @@ impl Relay {
         }
     }
 
+    /// Publishes several payloads in order, in one round trip (a Redis pipeline): how the
+    /// projector's batches go out, so the live path keeps up with the write rate. Counted as
+    /// one PUBLISH command each.
+    pub async fn publish_all(&self, items: &[(Channel, Value)]) -> Result<(), RelayError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let counters = &self.0.hub.counters;
+        let count = items.len() as u64;
+        let result = match &self.0.backend {
+            Backend::InProcess => {
+                for (channel, payload) in items {
+                    self.0
+                        .hub
+                        .dispatch(&self.channel_name(channel), payload.clone());
+                }
+                Ok(())
+            }
+            Backend::Redis { conn, .. } => {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in items {
+                    let text = serde_json::to_string(payload)?;
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channel_name(channel))
+                        .arg(text)
+                        .ignore();
+                }
+                let mut conn = conn.clone();
+                Counters::add(&counters.publish_commands, count);
+                redis_link::with_timeout(self.0.timeout, pipe.query_async::<()>(&mut conn)).await
+            }
+        };
+        match &result {
+            Ok(()) => Counters::add(&counters.published, count),
+            Err(_) => Counters::add(&counters.publish_errors, count),
+        }
+        result
+    }
+
     /// Sends `payload` to every subscriber of `channel`, on every instance (including this
     /// one). `Ok` means Redis accepted it, not that anyone received it.
     pub async fn publish(&self, channel: &Channel, payload: &Value) -> Result<(), RelayError> {
