@@ -39,14 +39,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use parley::app::AppOptions;
 use parley::graphql::WsConfig;
-use parley::relay::{Channel, Presence, PresenceConfig, Relay, RelayConfig, RelayStats};
+use parley::relay::{Channel, PresenceConfig, RelayStats};
 use parley::store::{EventLog, PostgresLog};
 use parley_domain::{RoomEvent, RoomId};
 use parley_projections::DecodedEvent;
 use serde_json::{json, Value};
-use support::api::{fast_projector, open_socket, Session, Store, TestServer};
+use support::api::{open_socket, redis_options, Session, Store, TestServer};
 use support::redis::{admin, redis_url, unique_prefix};
 use support::TestDb;
 use tokio::net::TcpStream;
@@ -703,24 +702,6 @@ async fn scenario(
 // Set-ups
 // ---------------------------------------------------------------------------------------
 
-async fn redis_options(url: &str, prefix: &str) -> AppOptions {
-    AppOptions {
-        projector: fast_projector(),
-        relay: Relay::redis(url, RelayConfig::with_prefix(prefix))
-            .await
-            .expect("Redis relay"),
-        presence: Presence::redis(
-            url,
-            PresenceConfig {
-                prefix: prefix.to_owned(),
-                ..PresenceConfig::default()
-            },
-        )
-        .await
-        .expect("Redis presence"),
-    }
-}
-
 /// A and B over one database and one Redis prefix, A's projector the active one (A starts
 /// alone and publishes a room's creation before B starts).
 async fn two_instances() -> (TestServer, TestServer) {
@@ -732,7 +713,7 @@ async fn two_instances() -> (TestServer, TestServer) {
     let a = TestServer::on_log(
         log.clone(),
         Some(db),
-        redis_options(&url, &prefix).await,
+        redis_options(&url, &prefix, PresenceConfig::default().ttl).await,
         WsConfig::default(),
     )
     .await;
@@ -749,7 +730,7 @@ async fn two_instances() -> (TestServer, TestServer) {
     let b = TestServer::on_log(
         log,
         None,
-        redis_options(&url, &prefix).await,
+        redis_options(&url, &prefix, PresenceConfig::default().ttl).await,
         WsConfig::default(),
     )
     .await;

@@ -6,15 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use parley::app::AppOptions;
 use parley::graphql::WsConfig;
-use parley::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use parley::store::{EventLog, PostgresLog};
 use serde_json::{json, Value};
-use support::api::{fast_projector, Session, TestServer, WsClient};
+use support::api::{redis_options, Session, TestServer, WsClient};
 use support::redis::{
-    admin, eventually, kill_clients_named, redis_url, unique_prefix, upstream_of, url_via,
-    FaultyProxy,
+    eventually, kill_clients_named, redis_url, unique_prefix, upstream_of, url_via, FaultyProxy,
 };
 use support::TestDb;
 
@@ -24,26 +21,6 @@ const NOTICES: &str =
     "subscription($r: ID) { notices(roomId: $r) { kind text user { username } } }";
 const TYPING: &str = "subscription($r: ID!) { typing(roomId: $r) { isTyping user { username } } }";
 const PRESENCE_TTL: Duration = Duration::from_secs(2);
-
-async fn options(url: &str, prefix: &str) -> AppOptions {
-    admin().await; // fails with a clear message when Redis is unreachable
-    AppOptions {
-        projector: fast_projector(),
-        relay: Relay::redis(url, RelayConfig::with_prefix(prefix))
-            .await
-            .expect("Redis relay"),
-        presence: Presence::redis(
-            url,
-            PresenceConfig {
-                prefix: prefix.to_owned(),
-                ttl: PRESENCE_TTL,
-                ..PresenceConfig::default()
-            },
-        )
-        .await
-        .expect("Redis presence"),
-    }
-}
 
 /// Two instances, A and B, over one database and one Redis prefix.
 async fn two_instances() -> (TestServer, TestServer) {
@@ -55,11 +32,17 @@ async fn two_instances() -> (TestServer, TestServer) {
     let a = TestServer::on_log(
         log.clone(),
         Some(db),
-        options(&url, &prefix).await,
+        redis_options(&url, &prefix, PRESENCE_TTL).await,
         WsConfig::default(),
     )
     .await;
-    let b = TestServer::on_log(log, None, options(&url, &prefix).await, WsConfig::default()).await;
+    let b = TestServer::on_log(
+        log,
+        None,
+        redis_options(&url, &prefix, PRESENCE_TTL).await,
+        WsConfig::default(),
+    )
+    .await;
     (a, b)
 }
 
@@ -350,7 +333,7 @@ async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
     let server = TestServer::on_log(
         log,
         Some(db),
-        options(&via_proxy, &unique_prefix()).await,
+        redis_options(&via_proxy, &unique_prefix(), PRESENCE_TTL).await,
         WsConfig::default(),
     )
     .await;

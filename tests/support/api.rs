@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use parley::app::{App, AppOptions};
 use parley::graphql::WsConfig;
+use parley::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use parley::store::{EventLog, PostgresLog};
 use parley_projections::postgres::ProjectorConfig;
 use serde_json::{json, Value};
@@ -24,6 +25,28 @@ use super::TestDb;
 pub enum Store {
     Postgres,
     Memory,
+}
+
+/// The parts of an instance that shares Redis (relay and presence under `prefix`) with
+/// others; fails with a clear message when Redis is unreachable.
+pub async fn redis_options(url: &str, prefix: &str, presence_ttl: Duration) -> AppOptions {
+    super::redis::admin().await;
+    AppOptions {
+        projector: fast_projector(),
+        relay: Relay::redis(url, RelayConfig::with_prefix(prefix))
+            .await
+            .expect("Redis relay"),
+        presence: Presence::redis(
+            url,
+            PresenceConfig {
+                prefix: prefix.to_owned(),
+                ttl: presence_ttl,
+                ..PresenceConfig::default()
+            },
+        )
+        .await
+        .expect("Redis presence"),
+    }
 }
 
 pub fn fast_projector() -> ProjectorConfig {
