@@ -111,33 +111,27 @@ impl Subscription {
         };
         Ok(stream! {
             let _slot = slot;
-            // Replay, page by page, up to what the read model holds now.
+            // At the start (replay after `after`), and again whenever the relay says it
+            // dropped something: read from the cursor, page by page, up to what the read
+            // model holds now.
+            let mut catch_up = true;
             loop {
-                match read_messages(&app, room, last, last + PAGE).await {
-                    Ok(page) if page.is_empty() => break,
-                    Ok(page) => for message in page {
-                        last = message.seq;
-                        yield Ok(Message(message));
-                    },
-                    Err(error) => { yield Err(error.into()); return; }
+                while catch_up {
+                    match read_messages(&app, room, last, last + PAGE).await {
+                        Ok(page) if page.is_empty() => catch_up = false,
+                        Ok(page) => for message in page {
+                            last = message.seq;
+                            yield Ok(Message(message));
+                        },
+                        Err(error) => { yield Err(error.into()); return; }
+                    }
                 }
-            }
-            while let Some(item) = live.recv().await {
+                let Some(item) = live.recv().await else { return };
                 let event = match item {
                     RelayItem::Message(value) => decode(&value),
                     RelayItem::Resync | RelayItem::Lagged(_) => {
-                        // Whatever the relay dropped is in the read model: re-read from the cursor.
-                        loop {
-                            match read_messages(&app, room, last, last + PAGE).await {
-                                Ok(page) if page.is_empty() => break,
-                                Ok(page) => for message in page {
-                                    last = message.seq;
-                                    yield Ok(Message(message));
-                                },
-                                Err(error) => { yield Err(error.into()); return; }
-                            }
-                        }
-                        None
+                        catch_up = true;
+                        continue;
                     }
                 };
                 let Some(event) = event else { continue };

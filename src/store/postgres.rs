@@ -7,7 +7,8 @@ use std::sync::Arc;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use parley_domain::Username;
-use parley_projections::{GlobalPosition, LogEvent};
+use parley_projections::postgres::log_event;
+use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
@@ -190,20 +191,7 @@ impl PostgresLog {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(rows
-            .iter()
-            .map(|row| LogEvent {
-                position: GlobalPosition(row.get("position")),
-                aggregate_type: row.get("aggregate_type"),
-                aggregate_id: row.get("aggregate_id"),
-                sequence: row.get("sequence"),
-                event_type: row.get("event_type"),
-                event_version: row.get("event_version"),
-                payload: row.get("payload"),
-                metadata: row.get("metadata"),
-                recorded_at: row.get("recorded_at"),
-            })
-            .collect())
+        Ok(rows.iter().map(log_event).collect())
     }
 
     pub(super) async fn count(&self) -> Result<i64, PersistenceError> {

@@ -38,9 +38,17 @@ pub struct PgEventLog {
     pool: PgPool,
 }
 
-fn log_event(row: &PgRow) -> LogEvent {
+/// A positioned row of `events` as a [`LogEvent`].
+pub fn log_event(row: &PgRow) -> LogEvent {
+    log_event_at(row, row.get("position"))
+}
+
+/// A row of `events` as a [`LogEvent`] at `position` (the sequencer's rows have none yet).
+/// Needs the columns aggregate_type, aggregate_id, sequence, event_type, event_version,
+/// payload, metadata and recorded_at.
+pub fn log_event_at(row: &PgRow, position: i64) -> LogEvent {
     LogEvent {
-        position: GlobalPosition(row.get("position")),
+        position: GlobalPosition(position),
         aggregate_type: row.get("aggregate_type"),
         aggregate_id: row.get("aggregate_id"),
         sequence: row.get("sequence"),

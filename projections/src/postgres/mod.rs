@@ -7,7 +7,7 @@ mod projector;
 mod queries;
 mod rebuild;
 
-pub use log_reader::PgEventLog;
+pub use log_reader::{log_event, PgEventLog};
 pub use projector::{ActiveSession, PgProjector, ProjectorConfig, StepOutcome};
 pub use queries::PgReadModels;
 pub use rebuild::{RebuildConfig, RebuildPhase, RebuildProgress, RebuildReport};

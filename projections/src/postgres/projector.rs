@@ -21,17 +21,16 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use serde_json::Value;
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::sync::Arc;
 
 use super::apply::{apply, Targets};
+use super::log_reader::log_event_at;
 use crate::live::LiveFeed;
 use crate::log::{DecodedEvent, LogEvent};
-use crate::{GlobalPosition, PROJECTIONS};
+use crate::PROJECTIONS;
 
 /// The advisory lock key that makes one projector active ("parley_projector").
 const LOCK_KEY: i64 = 0x7061_726c_6579_7072;
@@ -94,20 +93,6 @@ pub struct ActiveSession {
 
 const EVENT_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, sequence, event_type,
                              event_version, payload, metadata, recorded_at";
-
-fn log_event(row: &PgRow, position: i64) -> LogEvent {
-    LogEvent {
-        position: GlobalPosition(position),
-        aggregate_type: row.get("aggregate_type"),
-        aggregate_id: row.get("aggregate_id"),
-        sequence: row.get("sequence"),
-        event_type: row.get("event_type"),
-        event_version: row.get("event_version"),
-        payload: row.get::<Value, _>("payload"),
-        metadata: row.get::<Value, _>("metadata"),
-        recorded_at: row.get::<DateTime<Utc>, _>("recorded_at"),
-    }
-}
 
 impl PgProjector {
     pub fn new(pool: PgPool, live: LiveFeed, config: ProjectorConfig) -> Self {
@@ -200,7 +185,7 @@ impl PgProjector {
             .iter()
             .zip(&positions)
             .map(|(row, &position)| {
-                let event = log_event(row, position);
+                let event = log_event_at(row, position);
                 let decoded = event.decode();
                 (event, decoded)
             })
@@ -248,7 +233,7 @@ impl PgProjector {
         .fetch(&mut *tx)
         .map_ok(|row| {
             let position = row.get("position");
-            let event = log_event(&row, position);
+            let event = log_event_at(&row, position);
             let decoded = event.decode();
             (event, decoded)
         })
