@@ -278,6 +278,21 @@ pub fn replayed_room_event(log: &LogEvent) -> Option<LiveEvent> {
         .map(|(_, event)| event)
 }
 
+/// Publishes ephemeral live events (typing, presence) in one round trip; a failure is
+/// logged, not returned: these events are never stored and expire on their own.
+pub async fn publish_ephemeral(relay: &Relay, events: Vec<(Channel, LiveEvent)>) {
+    let mut outgoing = Vec::with_capacity(events.len());
+    for (channel, event) in events {
+        match serde_json::to_value(&event) {
+            Ok(payload) => outgoing.push((channel, payload)),
+            Err(error) => tracing::error!(%error, "live event not serializable"),
+        }
+    }
+    if let Err(error) = relay.publish_all(&outgoing).await {
+        tracing::warn!(%error, "ephemeral live event not relayed");
+    }
+}
+
 /// Tells every room `user` is a member of that they came online or went offline
 /// (ephemeral notices: never stored, no cursor).
 pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId, online: bool) {
@@ -290,10 +305,10 @@ pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId
     } else {
         NoticeKind::MemberOffline
     };
-    for item in rooms {
-        let event = LiveEvent::Notice {
-            sequence: None,
-            notice: LiveNotice {
+    let notices = rooms
+        .into_iter()
+        .map(|item| {
+            let notice = LiveNotice {
                 kind,
                 room_id: Some(item.room.id),
                 user: Some(user),
@@ -301,20 +316,17 @@ pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId
                 text: None,
                 position: 0,
                 at: Utc::now(),
-            },
-        };
-        let payload = match serde_json::to_value(&event) {
-            Ok(payload) => payload,
-            Err(error) => return tracing::error!(%error, "presence notice not serializable"),
-        };
-        if let Err(error) = app
-            .relay
-            .publish(&Channel::Room(item.room.id), &payload)
-            .await
-        {
-            tracing::warn!(%error, "presence notice not relayed");
-        }
-    }
+            };
+            (
+                Channel::Room(item.room.id),
+                LiveEvent::Notice {
+                    sequence: None,
+                    notice,
+                },
+            )
+        })
+        .collect();
+    publish_ephemeral(&app.relay, notices).await;
 }
 
 /// Who this instance saw typing recently, so that sending a message publishes "stopped

@@ -25,13 +25,7 @@ async fn publish_typing(relay: &Relay, room: parley_domain::RoomId, user: UserId
         user,
         is_typing,
     };
-    let payload = match serde_json::to_value(&event) {
-        Ok(payload) => payload,
-        Err(error) => return tracing::error!(%error, "typing event not serializable"),
-    };
-    if let Err(error) = relay.publish(&Channel::Room(room), &payload).await {
-        tracing::warn!(%error, "typing event not relayed");
-    }
+    crate::live::publish_ephemeral(relay, vec![(Channel::Room(room), event)]).await;
 }
 
 #[Object]
