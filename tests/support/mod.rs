@@ -178,4 +178,9 @@ impl Drop for TestDb {
 
 pub mod api;
 pub mod checksums;
+pub mod cluster;
+pub mod instance;
+pub mod load;
+pub mod proxy;
 pub mod redis;
+pub mod services;
