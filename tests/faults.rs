@@ -118,7 +118,10 @@ async fn kill_9_of_the_instance_that_projects() {
         "kill -9 of the projecting instance",
         load,
         recovery,
-        &format!(" (instance 1 projecting after {:.2} s)", (took_over - t).as_secs_f64()),
+        &format!(
+            " (instance 1 projecting after {:.2} s)",
+            (took_over - t).as_secs_f64()
+        ),
     )
     .await;
 }
@@ -136,7 +139,10 @@ async fn postgres_crash_and_restart() {
         "PostgreSQL kill -9 and restart",
         load,
         recovery,
-        &format!(" after it was back (down {:.2} s)", (up - down).as_secs_f64()),
+        &format!(
+            " after it was back (down {:.2} s)",
+            (up - down).as_secs_f64()
+        ),
     )
     .await;
 }

@@ -169,7 +169,13 @@ impl Journal {
 
     /// The longest time between two acknowledgements (any sender).
     pub fn max_ack_gap(&self) -> Duration {
-        let mut times: Vec<Instant> = self.acks.lock().expect("lock").iter().map(|a| a.at).collect();
+        let mut times: Vec<Instant> = self
+            .acks
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|a| a.at)
+            .collect();
         times.sort();
         times
             .windows(2)
@@ -206,7 +212,14 @@ impl Journal {
     pub fn delivered_count(&self) -> usize {
         self.subscribers
             .iter()
-            .map(|s| s.lock().expect("lock").got.iter().map(Vec::len).sum::<usize>())
+            .map(|s| {
+                s.lock()
+                    .expect("lock")
+                    .got
+                    .iter()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
             .sum()
     }
 
@@ -280,8 +293,14 @@ pub async fn register(addr: SocketAddr, username: &str) -> User {
     )
     .await;
     User {
-        token: data["register"]["token"].as_str().expect("token").to_owned(),
-        id: data["register"]["user"]["id"].as_str().expect("id").to_owned(),
+        token: data["register"]["token"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+        id: data["register"]["user"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
     }
 }
 
@@ -298,7 +317,10 @@ pub async fn set_up(addr: SocketAddr, rooms: usize) -> (Vec<User>, Vec<String>) 
             json!({ "n": format!("room-{r}") }),
         )
         .await;
-        let room = data["createRoom"]["id"].as_str().expect("room id").to_owned();
+        let room = data["createRoom"]["id"]
+            .as_str()
+            .expect("room id")
+            .to_owned();
         graphql(
             addr,
             Some(&member.token),
@@ -462,7 +484,10 @@ impl Load {
                         .zip(&log.cursor0)
                         .map(|(g, c)| g.last().map_or(*c, |g| g.seq))
                         .collect();
-                    format!("subscriber {i}{}: at {at:?}", if log.slow { " (slow)" } else { "" })
+                    format!(
+                        "subscriber {i}{}: at {at:?}",
+                        if log.slow { " (slow)" } else { "" }
+                    )
                 })
                 .collect();
             panic!(
@@ -514,7 +539,9 @@ impl Finished {
                         .send()
                         .await;
                     let Ok(response) = request else { break };
-                    let Ok(body) = response.json::<Value>().await else { break };
+                    let Ok(body) = response.json::<Value>().await else {
+                        break;
+                    };
                     if body.get("errors").is_some() {
                         break;
                     }
@@ -573,7 +600,10 @@ impl Finished {
             stored_rooms.push(stored);
         }
         for id in acked.keys() {
-            assert!(stored_ids.contains(id), "{id} was acknowledged but is not stored");
+            assert!(
+                stored_ids.contains(id),
+                "{id} was acknowledged but is not stored"
+            );
         }
         assert_eq!(stored_total, acks.len(), "acked = stored");
 
@@ -679,7 +709,10 @@ async fn send_once(
     let message = &body["data"]["sendMessage"];
     Ok((
         message["seq"].as_i64().expect("seq"),
-        message["clientMsgId"].as_str().expect("clientMsgId").to_owned(),
+        message["clientMsgId"]
+            .as_str()
+            .expect("clientMsgId")
+            .to_owned(),
     ))
 }
 
@@ -699,8 +732,15 @@ async fn sender(task: SenderTask) {
         let started = Instant::now();
         loop {
             let addr = task.endpoints[at];
-            match send_once(&http, addr, &task.token, &task.rooms[room], &task.body, &client_msg_id)
-                .await
+            match send_once(
+                &http,
+                addr,
+                &task.token,
+                &task.rooms[room],
+                &task.body,
+                &client_msg_id,
+            )
+            .await
             {
                 Ok((seq, echoed)) => {
                     assert_eq!(echoed, client_msg_id, "the ack is for the message sent");

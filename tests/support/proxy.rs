@@ -124,7 +124,8 @@ impl Proxy {
 
     /// Closes every open connection and refuses new ones until [`Self::set`].
     pub fn cut(&self) {
-        self.refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let open: Vec<_> = self.links.lock().expect("lock").open.drain().collect();
         for (_, (_, link)) in open {
             for task in link.tasks {
@@ -187,12 +188,7 @@ async fn serve(
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(
-        client_read,
-        server_write,
-        global.clone(),
-        own.clone(),
-    );
+    let up = pump(client_read, server_write, global.clone(), own.clone());
     let down = pump(server_read, client_write, global, own);
     // Both directions end (EOF or error) before the link is forgotten.
     let _ = tokio::join!(up, down);
@@ -200,7 +196,10 @@ async fn serve(
 }
 
 /// Waits until traffic may pass; `Err` when the proxy is gone.
-async fn gate(global: &mut watch::Receiver<Mode>, own: &mut watch::Receiver<Mode>) -> Result<(), ()> {
+async fn gate(
+    global: &mut watch::Receiver<Mode>,
+    own: &mut watch::Receiver<Mode>,
+) -> Result<(), ()> {
     loop {
         let modes = [*global.borrow_and_update(), *own.borrow_and_update()];
         if modes.contains(&Mode::BlackHole) {

@@ -134,10 +134,7 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
 }
 
 fn temp_dir(kind: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "parley-{kind}-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = std::env::temp_dir().join(format!("parley-{kind}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("creating a temporary directory");
     dir
 }
@@ -312,7 +309,10 @@ impl PrivatePostgres {
         // Backends are in the same group; wait until none is left before a restart.
         let deadline = Instant::now() + START_TIMEOUT;
         while group_alive(pgid) {
-            assert!(Instant::now() < deadline, "postgres processes survive kill -9");
+            assert!(
+                Instant::now() < deadline,
+                "postgres processes survive kill -9"
+            );
             sleep(Duration::from_millis(20)).await;
         }
     }

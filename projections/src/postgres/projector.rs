@@ -16,6 +16,16 @@
 //!
 //! A projection that is behind (after a rebuild) catches up from positioned events in
 //! steps of its own, without publishing them live.
+//!
+//! Liveness: the lock lasts as long as the session, so a session that goes silent without
+//! closing (a half-open link: the peer stops answering) must not last long. The active
+//! session asks the server to end it after `session_timeout` without a word from the
+//! projector (`idle_session_timeout`, `idle_in_transaction_session_timeout`, and
+//! `tcp_user_timeout` for data the server cannot deliver), and talks at least every third
+//! of that (a step is the heartbeat), so a silent link frees the lock for a standby within
+//! about `session_timeout + standby_retry`. On its side, a step (or an activation) that
+//! takes longer than `step_timeout` (also the session's `statement_timeout`) is given up
+//! and the projector starts over as a standby.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -47,6 +57,12 @@ pub struct ProjectorConfig {
     /// Wait before looking again when committed events are not yet safe to order (an
     /// older transaction is still running).
     pub not_yet_visible_retry: Duration,
+    /// The server ends the active session after this long without a word from the
+    /// projector, releasing the lock; the projector talks at least every third of it.
+    pub session_timeout: Duration,
+    /// Watchdog: a step or an activation that takes longer is given up (the session is
+    /// dropped); also the session's `statement_timeout`.
+    pub step_timeout: Duration,
 }
 
 impl Default for ProjectorConfig {
@@ -56,6 +72,8 @@ impl Default for ProjectorConfig {
             poll_interval: Duration::from_secs(1),
             standby_retry: Duration::from_secs(1),
             not_yet_visible_retry: Duration::from_millis(2),
+            session_timeout: Duration::from_secs(5),
+            step_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -103,9 +121,18 @@ impl PgProjector {
         &self.live
     }
 
-    /// Tries to become the active projector. `None`: another instance is active.
+    /// Tries to become the active projector. `None`: another instance is active. The session
+    /// lasts as long as its holder keeps it (for tools that drive [`Self::step`] themselves);
+    /// [`Self::run`]'s sessions end when they fall silent.
     pub async fn try_activate(&self) -> Result<Option<ActiveSession>, sqlx::Error> {
+        self.activate(false).await
+    }
+
+    async fn activate(&self, bounded: bool) -> Result<Option<ActiveSession>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?.detach();
+        if bounded {
+            self.bound_session(&mut conn).await?;
+        }
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LOCK_KEY)
             .fetch_one(&mut conn)
@@ -116,6 +143,51 @@ impl PgProjector {
             let _ = conn.close().await;
             Ok(None)
         }
+    }
+
+    /// Makes the server end this session when the projector falls silent (see the module
+    /// documentation). A setting the server does not know (before PostgreSQL 14 for
+    /// `idle_session_timeout`) is skipped with a warning.
+    async fn bound_session(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let millis = |d: Duration| d.as_millis().max(1).to_string();
+        let session = millis(self.config.session_timeout);
+        let settings = [
+            ("statement_timeout", millis(self.config.step_timeout)),
+            ("idle_in_transaction_session_timeout", session.clone()),
+            ("idle_session_timeout", session.clone()),
+            ("tcp_user_timeout", session),
+        ];
+        for (name, value) in settings {
+            let set = sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(name)
+                .bind(&value)
+                .execute(&mut *conn)
+                .await;
+            match set {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(error)) => {
+                    tracing::warn!(setting = name, %error, "projector session setting refused");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// `future`, given up after `step_timeout`.
+    async fn watched<T>(
+        &self,
+        what: &str,
+        future: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        tokio::time::timeout(self.config.step_timeout, future)
+            .await
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("projector {what} took over {:?}", self.config.step_timeout),
+                )))
+            })
     }
 
     /// One sequencing step and, if a projection is behind, one catch-up step.
@@ -257,7 +329,7 @@ impl PgProjector {
         loop {
             let session = tokio::select! {
                 () = &mut shutdown => return,
-                session = self.try_activate() => session,
+                session = self.watched("activation", self.activate(true)) => session,
             };
             match session {
                 Ok(Some(session)) => {
@@ -288,7 +360,7 @@ impl PgProjector {
         loop {
             let outcome = tokio::select! {
                 () = shutdown.as_mut() => return Ok(()),
-                outcome = self.step(&mut session) => outcome?,
+                outcome = self.watched("step", self.step(&mut session)) => outcome?,
             };
             if outcome.did_work() {
                 continue;
@@ -296,7 +368,10 @@ impl PgProjector {
             let wait = if outcome.waiting {
                 self.config.not_yet_visible_retry
             } else {
-                self.config.poll_interval
+                // The next step is also the heartbeat that keeps the session alive.
+                self.config
+                    .poll_interval
+                    .min(self.config.session_timeout / 3)
             };
             tokio::select! {
                 () = shutdown.as_mut() => return Ok(()),
