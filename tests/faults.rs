@@ -221,17 +221,17 @@ async fn a_slow_subscriber_that_never_reads() {
         &cluster,
         LoadSpec {
             slow_subscribers: vec![0],
-            body_len: 2000,
+            body_len: 4000,
             ..spec("s", vec![0, 1, 0, 1])
         },
     )
     .await;
     let t = Instant::now();
-    load.wait_acks(1500, WAIT).await;
+    load.wait_acks(500, WAIT).await;
     let recovery = load.journal.max_delivery_gap();
     let rss_after = cluster.instances[0].rss_kib().unwrap_or(0);
     conclude(
-        "a subscriber that never reads (1,500+ messages of 2,000 characters)",
+        "a subscriber that never reads (500+ messages of 4,000 characters)",
         load,
         recovery,
         &format!(

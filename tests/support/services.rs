@@ -1,8 +1,9 @@
 //! Private PostgreSQL and Redis servers for tests that kill, pause and restart them.
 //!
 //! Each one runs from the machine's binaries in a temporary directory, on a free loopback
-//! port, in a process group of its own, so `kill -9`, `SIGSTOP` and `SIGCONT` reach the
-//! server and all its children and nothing else. The machine's shared services are never
+//! port. Signals (`kill -9`, `SIGSTOP`, `SIGCONT`) go to the server process and, for
+//! PostgreSQL, to every child of the postmaster too (each backend is a session leader of
+//! its own, so a process-group signal would miss them), and to nothing else. The machine's shared services are never
 //! touched. PostgreSQL refuses to run as root: when the tests run as root, `initdb` and
 //! `postgres` run as the `postgres` OS user (the child process drops to its uid and gid
 //! before `exec`), and the data directory is given to that user.
@@ -40,6 +41,57 @@ pub fn signal_group(pgid: u32, signal: &str) {
         .status()
         .expect("running kill");
     assert!(status.success(), "kill -{signal} -- -{pgid} failed");
+}
+
+/// The direct children of `pid` (from /proc).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "pid (comm) state ppid …": comm may hold spaces, so parse after the last ')'.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not count).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// Sends `signal` to `pid`, then to each of its children (those it had before, and any it
+/// forked meanwhile).
+fn signal_tree(pid: u32, signal: &str) {
+    let before = children(pid);
+    signal_process(pid, signal);
+    let mut seen = std::collections::HashSet::new();
+    for child in before.into_iter().chain(children(pid)) {
+        if seen.insert(child) {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Sends `signal` to one process.
@@ -292,23 +344,29 @@ impl PrivatePostgres {
         }
     }
 
-    fn pgid(&self) -> u32 {
+    fn postmaster(&self) -> u32 {
         self.child
             .as_ref()
             .and_then(Child::id)
             .expect("the private PostgreSQL is running")
     }
 
+    /// The postmaster's children: backends and background processes.
+    pub fn backends(&self) -> Vec<u32> {
+        children(self.postmaster())
+    }
+
     /// `kill -9` of the postmaster and every backend, then waits until they are gone.
     pub async fn kill9(&mut self) {
-        let pgid = self.pgid();
-        signal_group(pgid, "KILL");
+        let postmaster = self.postmaster();
+        let backends = children(postmaster);
+        signal_tree(postmaster, "KILL");
         if let Some(mut child) = self.child.take() {
             let _ = child.wait().await;
         }
-        // Backends are in the same group; wait until none is left before a restart.
+        // Wait until no backend is left (they hold the shared memory) before a restart.
         let deadline = Instant::now() + START_TIMEOUT;
-        while group_alive(pgid) {
+        while backends.iter().any(|&pid| alive(pid)) {
             assert!(
                 Instant::now() < deadline,
                 "postgres processes survive kill -9"
@@ -325,32 +383,29 @@ impl PrivatePostgres {
 
     /// `SIGSTOP` to the postmaster and every backend: connections stay open, nothing answers.
     pub fn pause(&self) {
-        signal_group(self.pgid(), "STOP");
+        signal_tree(self.postmaster(), "STOP");
     }
 
     pub fn resume(&self) {
-        signal_group(self.pgid(), "CONT");
+        signal_tree(self.postmaster(), "CONT");
     }
-}
-
-fn group_alive(pgid: u32) -> bool {
-    std::process::Command::new("kill")
-        .args(["-0", "--", &format!("-{pgid}")])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        if let Some(pgid) = self.child.as_ref().and_then(Child::id) {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", "--", &format!("-{pgid}")])
-                .status();
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
-                .status();
+        if let Some(postmaster) = self.child.as_ref().and_then(Child::id) {
+            let all: Vec<u32> = std::iter::once(postmaster)
+                .chain(children(postmaster))
+                .collect();
+            for signal in ["CONT", "KILL"] {
+                for pid in &all {
+                    let _ = std::process::Command::new("kill")
+                        .arg(format!("-{signal}"))
+                        .arg(pid.to_string())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
