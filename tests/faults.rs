@@ -21,6 +21,7 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
 use support::cluster::Cluster;
 use support::load::{set_up, Finished, Load, LoadSpec};
 use support::proxy::Mode;
@@ -152,15 +153,25 @@ async fn postgres_paused() {
     let cluster = Cluster::start(2).await;
     let load = load_on(&cluster, spec("z", vec![0, 1, 0, 1])).await;
     cluster.pg.pause();
-    sleep(PG_PAUSE).await;
+    let paused = Instant::now();
+    // Meanwhile the instances say they are not ready, and why.
+    let (status, body) = cluster.readiness(1).await;
+    assert_eq!((status, &body["store_ok"]), (503, &json!(false)), "{body}");
+    sleep(PG_PAUSE.saturating_sub(paused.elapsed())).await;
     cluster.pg.resume();
     let resumed = Instant::now();
     let recovery = load.wait_recovery(resumed, WAIT).await;
+    let ready = cluster.wait_ready(1, WAIT).await;
     conclude(
         "PostgreSQL paused (SIGSTOP)",
         load,
         recovery,
-        &format!(" after SIGCONT (paused {} s)", PG_PAUSE.as_secs()),
+        &format!(
+            " after SIGCONT (paused {} s; /readyz 503 store_ok=false meanwhile, 200 again \
+             {:.2} s after recovery)",
+            PG_PAUSE.as_secs(),
+            ready.as_secs_f64()
+        ),
     )
     .await;
 }
@@ -172,15 +183,28 @@ async fn redis_restart() {
     // crosses Redis.
     let load = load_on(&cluster, spec("x", vec![0, 0, 0, 0])).await;
     cluster.redis.kill9().await;
-    sleep(REDIS_OUTAGE).await;
+    let down = Instant::now();
+    let (status, body) = cluster.readiness(1).await;
+    assert_eq!(
+        (status, &body["store_ok"], &body["relay_ok"]),
+        (503, &json!(true), &json!(false)),
+        "{body}"
+    );
+    sleep(REDIS_OUTAGE.saturating_sub(down.elapsed())).await;
     cluster.redis.restart().await;
     let up = Instant::now();
     let recovery = load.wait_recovery(up, WAIT).await;
+    let ready = cluster.wait_ready(1, WAIT).await;
     conclude(
         "Redis kill -9 and restart",
         load,
         recovery,
-        &format!(" after it was back (down {} s)", REDIS_OUTAGE.as_secs()),
+        &format!(
+            " after it was back (down {} s; /readyz 503 relay_ok=false meanwhile, 200 again \
+             {:.2} s after recovery)",
+            REDIS_OUTAGE.as_secs(),
+            ready.as_secs_f64()
+        ),
     )
     .await;
 }

@@ -124,6 +124,39 @@ impl Cluster {
         }
     }
 
+    /// `GET /readyz` of instance `i`: status and body (`(0, null)` if it does not answer
+    /// within 5 s).
+    pub async fn readiness(&self, i: usize) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(self.instances[i].url("/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or_default())
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    /// Waits until instance `i` says it is ready; returns how long that took.
+    pub async fn wait_ready(&self, i: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.readiness(i).await;
+            if status == 200 {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "instance {i} not ready within {limit:?}: {status} {body}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last lines of every instance's log, for failure messages.
     pub fn log_tails(&self, n: usize) -> String {
         self.instances
