@@ -251,11 +251,11 @@ async fn a_slow_subscriber_that_never_reads() {
     )
     .await;
     let t = Instant::now();
-    load.wait_acks(500, WAIT).await;
+    load.wait_acks(300, WAIT).await;
     let recovery = load.journal.max_delivery_gap();
     let rss_after = cluster.instances[0].rss_kib().unwrap_or(0);
     conclude(
-        "a subscriber that never reads (500+ messages of 4,000 characters)",
+        "a subscriber that never reads (300+ messages of 4,000 characters)",
         load,
         recovery,
         &format!(
