@@ -36,6 +36,8 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 const PG_PAUSE: Duration = Duration::from_secs(6);
 /// How long Redis stays down.
 const REDIS_OUTAGE: Duration = Duration::from_secs(2);
+/// How long one instance's database link stays cut.
+const LINK_CUT: Duration = Duration::from_secs(3);
 const ROOMS: usize = 2;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -232,6 +234,36 @@ async fn the_projectors_database_connection_black_holed() {
         &format!(
             " (instance 1 projecting after {:.2} s, the link still silent)",
             (took_over - t).as_secs_f64()
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_loses_its_database_link_slow_then_cut() {
+    let cluster = Cluster::start(2).await;
+    let load = load_on(&cluster, spec("c", vec![0, 1, 0, 1])).await;
+    // Instance 1's database link first crawls (every chunk held 100 ms), then is cut:
+    // open connections closed, new ones refused.
+    cluster.pg_proxies[1].set(Mode::Delay(Duration::from_millis(100)));
+    load.wait_acks(20, WAIT).await;
+    cluster.pg_proxies[1].cut();
+    sleep(LINK_CUT).await;
+    let (status, body) = cluster.readiness(1).await;
+    assert_eq!((status, &body["store_ok"]), (503, &json!(false)), "{body}");
+    cluster.pg_proxies[1].set(Mode::Pass);
+    let restored = Instant::now();
+    let recovery = load.wait_recovery(restored, WAIT).await;
+    let ready = cluster.wait_ready(1, WAIT).await;
+    conclude(
+        "one instance's database link slowed, then cut",
+        load,
+        recovery,
+        &format!(
+            " after the link was back (cut {} s; /readyz of that instance 503 store_ok=false \
+             meanwhile, 200 again {:.2} s after recovery)",
+            LINK_CUT.as_secs(),
+            ready.as_secs_f64()
         ),
     )
     .await;

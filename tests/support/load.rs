@@ -2,8 +2,7 @@
 //!
 //! **Senders** send `sendMessage` over HTTP in a loop; on any failure (connection refused or
 //! reset, a timeout, a non-200 answer, an `INTERNAL` or other error code) they retry the
-//! *same* `clientMsgId` after 100 ms, moving to the next instance when the connection
-//! failed, until it is acknowledged (or give up after [`GIVE_UP`], failing the test).
+//! *same* `clientMsgId` after 100 ms on the next instance, until it is acknowledged (or give up after [`GIVE_UP`], failing the test).
 //! **Subscribers** hold one graphql-transport-ws connection with a `messages(roomId, after)`
 //! subscription per room; when the connection or a subscription ends, or nothing at all
 //! (not even a ping) arrives for [`SILENCE`], they reconnect (to the next instance if the
@@ -752,11 +751,12 @@ async fn sender(task: SenderTask) {
                     });
                     break;
                 }
-                Err(SendError::Transport(kind)) => {
+                // Any failure: the next try goes to the next instance (one that cannot
+                // reach its database answers INTERNAL while another may be fine).
+                Err(SendError::Transport(kind) | SendError::Answer(kind)) => {
                     task.journal.error(kind);
                     at = (at + 1) % task.endpoints.len();
                 }
-                Err(SendError::Answer(kind)) => task.journal.error(kind),
             }
             assert!(
                 started.elapsed() < GIVE_UP,
