@@ -107,7 +107,8 @@ pub fn signal_process(pid: u32, signal: &str) {
 fn missing(what: &str, looked: &str, install: &str) -> String {
     format!(
         "\n\nThe fault tests need {what} to start a private instance and could not find it \
-         ({looked}). Install it ({install}) or point the variable named above at it.\n"
+         (looked in: {looked}). Install it ({install}), or set PARLEY_PG_BIN (a directory with \
+         initdb and postgres) or PARLEY_REDIS_SERVER (the redis-server program).\n"
     )
 }
 
@@ -421,7 +422,19 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub async fn start() -> Self {
         let bin = std::env::var_os("PARLEY_REDIS_SERVER")
-            .map(PathBuf::from)
+            .map(|p| {
+                let p = PathBuf::from(p);
+                assert!(
+                    p.exists(),
+                    "{}",
+                    missing(
+                        "redis-server",
+                        &format!("PARLEY_REDIS_SERVER={}", p.display()),
+                        "Debian/Ubuntu: apt-get install redis-server"
+                    )
+                );
+                p
+            })
             .or_else(|| {
                 std::env::var_os("PATH").and_then(|path| {
                     std::env::split_paths(&path)
