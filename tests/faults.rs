@@ -299,3 +299,73 @@ async fn a_slow_subscriber_that_never_reads() {
     )
     .await;
 }
+
+/// The proxy itself: what each mode does to a live connection (against a local echo server).
+#[tokio::test]
+async fn the_proxy_passes_delays_black_holes_and_cuts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let proxy = support::proxy::Proxy::start(upstream).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    let (read, _) = round_trip(&mut client, &mut buf).await;
+    assert_eq!(read.unwrap().unwrap(), 4, "pass: echoed");
+
+    proxy.set(Mode::Delay(Duration::from_millis(100)));
+    let (read, took) = round_trip(&mut client, &mut buf).await;
+    assert_eq!(read.unwrap().unwrap(), 4, "delay: still echoed");
+    assert!(
+        took >= Duration::from_millis(200),
+        "delay: both ways held ({took:?})"
+    );
+
+    proxy.set(Mode::BlackHole);
+    let (read, _) = round_trip(&mut client, &mut buf).await;
+    assert!(read.is_err(), "black hole: no answer, and no close either");
+    proxy.set(Mode::Pass);
+    let late = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await;
+    assert_eq!(
+        late.unwrap().unwrap(),
+        4,
+        "what the black hole held goes through after"
+    );
+
+    let holder = proxy.open_connections();
+    assert_eq!(holder, 1);
+    proxy.cut();
+    let closed = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "cut: the connection is closed"
+    );
+    let mut refused = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "cut: new connections are closed at once"
+    );
+}
+
+/// Writes 4 bytes and waits up to 600 ms for the echo.
+async fn round_trip(
+    client: &mut tokio::net::TcpStream,
+    buf: &mut [u8; 4],
+) -> (
+    Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    client.write_all(b"ping").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_millis(600), client.read(buf)).await;
+    (read, started.elapsed())
+}
