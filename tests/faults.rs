@@ -303,7 +303,7 @@ async fn a_slow_subscriber_that_never_reads() {
 /// The proxy itself: what each mode does to a live connection (against a local echo server).
 #[tokio::test]
 async fn the_proxy_passes_delays_black_holes_and_cuts() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = echo.local_addr().unwrap();
     tokio::spawn(async move {
