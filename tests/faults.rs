@@ -212,6 +212,32 @@ async fn redis_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_links_black_holed() {
+    let cluster = Cluster::start(2).await;
+    let load = load_on(&cluster, spec("b", vec![0, 0, 0, 0])).await;
+    // Redis stops answering on every open link, nothing is closed; then the links come back.
+    for proxy in &cluster.redis_proxies {
+        proxy.set(Mode::BlackHole);
+    }
+    sleep(REDIS_OUTAGE).await;
+    for proxy in &cluster.redis_proxies {
+        proxy.set(Mode::Pass);
+    }
+    let back = Instant::now();
+    let recovery = load.wait_recovery(back, WAIT).await;
+    conclude(
+        "Redis links black-holed",
+        load,
+        recovery,
+        &format!(
+            " after they were back (silent {} s)",
+            REDIS_OUTAGE.as_secs()
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_projectors_database_connection_black_holed() {
     let cluster = Cluster::start(2).await;
     let load = load_on(&cluster, spec("h", vec![0, 1, 0, 1])).await;

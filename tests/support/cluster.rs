@@ -1,7 +1,7 @@
 //! A small Parley deployment of its own: a private PostgreSQL and Redis, and N real
-//! `parley` processes, each reaching PostgreSQL through a [`Proxy`] of its own (so one
-//! instance's database link, or one connection of it, can be cut or black-holed) and Redis
-//! directly.
+//! `parley` processes, each reaching PostgreSQL and Redis through [`Proxy`]s of its own (so
+//! one instance's database or Redis link, or one connection of it, can be slowed, cut or
+//! black-holed).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Cluster {
     pub redis: PrivateRedis,
     /// `pg_proxies[i]` carries instance `i`'s database connections.
     pub pg_proxies: Vec<Proxy>,
+    /// `redis_proxies[i]` carries instance `i`'s Redis connections.
+    pub redis_proxies: Vec<Proxy>,
     pub instances: Vec<Instance>,
 }
 
@@ -43,14 +45,18 @@ impl Cluster {
         let pg = PrivatePostgres::start().await;
         let redis = PrivateRedis::start().await;
         let upstream: SocketAddr = format!("127.0.0.1:{}", pg.port).parse().expect("addr");
+        let redis_upstream: SocketAddr = format!("127.0.0.1:{}", redis.port).parse().expect("addr");
         let mut pg_proxies = Vec::new();
+        let mut redis_proxies = Vec::new();
         for _ in 0..n {
             pg_proxies.push(Proxy::start(upstream).await);
+            redis_proxies.push(Proxy::start(redis_upstream).await);
         }
         let mut cluster = Self {
             pg,
             redis,
             pg_proxies,
+            redis_proxies,
             instances: Vec::new(),
         };
         for i in 0..n {
@@ -59,7 +65,7 @@ impl Cluster {
                 database_url: cluster
                     .pg
                     .url_via(cluster.pg_proxies[i].port(), &instance_name(i)),
-                redis_url: Some(cluster.redis.url()),
+                redis_url: Some(format!("redis://{}", cluster.redis_proxies[i].addr)),
             };
             cluster.instances.push(Instance::start(spec).await);
             if i == 0 {
