@@ -387,9 +387,8 @@ impl Load {
                 .await
                 .expect("every subscriber subscribes within 30 s");
         }
-        // The server subscribes its relay channel before it replays, but give the relay a
-        // moment so the first messages are live, not replayed.
-        sleep(Duration::from_millis(300)).await;
+        // No pause needed before sending: a subscription replays what it missed from the
+        // history, so whatever arrives before it is live is still delivered once.
         let senders = spec
             .senders
             .iter()
