@@ -204,6 +204,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("parley did not start; stderr:\n{}", seen.join("\n"));
                 }
             }
