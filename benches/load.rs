@@ -54,6 +54,7 @@ struct Args {
     url: Option<String>,
     recv_url: Option<String>,
     redis: Option<String>,
+    prefill: u64,
 }
 
 impl Args {
@@ -83,6 +84,7 @@ impl Args {
             url: get("url"),
             recv_url: get("recv-url"),
             redis: (redis != "none").then_some(redis),
+            prefill: num("prefill", 0),
         }
     }
 }
@@ -110,12 +112,56 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 struct Server {
     child: Child,
     url: String,
-    _db: TestDb,
+    db: TestDb,
+}
+
+/// Fills the log with `count` messages in 1,000 rooms nobody reads (bulk SQL: the
+/// position trigger numbers them), to run the load against a large log.
+async fn prefill(db: &TestDb, count: u64) {
+    eprintln!("prefilling the log with {count} events");
+    let step = 100_000u64;
+    let mut done = 0;
+    while done < count {
+        let n = step.min(count - done);
+        sqlx::query(
+            r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+               SELECT 'Room', 'prefill-' || (g % 1000), $1 / 1000 + g / 1000 + 1, 'MessageSent', '1.0',
+                      json_build_object('MessageSent', json_build_object(
+                          'message_id', gen_random_uuid(), 'seq', $1 / 1000 + g / 1000 + 1,
+                          'sender', gen_random_uuid(), 'body', 'prefill ' || g,
+                          'client_msg_id', 'p-' || ($1 + g), 'sent_at', '2026-11-20T00:00:00Z')),
+                      '{}'::json
+                 FROM generate_series(0, $2 - 1) AS g"#,
+        )
+        .bind(done as i64)
+        .bind(n as i64)
+        .execute(&db.pool)
+        .await
+        .expect("prefilling");
+        done += n;
+    }
+    sqlx::query("VACUUM ANALYZE events")
+        .execute(&db.pool)
+        .await
+        .expect("vacuum");
+}
+
+/// Sequential scans of `events` so far.
+async fn events_seq_scans(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relname = 'events'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or(-1)
 }
 
 impl Server {
-    async fn start(redis: Option<&str>) -> Self {
+    async fn start(redis: Option<&str>, prefill_events: u64) -> Self {
         let db = TestDb::new().await;
+        if prefill_events > 0 {
+            prefill(&db, prefill_events).await;
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
         command
             .env_remove("REDIS_URL")
@@ -146,19 +192,41 @@ impl Server {
                         let addr = rest.split_whitespace().next().expect("an address");
                         // Keep draining stderr so the server never blocks on it.
                         std::thread::spawn(move || while log.recv().is_ok() {});
-                        return Self {
+                        let server = Self {
                             url: format!("http://{addr}"),
                             child,
-                            _db: db,
+                            db,
                         };
+                        server.caught_up().await;
+                        return server;
                     }
                     seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("parley did not start; stderr:\n{}", seen.join("\n"));
                 }
             }
+        }
+    }
+}
+
+impl Server {
+    /// Waits until the projector has applied the whole log.
+    async fn caught_up(&self) {
+        loop {
+            let lag: i64 = sqlx::query_scalar(
+                "SELECT (SELECT position FROM log_head)
+                        - (SELECT min(position) FROM projector_checkpoints)",
+            )
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("reading the lag");
+            if lag <= 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -392,7 +460,7 @@ async fn receiver(
 async fn run(args: Args) {
     let server = match &args.url {
         Some(_) => None,
-        None => Some(Server::start(args.redis.as_deref()).await),
+        None => Some(Server::start(args.redis.as_deref(), args.prefill).await),
     };
     let send_url = args
         .url
@@ -474,6 +542,10 @@ async fn run(args: Args) {
 
     eprintln!("sending for {} s", args.seconds);
     let window = Duration::from_secs(args.seconds);
+    let scans_before = match &server {
+        Some(server) => events_seq_scans(&server.db).await,
+        None => -1,
+    };
     let started = Instant::now();
     let cpu_before = proc_snapshot();
     let mut loops = Vec::new();
@@ -521,6 +593,10 @@ async fn run(args: Args) {
     tokio::time::sleep(window).await;
     let cpu_after = proc_snapshot();
     let elapsed = started.elapsed().as_secs_f64();
+    let seq_scans = match &server {
+        Some(server) => events_seq_scans(&server.db).await - scans_before,
+        None => -1,
+    };
     for task in loops {
         let _ = task.await;
     }
@@ -562,6 +638,10 @@ async fn run(args: Args) {
     );
     println!("delivery ms p50 {d50:.2} p99 {d99:.2}   ack ms p50 {a50:.2} p99 {a99:.2}");
     println!(
+        "sequential scans of events during the window: {seq_scans} (log prefilled with {} events)",
+        args.prefill
+    );
+    println!(
         "cpu (% of one core, machine busy {busy:.1}%): {}",
         groups
             .iter()
@@ -583,7 +663,8 @@ async fn run(args: Args) {
             "deliveries": tally.deliveries, "expectedDeliveries": tally.expected,
             "uniqueMessagesDelivered": tally.seen.len(),
             "deliveryMs": { "p50": d50, "p99": d99 }, "ackMs": { "p50": a50, "p99": a99 },
-            "cpuPct": cpu, "machineBusyPct": busy,
+            "cpuPct": cpu, "machineBusyPct": busy, "eventsSeqScans": seq_scans,
+            "prefill": args.prefill,
         })
     );
     drop(server);

@@ -160,6 +160,7 @@ impl App {
         background.tasks.spawn(crate::live::publish(
             live.clone(),
             relay.clone(),
+            read_models.clone(),
             background.stop.clone().cancelled_owned(),
         ));
         Self {

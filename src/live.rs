@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use parley_domain::{MessageId, RoomEvent, RoomId, UserEvent, UserId};
-use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView};
+use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView, ReadModels};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -227,29 +227,49 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
 /// Most live events sent to the relay in one round trip.
 const PUBLISH_CHUNK: usize = 500;
 
-/// Publishes what this instance's projector commits until `stop` completes. A publish that
-/// fails (relay down) is logged and skipped: subscribers notice the gap and re-read it.
-pub async fn publish(feed: LiveFeed, relay: Relay, stop: impl std::future::Future<Output = ()>) {
+/// Publishes every batch the instance's projector hands over, in log order, until `stop`.
+///
+/// Nothing projected is silently dropped between the projector and the relay, so the last
+/// message of a conversation always arrives: a publish that fails is tried again (with
+/// backoff) until it goes through; if the publisher falls behind the live feed meanwhile,
+/// it re-reads what it skipped from the log by position and publishes that first.
+/// Subscribers drop what they already have by their cursors, so a repeat is harmless.
+pub async fn publish(
+    feed: LiveFeed,
+    relay: Relay,
+    models: ReadModels,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut batches = feed.subscribe();
     tokio::pin!(stop);
+    // The newest position published (0: nothing yet, so nothing to re-read either).
+    let mut published = 0i64;
     loop {
         let batch = tokio::select! {
             () = &mut stop => return,
             batch = batches.recv() => batch,
         };
-        let batch = match batch {
-            Ok(batch) => batch,
+        let events: Vec<(LogEvent, DecodedEvent)> = match batch {
+            Ok(batch) => batch.iter().cloned().collect(),
             Err(RecvError::Lagged(skipped)) => {
                 tracing::warn!(
                     skipped,
-                    "live publisher fell behind; subscribers will re-read"
+                    "live publisher fell behind; re-reading from the log"
                 );
-                continue;
+                metrics::counter!("parley_live_publisher_lagged_total").increment(1);
+                match skipped_events(&models, published, &mut batches).await {
+                    Some(events) => events,
+                    None => continue,
+                }
             }
             Err(RecvError::Closed) => return,
         };
+        let Some((last, _)) = events.last() else {
+            continue;
+        };
+        let last = last.position.0;
         let mut outgoing = Vec::new();
-        for (log, decoded) in batch.iter() {
+        for (log, decoded) in events.iter().filter(|(e, _)| e.position.0 > published) {
             for (channel, event) in live_events(log, decoded) {
                 match serde_json::to_value(&event) {
                     Ok(payload) => outgoing.push((channel, payload)),
@@ -257,12 +277,69 @@ pub async fn publish(feed: LiveFeed, relay: Relay, stop: impl std::future::Futur
                 }
             }
         }
-        // One round trip per chunk of a batch, in log order.
+        // One round trip per chunk of a batch, in log order; a chunk that fails is tried
+        // again until it goes through.
         for chunk in outgoing.chunks(PUBLISH_CHUNK) {
-            if let Err(error) = relay.publish_all(chunk).await {
-                tracing::warn!(%error, events = chunk.len(), "live events not relayed");
+            let mut delay = std::time::Duration::from_millis(50);
+            while let Err(error) = relay.publish_all(chunk).await {
+                tracing::warn!(%error, events = chunk.len(), "live events not relayed yet; retrying");
                 metrics::counter!("parley_relay_publish_errors_total")
                     .increment(chunk.len() as u64);
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+        published = published.max(last);
+    }
+}
+
+/// After the publisher lagged: the events after `published` up to the newest the live feed
+/// holds now, read from the log page by page (the feed is drained meanwhile: what it held is
+/// part of the re-read). `None` when nothing was published before (a fresh publisher has
+/// nothing to catch up on: subscribers re-read on their own when they start).
+async fn skipped_events(
+    models: &ReadModels,
+    published: i64,
+    batches: &mut tokio::sync::broadcast::Receiver<parley_projections::log::LiveBatch>,
+) -> Option<Vec<(LogEvent, DecodedEvent)>> {
+    // Whatever the feed still buffers is newer than what was skipped; drop it and read
+    // everything from the log up to its newest position.
+    let mut up_to = None;
+    loop {
+        match batches.try_recv() {
+            Ok(batch) => up_to = batch.last().map(|(e, _)| e.position.0).or(up_to),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    if published == 0 && up_to.is_none() {
+        return None;
+    }
+    let filter = parley_projections::EventFilter::default();
+    let mut out = Vec::new();
+    let mut after = published;
+    loop {
+        match models.events(Some(after), Some(1000), &filter).await {
+            Ok(page) => {
+                let done = !page.has_more;
+                for event in page.events {
+                    if up_to.is_some_and(|u| event.position.0 > u) {
+                        return Some(out);
+                    }
+                    after = event.position.0;
+                    let decoded = event.decode();
+                    out.push((event, decoded));
+                }
+                if done {
+                    return Some(out);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot re-read skipped live events; subscribers will re-read on their next gap");
+                return Some(out);
             }
         }
     }

@@ -400,3 +400,118 @@ async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_leave() {
+    parley::telemetry::init();
+    let db = TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let prefix = unique_prefix();
+    let url = redis_url();
+    let proxy = FaultyProxy::start(upstream_of(&url)).await;
+    let a = TestServer::on_log(
+        log.clone(),
+        Some(db),
+        redis_options(&url, &prefix, PRESENCE_TTL).await,
+        WsConfig::default(),
+    )
+    .await;
+    let b = TestServer::on_log(
+        log,
+        None,
+        redis_options(&url_via(&url, proxy.addr), &prefix, PRESENCE_TTL).await,
+        WsConfig::default(),
+    )
+    .await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "general", &[&bob]).await;
+    b.join(&bob, &room).await;
+    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
+    bob_on_b
+        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    settle().await;
+    a.send(&alice, &room, "before", "m1").await;
+    assert_eq!(bob_on_b.next("m").await["messages"]["body"], "before");
+
+    // B loses Redis; meanwhile Bob leaves through A, and the room goes on.
+    proxy.cut();
+    a.ok(
+        Some(&bob.token),
+        "mutation($r: ID!) { leaveRoom(roomId: $r) { id } }",
+        json!({ "r": room }),
+    )
+    .await;
+    proxy.restore();
+    let http = reqwest::Client::new();
+    eventually("B is ready again", || async {
+        http.get(b.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+    for i in 2..=6 {
+        a.send(&alice, &room, &format!("after {i}"), &format!("m{i}"))
+            .await;
+    }
+    let ended = bob_on_b.message("m").await;
+    assert_eq!(
+        ended["type"], "complete",
+        "the ex-member's subscription ends instead of delivering {ended}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_message_arrives_even_if_the_projecting_instance_could_not_relay_it_at_first() {
+    parley::telemetry::init();
+    let db = TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let prefix = unique_prefix();
+    let url = redis_url();
+    // A projects (it starts first and takes the projector lock) and reaches Redis through a
+    // proxy; B, where the subscriber is, reaches Redis directly.
+    let proxy = FaultyProxy::start(upstream_of(&url)).await;
+    let a = TestServer::on_log(
+        log.clone(),
+        Some(db),
+        redis_options(&url_via(&url, proxy.addr), &prefix, PRESENCE_TTL).await,
+        WsConfig::default(),
+    )
+    .await;
+    let alice = a.register("alice").await;
+    let b = TestServer::on_log(
+        log,
+        None,
+        redis_options(&url, &prefix, PRESENCE_TTL).await,
+        WsConfig::default(),
+    )
+    .await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "general", &[&bob]).await;
+    b.join(&bob, &room).await;
+    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
+    bob_on_b
+        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    settle().await;
+    a.send(&alice, &room, "first", "m1").await;
+    assert_eq!(bob_on_b.next("m").await["messages"]["body"], "first");
+
+    // The projecting instance cannot publish the conversation's last message for longer
+    // than its relay timeout (2 s), so the publish fails; nothing comes after it that
+    // would reveal the gap.
+    proxy.cut();
+    a.send(&alice, &room, "last", "m2").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    let last = bob_on_b.next("m").await;
+    assert_eq!(last["messages"]["body"], "last");
+    assert_eq!(last["messages"]["seq"], 2);
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,8 +1,8 @@
 //! Parley's read side: the projector that turns the event log into read models, the read
 //! models themselves, and the live feed of newly projected events.
 //!
-//! - [`postgres::PgProjector`] reads the Postgres log in commit order (`transaction_id`, `id`,
-//!   only below `pg_snapshot_xmin`), stamps the public [`GlobalPosition`], applies the events
+//! - [`postgres::PgProjector`] reads the Postgres log forward by [`GlobalPosition`] (given
+//!   at insert, in commit order, a gap-free prefix for every reader), applies the events
 //!   to the read models and moves their checkpoints in one transaction, then hands the batch
 //!   to the [`LiveFeed`]. One instance projects at a time (advisory lock).
 //! - [`memory::MemoryProjector`] does the same over the embedded log.

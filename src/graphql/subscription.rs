@@ -98,16 +98,21 @@ impl Subscription {
         }
         let app = app(ctx).clone();
         let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        require_member(&app, room, me).await?;
+        // Subscribe first, then check and read: a leave or a message between the two is
+        // then delivered live (or re-read), never lost.
         let mut live = subscribe(&app, Channel::Room(room)).await?;
+        require_member(&app, room, me).await?;
         let mut last = match after {
             Some(after) => after,
+            // Anchor on what the read model holds (the newest history page a client reads
+            // next), not on the aggregate, which runs ahead of it: a message committed but
+            // not yet projected is then delivered live, once it is projected.
             None => app
-                .commands
-                .room_state(room)
+                .read_models
+                .room(room)
                 .await
-                .map_err(ApiError::internal)?
-                .map_or(0, |(state, _)| state.last_seq().0 as i64),
+                .map_err(ApiError::from)?
+                .map_or(0, |view| view.last_seq),
         };
         Ok(stream! {
             let _slot = slot;
@@ -115,7 +120,20 @@ impl Subscription {
             // dropped something: read from the cursor, page by page, up to what the read
             // model holds now.
             let mut catch_up = true;
+            let mut check_membership = false;
             loop {
+                if check_membership {
+                    // The relay dropped events, and a leave may have been among them: the
+                    // room itself says whether the caller is still a member, before
+                    // anything is re-read. (An ex-member whose leave fell into an outage is
+                    // not sent what the outage held: nothing after a leave ever is.)
+                    check_membership = false;
+                    match app.commands.membership(room, me).await {
+                        Ok(Some(true)) => {}
+                        Ok(_) => return,
+                        Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                    }
+                }
                 while catch_up {
                     match read_messages(&app, room, last, last + PAGE).await {
                         Ok(page) if page.is_empty() => catch_up = false,
@@ -131,6 +149,7 @@ impl Subscription {
                     RelayItem::Message(value) => decode(&value),
                     RelayItem::Resync | RelayItem::Lagged(_) => {
                         catch_up = true;
+                        check_membership = true;
                         continue;
                     }
                 };
