@@ -33,9 +33,10 @@ use crate::store::{AggregateStore, AppendError, EventLog, LoadedAggregate};
 pub const MAX_BATCH: usize = 1024;
 
 /// How often one batch is tried again after collisions before its remaining commands get
-/// [`CommandError::Conflict`]. Each round makes progress for every other writer, so this is
-/// reached only under pathological contention.
-pub const MAX_ROUNDS: u32 = 32;
+/// [`CommandError::Conflict`]. Each round makes progress for every other writer, and after
+/// the second one the writer backs off a little (jittered), so this is reached only under
+/// pathological contention.
+pub const MAX_ROUNDS: u32 = 64;
 
 /// Commands queued for a writer before senders wait (back-pressure).
 const QUEUE: usize = 16 * MAX_BATCH;
@@ -170,7 +171,7 @@ where
 
     /// Carries out one batch, answering every job in it.
     async fn write(&self, mut open: Vec<Job<A>>) {
-        for _round in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
             let groups = self.handle(std::mem::take(&mut open)).await;
             let Some(groups) = self.append(groups).await else {
                 return;
@@ -182,6 +183,11 @@ where
             }
             metrics::counter!("parley_command_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
+            if round >= 2 {
+                // Repeated collisions: another instance keeps writing the same aggregates.
+                // A short jittered pause lets its batch through instead of racing it again.
+                tokio::time::sleep(collision_backoff(round)).await;
+            }
         }
         for job in open {
             job.answer(Err(CommandError::Conflict));
@@ -457,4 +463,11 @@ fn fail_jobs<A: Aggregate>(jobs: impl IntoIterator<Item = Job<A>>, message: &str
     for job in jobs {
         job.answer(Err(CommandError::Store(message.to_owned())));
     }
+}
+
+/// Full-jitter exponential backoff after repeated collisions: up to 1, 2, 4 … 32 ms.
+fn collision_backoff(round: u32) -> Duration {
+    use rand::Rng;
+    let cap_us = 1000u64 << (round.saturating_sub(2)).min(5);
+    Duration::from_micros(rand::rng().random_range(0..=cap_us))
 }
