@@ -178,4 +178,5 @@ impl Drop for TestDb {
 
 pub mod api;
 pub mod checksums;
+pub mod node;
 pub mod redis;
