@@ -49,6 +49,7 @@ pub fn router_with(app: App, ws: WsConfig) -> Router {
         .route("/metrics", get(metrics_text))
         .with_state(app.clone())
         .merge(graphql::routes(app, ws))
+        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(graphql::MAX_BODY))
         .layer(middleware::from_fn(count_requests))
         .layer(CorsLayer::permissive())

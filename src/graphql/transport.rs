@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::{BatchRequest, Data};
 use axum::body::Bytes;
@@ -22,7 +22,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
@@ -351,14 +351,8 @@ async fn get_graphql(
     UrlQuery(params): UrlQuery<std::collections::HashMap<String, String>>,
 ) -> Response {
     if !params.contains_key("query") {
-        return Html(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql/ws")
-                .title("Parley GraphiQL")
-                .finish(),
-        )
-        .into_response();
+        // GraphiQL, from the embedded assets (no CDN).
+        return crate::web::asset("graphiql.html");
     }
     let query = serde_urlencoded::to_string(&params).unwrap_or_default();
     let request = match async_graphql::http::parse_query_string(&query) {
