@@ -422,3 +422,20 @@ async fn every_timestamp_is_utc_with_microseconds() {
     }
     server.stop().await;
 }
+
+/// Apollo Client as its docs set it up: HttpLink behind PersistedQueryLink, GraphQLWsLink
+/// with `connectionParams: { authToken }`, joined by `split` (`tests/js/apollo_client.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apollo_client_with_persisted_queries_and_graphql_ws_link_works() {
+    // The client is the subject (the API suite runs on both stores).
+    let server = TestServer::start(Store::Memory).await;
+    let stdout = support::node::run(
+        "apollo_client.mjs",
+        &[&server.url("")],
+        &[],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(stdout.contains("all assertions passed"), "{stdout}");
+    server.stop().await;
+}
