@@ -77,6 +77,8 @@ fn describe() {
         "parley_active_subscriptions",
         "GraphQL subscriptions running now"
     );
+    // Exported as 0 from the start rather than absent until the first subscription.
+    metrics::gauge!("parley_active_subscriptions").increment(0.0);
     describe_gauge!(
         "parley_projection_lag_events",
         "Events not yet applied, by projection"

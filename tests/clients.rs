@@ -439,3 +439,19 @@ async fn apollo_client_with_persisted_queries_and_graphql_ws_link_works() {
     assert!(stdout.contains("all assertions passed"), "{stdout}");
     server.stop().await;
 }
+
+/// GraphQL over SSE (`POST /graphql/stream`, graphql-sse's distinct connections mode) with
+/// the npm `graphql-sse` client (`tests/js/sse_client.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graphql_sse_npm_client_queries_and_subscribes() {
+    let server = TestServer::start(Store::Memory).await;
+    let stdout = support::node::run(
+        "sse_client.mjs",
+        &[&server.url("")],
+        &[],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(stdout.contains("all assertions passed"), "{stdout}");
+    server.stop().await;
+}

@@ -646,8 +646,18 @@ async fn graphiql_health_readiness_and_metrics_answer() {
     let page = http.get(server.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
+    assert!(html.contains("/assets/graphiql-init.js"), "{html}");
+    // (The page itself runs in Chromium in tests/browser.rs.)
+    let script = http
+        .get(server.url("/assets/graphiql-init.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        html.contains("/graphql/ws"),
+        script.contains("/graphql/ws"),
         "GraphiQL is wired to the WebSocket"
     );
     let ready: Value = http

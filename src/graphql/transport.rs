@@ -84,6 +84,7 @@ pub fn routes(app: App, ws: WsConfig) -> Router {
         .route("/graphql", get(get_graphql).post(post_graphql))
         .route("/graphql/ws", get(websocket))
         .route("/schema.graphql", get(schema_sdl))
+        .route("/graphql/stream", axum::routing::post(sse))
         .with_state(state)
 }
 
@@ -328,6 +329,70 @@ async fn post_graphql(
         Err(reason) => return unauthenticated(reason),
     };
     execute(&state, request, actor, &headers).await
+}
+
+/// `POST /graphql/stream`: GraphQL over Server-Sent Events, the `graphql-sse` protocol in
+/// its "distinct connections" mode: one request per operation, answered with `next` events
+/// (one per result: one for a query or mutation, one per event for a subscription), then
+/// `complete`. Same schema, limits and bearer-token auth as `POST /graphql`.
+async fn sse(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "request body exceeds 1 MiB",
+            )
+        }
+        Err(rejection) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &rejection.body_text(),
+            )
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("the body is not a GraphQL request in JSON: {error}"),
+            )
+        }
+    };
+    let actor = match http_actor(&state.app, &headers) {
+        Ok(actor) => actor,
+        Err(_) if needs_no_token(&request) => None,
+        Err(reason) => return unauthenticated(reason),
+    };
+    let mut request = limit_persisted(request)
+        .data(RequestId(request_id(&headers)))
+        .data(user_loader(&state.app))
+        .data(SubscriptionBudget::new(state.ws.max_subscriptions));
+    if let Some(actor) = actor {
+        request = request.data(Actor(actor));
+    }
+    let results = state.schema.execute_stream(request).map(|response| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event("next")
+                .json_data(&response)
+                .unwrap_or_else(|_| Event::default().event("next").data("{}")),
+        )
+    });
+    let complete = futures::stream::once(async { Ok(Event::default().event("complete").data("")) });
+    Sse::new(results.chain(complete))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Whether the operation a GET request would run is a query.
