@@ -199,11 +199,11 @@ pub struct ServeArgs {
     pub bind: SocketAddr,
 
     /// PostgreSQL URL. Unset: the embedded in-memory store (data is lost on exit).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Redis URL for relaying live events between instances. Unset: in-process relay.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Secret that signs session tokens; at least 32 bytes. Required with DATABASE_URL.
@@ -230,7 +230,7 @@ impl Default for ServeArgs {
 #[derive(Clone, Debug, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL URL to migrate.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 

@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
 
 use crate::app::App;
 use crate::graphql::{self, WsConfig};
@@ -26,14 +27,71 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Buckets make every histogram a Prometheus histogram (not a summary), so that
+        // latencies can be aggregated across instances.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first (an embedding program's).
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
+        describe();
         handle
     })
+}
+
+/// Histogram buckets, in seconds (latencies from 0.5 ms to 10 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// HELP text of every metric Parley exports.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "parley_http_requests_total",
+        "HTTP requests answered, by method, route and status"
+    );
+    describe_histogram!(
+        "parley_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route"
+    );
+    describe_counter!(
+        "parley_graphql_errors_total",
+        "GraphQL errors returned, by extensions.code"
+    );
+    describe_histogram!(
+        "parley_command_duration_seconds",
+        Unit::Seconds,
+        "Time to run a command on an aggregate, by aggregate type"
+    );
+    describe_counter!(
+        "parley_command_conflicts_total",
+        "Optimistic-concurrency conflicts retried, by aggregate type"
+    );
+    describe_gauge!(
+        "parley_active_subscriptions",
+        "GraphQL subscriptions running now"
+    );
+    // Exported as 0 from the start rather than absent until the first subscription.
+    metrics::gauge!("parley_active_subscriptions").increment(0.0);
+    describe_gauge!(
+        "parley_projection_lag_events",
+        "Events not yet applied, by projection"
+    );
+    describe_gauge!(
+        "parley_projection_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest event not yet applied, by projection"
+    );
+    describe_counter!(
+        "parley_relay_publish_errors_total",
+        "Live events that could not be published to the relay"
+    );
 }
 
 pub fn router(app: App) -> Router {
@@ -49,17 +107,28 @@ pub fn router_with(app: App, ws: WsConfig) -> Router {
         .route("/metrics", get(metrics_text))
         .with_state(app.clone())
         .merge(graphql::routes(app, ws))
+        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(graphql::MAX_BODY))
         .layer(middleware::from_fn(count_requests))
         .layer(CorsLayer::permissive())
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
-        }))
+        // The access log: one line per request at `info` ("finished processing request"
+        // with status and latency, in the request's span: method, path, request id).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
+                })
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(LatencyUnit::Micros),
+                ),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
@@ -120,8 +189,8 @@ async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
             for projection in status {
                 metrics::gauge!("parley_projection_lag_events", "projection" => projection.name.clone())
                     .set(projection.lag_events as f64);
-                metrics::gauge!("parley_projection_lag_ms", "projection" => projection.name)
-                    .set(projection.lag_ms as f64);
+                metrics::gauge!("parley_projection_lag_seconds", "projection" => projection.name)
+                    .set(projection.lag_ms as f64 / 1000.0);
             }
         }
         Err(error) => tracing::warn!(%error, "projection status unavailable for /metrics"),

@@ -1,14 +1,19 @@
 //! The GraphQL API of `shared/API.md`: schema, resolvers and transport (HTTP and WebSocket).
 
 mod context;
+mod conventions;
 mod error;
 mod loaders;
 mod mutation;
 mod query;
 mod subscription;
+mod timestamp;
 mod transport;
 mod types;
 
+use async_graphql::extensions::apollo_persisted_queries::{
+    ApolloPersistedQueries, LruCacheStorage,
+};
 use async_graphql::{SDLExportOptions, Schema};
 
 pub use context::{Actor, RequestId, SubscriptionBudget};
@@ -27,14 +32,25 @@ pub type ParleySchema = Schema<Query, Mutation, Subscription>;
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (each field counts 1).
 pub const MAX_COMPLEXITY: usize = 1000;
+/// Automatic persisted queries kept (least recently used go first); only queries of at
+/// most [`MAX_PERSISTED_QUERY`] bytes are kept.
+pub const PERSISTED_QUERIES: usize = 1000;
+/// Longest query text an APQ registration keeps (longer ones run, uncached).
+pub const MAX_PERSISTED_QUERY: usize = 16 * 1024;
 
 /// The schema over `app`.
 pub fn schema(app: App) -> ParleySchema {
     Schema::build(Query, Mutation, Subscription)
         .data(app)
-        .limit_depth(MAX_DEPTH)
+        // Depth is limited by `Conventions` (which does not count `__Type.ofType`).
         .limit_complexity(MAX_COMPLEXITY)
         .extension(error::ErrorCodes)
+        .extension(conventions::Conventions {
+            max_depth: MAX_DEPTH,
+        })
+        .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
+            PERSISTED_QUERIES,
+        )))
         .finish()
 }
 

@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::{GraphiQLSource, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::{BatchRequest, Data};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::context::{Actor, RequestId, SubscriptionBudget};
+use super::conventions;
 use super::error::{refusal, REQUEST_ID};
 use super::loaders::UserLoader;
 use super::ParleySchema;
@@ -82,7 +83,19 @@ pub fn routes(app: App, ws: WsConfig) -> Router {
     Router::new()
         .route("/graphql", get(get_graphql).post(post_graphql))
         .route("/graphql/ws", get(websocket))
+        .route("/schema.graphql", get(schema_sdl))
+        .route("/graphql/stream", axum::routing::post(sse))
         .with_state(state)
+}
+
+/// `GET /schema.graphql`: the SDL (the same text as the checked-in `schema.graphql`).
+async fn schema_sdl() -> Response {
+    static SDL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        SDL.get_or_init(super::sdl).clone(),
+    )
+        .into_response()
 }
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
@@ -143,12 +156,91 @@ fn unauthenticated(reason: &str) -> Response {
     refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", reason)
 }
 
+/// The media type of the GraphQL-over-HTTP spec; a client that accepts it gets it, with 4xx
+/// statuses for requests that could not run (parse and validation errors).
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+fn wants_graphql_response(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            media.eq_ignore_ascii_case(GRAPHQL_RESPONSE) && !refused
+        })
+}
+
+/// A response that never ran: no data, errors without a path, and a request-level code.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    !response.errors.is_empty()
+        && response.data == async_graphql::Value::Null
+        && response.errors.iter().all(|error| {
+            error.path.is_empty()
+                && matches!(
+                    error.extensions.as_ref().and_then(|e| e.get("code")),
+                    Some(async_graphql::Value::String(code))
+                        if code == conventions::PARSE_FAILED
+                            || code == conventions::VALIDATION_FAILED
+                            || code == "BAD_USER_INPUT"
+                )
+        })
+}
+
+/// The top-level field names of every operation in `query` (`None` when it does not parse or
+/// selects through a fragment spread).
+fn top_level_fields(query: &str) -> Option<Vec<String>> {
+    let document = async_graphql::parser::parse_query(query).ok()?;
+    let mut names = Vec::new();
+    for (_, operation) in document.operations.iter() {
+        for item in &operation.node.selection_set.node.items {
+            match &item.node {
+                Selection::Field(field) => names.push(field.node.name.node.to_string()),
+                _ => return None,
+            }
+        }
+    }
+    Some(names)
+}
+
+/// Operations that work without signing in, for which a stale `Authorization` header is
+/// ignored rather than refused: `login`, `register`, `__typename` and introspection.
+fn needs_no_token(request: &async_graphql::Request) -> bool {
+    top_level_fields(&request.query).is_some_and(|names| {
+        !names.is_empty()
+            && names.iter().all(|name| {
+                matches!(
+                    name.as_str(),
+                    "login" | "register" | "__typename" | "__schema" | "__type"
+                )
+            })
+    })
+}
+
+/// APQ registrations of long query texts run but are not kept (bounds the cache's memory).
+fn limit_persisted(mut request: async_graphql::Request) -> async_graphql::Request {
+    if request.query.len() > super::MAX_PERSISTED_QUERY {
+        request.extensions.remove("persistedQuery");
+    }
+    request
+}
+
 async fn execute(
     state: &GraphqlState,
     request: BatchRequest,
     actor: Option<UserId>,
-    id: String,
+    headers: &HeaderMap,
 ) -> Response {
+    let id = request_id(headers);
+    let request = match request {
+        BatchRequest::Single(one) => BatchRequest::Single(limit_persisted(one)),
+        BatchRequest::Batch(many) => {
+            BatchRequest::Batch(many.into_iter().map(limit_persisted).collect())
+        }
+    };
     let mut request = request
         .data(RequestId(id.clone()))
         .data(user_loader(&state.app));
@@ -158,8 +250,33 @@ async fn execute(
     let response = REQUEST_ID
         .scope(id, state.schema.execute_batch(request))
         .await;
-    let mut http = Json(&response).into_response();
-    if let Some(cache) = response.cache_control().value() {
+    let cache = response.cache_control().value();
+    let mut http = if wants_graphql_response(headers) {
+        // Serialized straight from the response (a `serde_json::Value` would sort the keys).
+        let (status, body) = match &response {
+            async_graphql::BatchResponse::Single(one) if is_request_error(one) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::to_vec(&serde_json::json!({ "errors": one.errors })),
+            ),
+            _ => (StatusCode::OK, serde_json::to_vec(&response)),
+        };
+        let body = body.unwrap_or_else(|error| {
+            serde_json::to_vec(&refusal(
+                "INTERNAL",
+                &format!("response not encoded: {error}"),
+            ))
+            .unwrap_or_default()
+        });
+        let mut http = (status, body).into_response();
+        http.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(GRAPHQL_RESPONSE),
+        );
+        http
+    } else {
+        Json(&response).into_response()
+    };
+    if let Some(cache) = cache {
         if let Ok(value) = cache.parse() {
             http.headers_mut().insert(header::CACHE_CONTROL, value);
         }
@@ -211,9 +328,74 @@ async fn post_graphql(
     }
     let actor = match http_actor(&state.app, &headers) {
         Ok(actor) => actor,
+        Err(_) if request.iter().all(needs_no_token) => None,
         Err(reason) => return unauthenticated(reason),
     };
-    execute(&state, request, actor, request_id(&headers)).await
+    execute(&state, request, actor, &headers).await
+}
+
+/// `POST /graphql/stream`: GraphQL over Server-Sent Events, the `graphql-sse` protocol in
+/// its "distinct connections" mode: one request per operation, answered with `next` events
+/// (one per result: one for a query or mutation, one per event for a subscription), then
+/// `complete`. Same schema, limits and bearer-token auth as `POST /graphql`.
+async fn sse(
+    State(state): State<GraphqlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "request body exceeds 1 MiB",
+            )
+        }
+        Err(rejection) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &rejection.body_text(),
+            )
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("the body is not a GraphQL request in JSON: {error}"),
+            )
+        }
+    };
+    let actor = match http_actor(&state.app, &headers) {
+        Ok(actor) => actor,
+        Err(_) if needs_no_token(&request) => None,
+        Err(reason) => return unauthenticated(reason),
+    };
+    let mut request = limit_persisted(request)
+        .data(RequestId(request_id(&headers)))
+        .data(user_loader(&state.app))
+        .data(SubscriptionBudget::new(state.ws.max_subscriptions));
+    if let Some(actor) = actor {
+        request = request.data(Actor(actor));
+    }
+    let results = state.schema.execute_stream(request).map(|response| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event("next")
+                .json_data(&response)
+                .unwrap_or_else(|_| Event::default().event("next").data("{}")),
+        )
+    });
+    let complete = futures::stream::once(async { Ok(Event::default().event("complete").data("")) });
+    Sse::new(results.chain(complete))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Whether the operation a GET request would run is a query.
@@ -237,14 +419,8 @@ async fn get_graphql(
     UrlQuery(params): UrlQuery<std::collections::HashMap<String, String>>,
 ) -> Response {
     if !params.contains_key("query") {
-        return Html(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql/ws")
-                .title("Parley GraphiQL")
-                .finish(),
-        )
-        .into_response();
+        // GraphiQL, from the embedded assets (no CDN).
+        return crate::web::asset("graphiql.html");
     }
     let query = serde_urlencoded::to_string(&params).unwrap_or_default();
     let request = match async_graphql::http::parse_query_string(&query) {
@@ -268,15 +444,10 @@ async fn get_graphql(
     }
     let actor = match http_actor(&state.app, &headers) {
         Ok(actor) => actor,
+        Err(_) if needs_no_token(&request) => None,
         Err(reason) => return unauthenticated(reason),
     };
-    execute(
-        &state,
-        BatchRequest::Single(request),
-        actor,
-        request_id(&headers),
-    )
-    .await
+    execute(&state, BatchRequest::Single(request), actor, &headers).await
 }
 
 /// `GET /graphql/ws`: the WebSocket upgrade.
@@ -311,15 +482,30 @@ async fn websocket(
         .on_upgrade(move |socket| serve_socket(socket, protocol, state, header_token))
 }
 
-/// The token a `connection_init` payload carries: `{ token }` (or an `Authorization` field).
+/// The token a `connection_init` payload carries: `{ token }`, Apollo's `{ authToken }`, or
+/// an `Authorization` field (`Bearer <token>` or the bare token), also inside `headers`.
 fn init_token(payload: &serde_json::Value) -> Option<String> {
-    let field = |name: &str| payload.get(name).and_then(|v| v.as_str());
-    field("token").map(str::to_owned).or_else(|| {
-        field("Authorization")
-            .or_else(|| field("authorization"))
-            .and_then(|v| v.strip_prefix("Bearer "))
+    let field = |object: &serde_json::Value, name: &str| {
+        object
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
             .map(str::to_owned)
-    })
+    };
+    let authorization = |object: &serde_json::Value| {
+        field(object, "Authorization")
+            .or_else(|| field(object, "authorization"))
+            .map(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .map_or_else(|| v.clone(), |t| t.trim().to_owned())
+            })
+    };
+    field(payload, "token")
+        .or_else(|| field(payload, "authToken"))
+        .or_else(|| authorization(payload))
+        .or_else(|| payload.get("headers").and_then(authorization))
 }
 
 /// Close codes of the graphql-transport-ws protocol.

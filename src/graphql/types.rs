@@ -1,7 +1,7 @@
 //! The GraphQL object types of API.md.
 
+use super::timestamp::Timestamp;
 use async_graphql::{ComplexObject, Context, Object, SimpleObject, ID};
-use chrono::{DateTime, Utc};
 use parley_domain::{RoomId, UserId};
 use parley_projections::{MessagePage as MessagePageView, PageRequest, RoomView, UserView};
 
@@ -46,8 +46,8 @@ impl User {
         &self.0.username
     }
 
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    async fn created_at(&self) -> Timestamp {
+        self.0.created_at.into()
     }
 
     /// Roles beyond a plain user: `analyst`, `admin`.
@@ -116,8 +116,8 @@ impl Room {
         load_users(ctx, &ids).await
     }
 
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.view.created_at
+    async fn created_at(&self) -> Timestamp {
+        self.view.created_at.into()
     }
 
     async fn last_message(&self) -> ApiResult<Option<Message>> {
@@ -186,8 +186,8 @@ impl Message {
         &self.0.client_msg_id
     }
 
-    async fn sent_at(&self) -> DateTime<Utc> {
-        self.0.sent_at
+    async fn sent_at(&self) -> Timestamp {
+        self.0.sent_at.into()
     }
 }
 
@@ -277,8 +277,8 @@ impl Notice {
         self.0.position
     }
 
-    async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+    async fn at(&self) -> Timestamp {
+        self.0.at.into()
     }
 }
 

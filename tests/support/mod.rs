@@ -181,6 +181,7 @@ pub mod checksums;
 pub mod cluster;
 pub mod instance;
 pub mod load;
+pub mod node;
 pub mod proxy;
 pub mod redis;
 pub mod services;
