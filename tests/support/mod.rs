@@ -179,3 +179,4 @@ impl Drop for TestDb {
 pub mod api;
 pub mod checksums;
 pub mod redis;
+pub mod redis_cluster;
