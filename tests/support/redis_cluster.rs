@@ -332,3 +332,74 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One private `redis-server` (no cluster) on a free port, for same-run comparisons.
+pub struct RedisServer {
+    dir: PathBuf,
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        need_tool("redis-server");
+        let dir = std::env::temp_dir().join(format!("parley-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let port = free_port_pair(&[]);
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = Self { dir, port, child };
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let client = redis::Client::open(server.url()).expect("URL");
+            if let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time_of(self.child.id())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
