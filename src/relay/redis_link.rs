@@ -229,9 +229,10 @@ fn cluster_builder(url: &str, timeout: Duration) -> Result<ClusterClientBuilder,
         .response_timeout(timeout)
         // A few quick retries per command (MOVED, a node reconnecting); the link task retries
         // subscriptions itself, with backoff.
-        .retries(3)
-        .min_retry_wait(50)
-        .max_retry_wait(500)
+        // (A publish to a shard that is down fails within a few of these waits.)
+        .retries(2)
+        .min_retry_wait(20)
+        .max_retry_wait(200)
         .tcp_settings(tcp))
 }
 
@@ -525,8 +526,11 @@ async fn cluster_round(
 async fn set_name(conn: &mut Link, client_name: &str, timeout: Duration) -> Result<(), RelayError> {
     let mut cmd = redis::cmd("CLIENT");
     cmd.arg("SETNAME").arg(client_name);
+    let cluster = conn.is_cluster();
     match with_timeout(timeout, cmd.exec_async(conn)).await {
-        Err(RelayError::Redis(error)) if !error.is_io_error() => {
+        // (In a cluster a node that is down answers with a non-I/O "connection not found":
+        // retried like any other failure there.)
+        Err(RelayError::Redis(error)) if !error.is_io_error() && !cluster => {
             tracing::warn!(%error, "relay: Redis refused CLIENT SETNAME; continuing unnamed");
             Ok(())
         }
