@@ -44,7 +44,7 @@ fn free_port_pair(taken: &[u16]) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let port = listener.local_addr().expect("local address").port();
         drop(listener);
-        if port > 55_000 || port < 1_024 || taken.contains(&port) {
+        if !(1_024..=55_000).contains(&port) || taken.contains(&port) {
             continue;
         }
         let both = TcpListener::bind(("127.0.0.1", port))
