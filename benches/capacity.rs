@@ -11,7 +11,7 @@
 //!    the history page (latest and a middle page) and of the rooms list, against a
 //!    `SELECT 1` round trip measured in the same run.
 //!
-//! Knobs: `PARLEY_BENCH_EVENTS`, `PARLEY_BENCH_APPENDS` (events per batch size, 20,000),
+//! Knobs: `PARLEY_BENCH_PARTS` (`appends,queries`), `PARLEY_BENCH_EVENTS`, `PARLEY_BENCH_APPENDS` (events per batch size, 20,000),
 //! `PARLEY_BENCH_SAMPLES` (queries per kind, 2,000). Heavy: run with `nice`, and mind disk
 //! (about 1 GB per million events).
 
@@ -323,9 +323,13 @@ async fn queries(db: &TestDb, events: i64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let events = env_i64("PARLEY_BENCH_EVENTS", 10_000_000);
-    {
+    let parts = std::env::var("PARLEY_BENCH_PARTS").unwrap_or_else(|_| "appends,queries".into());
+    if parts.contains("appends") {
         let db = TestDb::new().await;
         appends(&db).await;
+    }
+    if !parts.contains("queries") {
+        return;
     }
     let db = TestDb::new().await;
     println!("generating the read models of {events} events (and as many `events` rows):");
