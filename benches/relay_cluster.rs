@@ -13,7 +13,7 @@
 //!    share of one core.
 //!
 //! Then the ratios cluster / single. Knobs: `PARLEY_BENCH_ROOMS` (64), `PARLEY_BENCH_SECS`
-//! (3 per phase), `PARLEY_BENCH_RATE` (5,000 msg/s offered in the latency phase).
+//! (3 per phase), `PARLEY_BENCH_RATE` (2,000 msg/s offered in the latency phase).
 //! Note: on a small machine the three cluster nodes, the single server and this process
 //! share the same cores, so the cluster cannot show more total capacity than one core's
 //! worth here; the per-node CPU split is what shows how the load spreads.
@@ -271,7 +271,7 @@ async fn run(
 async fn main() {
     let rooms = env_u64("PARLEY_BENCH_ROOMS", 64) as usize;
     let phase = Duration::from_secs(env_u64("PARLEY_BENCH_SECS", 3));
-    let rate = env_u64("PARLEY_BENCH_RATE", 5_000);
+    let rate = env_u64("PARLEY_BENCH_RATE", 2_000);
     println!(
         "relay bench: 3 relays (A publishes; B and C subscribe each of {rooms} rooms), {phase:?} per phase, latency phase at {rate} msg/s"
     );
