@@ -139,6 +139,42 @@ async fn each_room_is_a_sharded_channel_on_the_master_owning_its_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_rooms_slot_moves_to_another_master_the_subscription_follows_it() {
+    let cluster = RedisCluster::start(3).await;
+    let prefix = unique_prefix();
+    let (a, b) = (
+        relay(&cluster, &prefix).await,
+        relay(&cluster, &prefix).await,
+    );
+    let room = Channel::Room(RoomId::new());
+    let name = b.channel_name(&room);
+    let from = cluster.owner_of(&name).await;
+    let to = (from + 1) % 3;
+    let mut sub = b.subscribe(&room).await.expect("subscribe");
+    a.publish(&room, &json!({ "n": 0 })).await.expect("publish");
+    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 0 })));
+
+    // Resharding: Redis drops the old owner's subscribers with a `sunsubscribe` push.
+    cluster.move_slot_of(&name, to).await;
+    eventually("B subscribes the channel on its new master", || async {
+        cluster.shard_channels(to, &name).await.contains(&name)
+    })
+    .await;
+    assert!(!cluster.shard_channels(from, &name).await.contains(&name));
+    // The subscriber is told to re-read, then gets what is published next, once.
+    assert_eq!(next(&mut sub).await, RelayItem::Resync);
+    a.publish(&room, &json!({ "n": 1 }))
+        .await
+        .expect("publish after MOVED");
+    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 1 })));
+    a.publish(&room, &json!({ "n": 2 })).await.expect("publish");
+    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 2 })));
+    if let Ok(item) = timeout(Duration::from_millis(300), sub.recv()).await {
+        panic!("expected nothing more, got {item:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_keys_of_a_user_share_a_slot_and_queries_span_shards() {
     let cluster = RedisCluster::start(3).await;
     let prefix = unique_prefix();

@@ -264,6 +264,79 @@ impl RedisCluster {
         panic!("slot {slot} of {key:?} has no owner");
     }
 
+    /// Node `index`'s cluster node id.
+    pub async fn node_id(&self, index: usize) -> String {
+        let mut conn = self.node(index).await;
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER MYID")
+    }
+
+    /// Moves the (key-less) slot of `key` to master `to`, as a resharding does, and waits
+    /// until every node agrees on the new owner.
+    pub async fn move_slot_of(&self, key: &str, to: usize) {
+        let from = self.owner_of(key).await;
+        assert_ne!(from, to, "{key:?} is on node {to} already");
+        let mut conn = self.node(from).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let (from_id, to_id) = (self.node_id(from).await, self.node_id(to).await);
+        let setslot = |node: usize, args: Vec<String>| async move {
+            let mut conn = self.node(node).await;
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(&args);
+            let _: () = cmd
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {args:?} on {node}: {e}"));
+        };
+        setslot(to, vec!["IMPORTING".into(), from_id.clone()]).await;
+        setslot(from, vec!["MIGRATING".into(), to_id.clone()]).await;
+        for node in [to, from] {
+            setslot(node, vec!["NODE".into(), to_id.clone()]).await;
+        }
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let mut agreed = true;
+            for node in 0..self.ports.len() {
+                let mut conn = self.node(node).await;
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("CLUSTER NODES");
+                // The target's line lists the slot (alone or in a range).
+                let owner_line = nodes
+                    .lines()
+                    .find(|line| line.starts_with(&to_id))
+                    .unwrap_or_default();
+                let owns = owner_line.split(' ').skip(8).any(|range| {
+                    let mut ends = range.split('-').filter_map(|n| n.parse::<i64>().ok());
+                    match (ends.next(), ends.next()) {
+                        (Some(a), Some(b)) => (a..=b).contains(&slot),
+                        (Some(a), None) => a == slot,
+                        _ => false,
+                    }
+                });
+                agreed &= owns;
+            }
+            if agreed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not agree that slot {slot} moved to node {to}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sharded channels subscribed on node `index` (`PUBSUB SHARDCHANNELS pattern`).
     pub async fn shard_channels(&self, index: usize, pattern: &str) -> Vec<String> {
         let mut conn = self.node(index).await;
