@@ -1,6 +1,16 @@
-//! The Redis side of the relay: one RESP3 [`ConnectionManager`] per instance that carries
-//! PUBLISH, SUBSCRIBE and UNSUBSCRIBE and receives pub/sub messages as push messages, plus a
-//! link task that keeps Redis's subscriptions equal to the hub's wishes.
+//! The Redis side of the relay: one RESP3 connection per instance that carries PUBLISH,
+//! SUBSCRIBE and UNSUBSCRIBE and receives pub/sub messages as push messages, plus a link task
+//! that keeps Redis's subscriptions equal to the hub's wishes. The connection is a
+//! [`ConnectionManager`] for one server, or a cluster-async [`ClusterConnection`] when
+//! `REDIS_URL` lists several nodes; then channels are sharded (`SSUBSCRIBE`/`SPUBLISH`,
+//! `smessage` pushes), one per room, each living on the master that owns its slot.
+//!
+//! In a cluster (redis 1.8 cluster-async): the client routes each command by slot, follows
+//! `MOVED`/`ASK`, keeps a tracker of sharded subscriptions and re-sends them to a node it
+//! reconnects to. This module still treats a node's `Disconnection` push, or a `sunsubscribe`
+//! push it did not ask for (Redis drops a shard channel's subscribers when the slot moves),
+//! as "every channel lost": the link task subscribes them again (idempotent; the client
+//! sends each to the slot's current owner) and subscribers get `Resync` once confirmed.
 //!
 //! How redis 1.x behaves, and what this file does about it (read from redis 1.2 sources):
 //! - With RESP3 the `ConnectionManager` accepts a push sender; pub/sub messages arrive there,
