@@ -239,7 +239,10 @@ pub struct MigrateArgs {
 pub enum ConfigError {
     #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     DatabaseUrl(String),
-    #[error("REDIS_URL must start with redis:// or rediss:// (got {0:?})")]
+    #[error(
+        "REDIS_URL must be a redis:// or rediss:// URL, or several (the nodes of a Redis \
+         Cluster) separated by commas (got {0:?})"
+    )]
     RedisUrl(String),
     #[error(
         "PARLEY_JWT_SECRET is required when DATABASE_URL is set (tokens must outlive a restart)"
@@ -310,7 +313,12 @@ impl ServeArgs {
         };
         let redis_url = self.redis_url.filter(|u| !u.is_empty());
         if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            // Several comma-separated URLs: the nodes of a Redis Cluster. Each must be one.
+            let valid = url
+                .split(',')
+                .map(str::trim)
+                .all(|node| node.starts_with("redis://") || node.starts_with("rediss://"));
+            if !valid {
                 return Err(ConfigError::RedisUrl(url.clone()));
             }
         }
@@ -372,6 +380,23 @@ mod tests {
         a.database_url = Some("mysql://root@localhost/db".into());
         a.jwt_secret = Some("x".repeat(32).into());
         assert!(matches!(a.validate(), Err(ConfigError::DatabaseUrl(_))));
+    }
+
+    #[test]
+    fn a_redis_cluster_is_several_comma_separated_urls() {
+        let mut a = args();
+        a.redis_url = Some("redis://127.0.0.1:7000,redis://127.0.0.1:7001".into());
+        let config = a.validate().expect("a list of nodes is valid");
+        assert_eq!(
+            config.redis_url.as_deref(),
+            Some("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
+        );
+        let mut b = args();
+        b.redis_url = Some("redis://127.0.0.1:7000,127.0.0.1:7001".into());
+        assert!(matches!(b.validate(), Err(ConfigError::RedisUrl(_))));
+        let mut c = args();
+        c.redis_url = Some("redis://127.0.0.1:7000,".into());
+        assert!(matches!(c.validate(), Err(ConfigError::RedisUrl(_))));
     }
 
     #[test]

@@ -192,12 +192,15 @@ pub enum RelayKind {
     InProcess,
     /// Redis pub/sub (many instances).
     Redis,
+    /// Redis Cluster sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`, one channel per room, each
+    /// on the shard owning its slot): `REDIS_URL` lists several nodes, comma-separated.
+    RedisCluster,
 }
 
 enum Backend {
     InProcess,
     Redis {
-        conn: redis::aio::ConnectionManager,
+        conn: redis_link::Link,
         client_name: String,
         _link: LinkTask,
     },
@@ -236,17 +239,22 @@ impl Relay {
         })))
     }
 
-    /// The Redis relay at `url` (`redis://…` or `rediss://…`). Fails when Redis cannot be
-    /// reached now; once connected, outages are survived (see the module docs).
+    /// The Redis relay at `url` (`redis://…` or `rediss://…`), or over a Redis Cluster when
+    /// `url` lists several nodes, comma-separated (`redis://a:7000,redis://b:7001,…`). Fails
+    /// when Redis cannot be reached now; once connected, outages are survived (see the
+    /// module docs).
     pub async fn redis(url: &str, config: RelayConfig) -> Result<Self, RelayError> {
         validate_prefix(&config.prefix)?;
         let hub = Arc::new(Hub::new(config.buffer, true));
-        let conn = redis_link::connect(url, hub.clone(), config.timeout).await?;
+        let unsubscribing = Arc::new(redis_link::Unsubscribing::default());
+        let conn =
+            redis_link::connect(url, hub.clone(), unsubscribing.clone(), config.timeout).await?;
         let suffix: u32 = rand::rng().random();
         let client_name = format!("parley-relay-{}-{suffix:08x}", config.prefix);
         let link = redis_link::spawn_link(
             hub.clone(),
             conn.clone(),
+            unsubscribing,
             client_name.clone(),
             config.timeout,
         );
@@ -277,8 +285,9 @@ impl Relay {
 
     /// Which implementation this is.
     pub fn kind(&self) -> RelayKind {
-        match self.0.backend {
+        match &self.0.backend {
             Backend::InProcess => RelayKind::InProcess,
+            Backend::Redis { conn, .. } if conn.is_cluster() => RelayKind::RedisCluster,
             Backend::Redis { .. } => RelayKind::Redis,
         }
     }
@@ -320,6 +329,36 @@ impl Relay {
                 }
                 Ok(())
             }
+            Backend::Redis { conn, .. } if conn.is_cluster() => {
+                // A cluster pipeline must stay on one slot, and each room is its own slot:
+                // one pipeline per channel (keeping that channel's order), all channels'
+                // pipelines in flight at once, each sent to the channel's shard.
+                let mut pipes: Vec<redis::Pipeline> = Vec::new();
+                let mut index: std::collections::HashMap<String, usize> = Default::default();
+                for (channel, payload) in items {
+                    let name = self.channel_name(channel);
+                    let text = serde_json::to_string(payload)?;
+                    let at = *index.entry(name.clone()).or_insert_with(|| {
+                        pipes.push(redis::pipe());
+                        pipes.len() - 1
+                    });
+                    pipes[at]
+                        .cmd(conn.publish_command())
+                        .arg(name)
+                        .arg(text)
+                        .ignore();
+                }
+                Counters::add(&counters.publish_commands, count);
+                let sends = pipes.into_iter().map(|pipe| {
+                    let mut conn = conn.clone();
+                    async move { pipe.exec_async(&mut conn).await }
+                });
+                let all = futures::future::join_all(sends);
+                redis_link::with_timeout(self.0.timeout, async {
+                    all.await.into_iter().collect::<redis::RedisResult<()>>()
+                })
+                .await
+            }
             Backend::Redis { conn, .. } => {
                 let mut pipe = redis::pipe();
                 for (channel, payload) in items {
@@ -354,7 +393,7 @@ impl Relay {
             Backend::Redis { conn, .. } => {
                 let text = serde_json::to_string(payload)?;
                 let mut conn = conn.clone();
-                let mut cmd = redis::cmd("PUBLISH");
+                let mut cmd = redis::cmd(conn.publish_command());
                 cmd.arg(&name).arg(text);
                 Counters::add(&counters.publish_commands, 1);
                 redis_link::with_timeout(self.0.timeout, cmd.query_async::<i64>(&mut conn))
@@ -406,13 +445,7 @@ impl Relay {
     pub async fn ping(&self) -> Result<(), RelayError> {
         match &self.0.backend {
             Backend::InProcess => Ok(()),
-            Backend::Redis { conn, .. } => {
-                let mut conn = conn.clone();
-                let cmd = redis::cmd("PING");
-                redis_link::with_timeout(self.0.timeout, cmd.query_async::<String>(&mut conn))
-                    .await
-                    .map(|_pong| ())
-            }
+            Backend::Redis { conn, .. } => conn.ping(self.0.timeout).await,
         }
     }
 

@@ -6,11 +6,16 @@
 //! online while at least one of their connections has a fresh heartbeat, so a second device
 //! keeps them online and a crashed instance's connections time out by themselves.
 //!
-//! In Redis: `{prefix}:presence:{user}:{connection}` is a string key with the TTL (the
-//! heartbeat itself), and `{prefix}:presence:{user}` is the set of that user's connection ids,
-//! whose TTL is refreshed by every heartbeat so it outlives the last connection by at most one
-//! TTL. Queries read the sets and then the connection keys (two round trips for any number
+//! In Redis: `{prefix}:presence:{{user}}:{connection}` is a string key with the TTL (the
+//! heartbeat itself), and `{prefix}:presence:{{user}}` is the set of that user's connection
+//! ids, whose TTL is refreshed by every heartbeat so it outlives the last connection by at most
+//! one TTL. Queries read the sets and then the connection keys (two round trips for any number
 //! of users; no KEYS or SCAN) and remove members whose key has expired.
+//!
+//! The user id is the keys' hash tag (`{…}`): in a Redis Cluster all keys of one user live in
+//! one slot, so a heartbeat's pipeline and the `MGET` of a user's connections are single-slot
+//! operations. In a cluster a query runs those two round trips per user, all users at once
+//! (one slot each); on a single server, for all users together.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -18,10 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use parley_domain::UserId;
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
-use super::redis_link::{self, with_timeout};
+use super::redis_link::{self, with_timeout, Link};
 use super::{validate_prefix, RelayError};
 
 /// Settings of a [`Presence`].
@@ -220,19 +224,21 @@ impl MemoryPresence {
 }
 
 struct RedisPresence {
-    conn: ConnectionManager,
+    conn: Link,
     prefix: String,
     ttl: Duration,
     timeout: Duration,
 }
 
 impl RedisPresence {
+    /// `{prefix}:presence:{<user>}`: the user id is the hash tag.
     fn set_key(&self, user: UserId) -> String {
-        format!("{}:presence:{user}", self.prefix)
+        format!("{}:presence:{{{user}}}", self.prefix)
     }
 
+    /// `{prefix}:presence:{<user>}:{connection}`: same hash tag, same slot as the set.
     fn connection_key(&self, user: UserId, connection_id: &str) -> String {
-        format!("{}:presence:{user}:{connection_id}", self.prefix)
+        format!("{}:presence:{{{user}}}:{connection_id}", self.prefix)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -276,10 +282,29 @@ impl RedisPresence {
         if users.is_empty() {
             return Ok(HashSet::new());
         }
+        if !self.conn.is_cluster() {
+            return self.online_in_one_slot_or_server(&users).await;
+        }
+        let queries = users
+            .chunks(1)
+            .map(|user| self.online_in_one_slot_or_server(user));
+        let mut online = HashSet::new();
+        for result in futures::future::join_all(queries).await {
+            online.extend(result?);
+        }
+        Ok(online)
+    }
+
+    /// [`Self::online_among`] for distinct `users` whose keys one connection can read in one
+    /// `MGET`: all users on a single server, or one user (one slot) in a cluster.
+    async fn online_in_one_slot_or_server(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashSet<UserId>, RelayError> {
         let mut conn = self.conn.clone();
 
         let mut pipe = redis::pipe();
-        for user in &users {
+        for user in users {
             pipe.cmd("SMEMBERS").arg(self.set_key(*user));
         }
         let members: Vec<Vec<String>> =

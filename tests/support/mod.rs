@@ -184,4 +184,5 @@ pub mod load;
 pub mod node;
 pub mod proxy;
 pub mod redis;
+pub mod redis_cluster;
 pub mod services;
