@@ -221,7 +221,8 @@ async fn wait_projected(pool: &PgPool) {
 }
 
 /// Not a real argon2 hash (no one logs in with it): what a stored hash looks like.
-const FAKE_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
+const FAKE_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
 
 const USERS: usize = 200;
 const JOINS_PER_USER: usize = 5;
@@ -288,7 +289,9 @@ async fn write_live(pool: &PgPool, n: i64) -> i64 {
             rooms[r].1.push(*user);
         }
     }
-    let setup: i64 = positioned(pool).await.max(app.log.count().await.expect("count"));
+    let setup: i64 = positioned(pool)
+        .await
+        .max(app.log.count().await.expect("count"));
     let messages = (n - setup).max(0) as u64;
     let rooms = Arc::new(rooms);
     let sent = Arc::new(AtomicU64::new(0));
@@ -502,7 +505,8 @@ fn count_lines(path: &Path) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-const COPY_SQL: &str = "COPY (SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
+const COPY_SQL: &str =
+    "COPY (SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
                         event_version, payload, metadata, recorded_at FROM events \
                         ORDER BY position) TO STDOUT";
 
@@ -577,16 +581,25 @@ async fn graphql_pages(db: &Db, total: i64, layout: &str) {
             "a full page"
         );
         let started = Instant::now();
-        let rows: Vec<(i64, String, String, i64, String, String, String, String, String)> =
-            sqlx::query_as(
-                "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+        )> = sqlx::query_as(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
                  event_version, payload::text, metadata::text, recorded_at::text \
                  FROM events WHERE position > $1 ORDER BY position LIMIT 1001",
-            )
-            .bind(after)
-            .fetch_all(&db.pool)
-            .await
-            .expect("the SQL page");
+        )
+        .bind(after)
+        .fetch_all(&db.pool)
+        .await
+        .expect("the SQL page");
         let took_sql = started.elapsed();
         assert_eq!(rows.len(), 1001);
         // The first few warm the caches and the prepared statements.
@@ -621,7 +634,11 @@ async fn measure_layout(db: &Db, total: i64, layout: &str, dir: &Path) {
     copy = faster(copy, copy_run(db, &copy_file));
     jsonl = faster(jsonl, export_run(db, "jsonl", &file));
     let copy_bytes = std::fs::metadata(&copy_file).expect("copy output").len();
-    assert_eq!(count_lines(&copy_file), total as u64, "COPY wrote every row");
+    assert_eq!(
+        count_lines(&copy_file),
+        total as u64,
+        "COPY wrote every row"
+    );
     let jsonl_bytes = std::fs::metadata(&file).expect("export output").len();
     assert_eq!(count_lines(&file), total as u64, "every event exported");
     std::fs::remove_file(&file).expect("cleanup");
