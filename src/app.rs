@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Tokens;
 use crate::commands::CommandBus;
 use crate::config::{ServerConfig, StoreConfig};
+use crate::projected::Projected;
 use crate::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use crate::store::{EventLog, PostgresLog};
 
@@ -34,6 +35,8 @@ pub struct App {
     /// Newly projected events of this instance's projector, published after they are in
     /// the read models (and relayed to every instance by [`crate::live::publish`]).
     pub live: LiveFeed,
+    /// How far the read models have got (read-your-writes waits on it).
+    pub projected: Projected,
     /// Live events between instances (Redis) or within this one.
     pub relay: Relay,
     /// Who is online, across instances.
@@ -132,22 +135,26 @@ impl App {
         } = options;
         let live = LiveFeed::new();
         let background = Background::default();
-        let read_models = match &log {
+        let stop = || background.stop.clone().cancelled_owned();
+        let (read_models, projected) = match &log {
             EventLog::Postgres(pg) => {
+                let (projected, follow) = Projected::postgres(pg.pool().clone(), stop());
+                background.tasks.spawn(follow);
                 let projector = PgProjector::new(pg.pool().clone(), live.clone(), projector);
-                background
-                    .tasks
-                    .spawn(projector.run(background.stop.clone().cancelled_owned()));
-                ReadModels::Postgres(PgReadModels::new(pg.pool().clone()))
+                background.tasks.spawn(projector.run(stop()));
+                (
+                    ReadModels::Postgres(PgReadModels::new(pg.pool().clone())),
+                    projected,
+                )
             }
             EventLog::Memory(memory) => {
+                let (projected, follow) = Projected::embedded(&live, stop());
+                background.tasks.spawn(follow);
                 let models = Arc::new(MemoryReadModels::default());
                 let projector =
                     MemoryProjector::new(Arc::new(memory.clone()), models.clone(), live.clone());
-                background
-                    .tasks
-                    .spawn(projector.run(background.stop.clone().cancelled_owned()));
-                ReadModels::Memory(models)
+                background.tasks.spawn(projector.run(stop()));
+                (ReadModels::Memory(models), projected)
             }
         };
         background.tasks.spawn(crate::live::publish(
@@ -160,6 +167,7 @@ impl App {
             log,
             read_models,
             live,
+            projected,
             relay,
             presence,
             typing: Arc::default(),

@@ -11,6 +11,7 @@ pub mod graphql;
 pub mod http;
 pub mod live;
 pub mod lookups;
+pub mod projected;
 pub mod relay;
 pub mod server;
 pub mod store;

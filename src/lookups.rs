@@ -1,9 +1,7 @@
 //! The domain's service traits, answered from the event store's unique-key indexes.
 
 use async_trait::async_trait;
-use parley_domain::{
-    ClientMsgId, RoomId, RoomServices, ServiceError, UserId, UserServices, Username,
-};
+use parley_domain::{RoomServices, ServiceError, UserId, UserServices, Username};
 
 use crate::store::EventLog;
 
@@ -39,18 +37,5 @@ impl UserServices for StoreLookups {
 impl RoomServices for StoreLookups {
     async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError> {
         self.log.user_exists(user).await.map_err(service_error)
-    }
-
-    async fn client_msg_id_used(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &ClientMsgId,
-    ) -> Result<bool, ServiceError> {
-        self.log
-            .find_message(room, sender, client_msg_id)
-            .await
-            .map(|found| found.is_some())
-            .map_err(service_error)
     }
 }

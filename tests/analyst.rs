@@ -39,7 +39,6 @@ fn fast_config() -> ProjectorConfig {
         batch_size: 500,
         poll_interval: Duration::from_millis(50),
         standby_retry: Duration::from_millis(100),
-        ..ProjectorConfig::default()
     }
 }
 
@@ -1185,7 +1184,7 @@ async fn an_old_message_sent_event_still_replays_and_projects(app: &App) {
         json!({"request_id": "legacy-fixture"}),
     );
     app.log
-        .append::<Room>(&[old])
+        .append_batch(&[old])
         .await
         .expect("append the old event");
 

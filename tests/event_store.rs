@@ -549,7 +549,7 @@ async fn two_instances_sending_to_one_room_retry_conflicts_and_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_events_get_an_insertion_id_transaction_id_and_time_and_wake_listeners() {
+async fn stored_events_get_their_position_at_insert_and_wake_listeners() {
     let h = Harness::postgres().await;
     let db = h._db.as_ref().expect("postgres");
     let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
@@ -575,9 +575,14 @@ async fn stored_events_get_an_insertion_id_transaction_id_and_time_and_wake_list
     .await
     .unwrap();
     assert!(id > 0 && has_xid && fresh);
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(
-        position, None,
-        "positions are stamped by the projector, not on insert"
+        position,
+        Some(head),
+        "the event got the newest position when it was inserted"
     );
 }
 

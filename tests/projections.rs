@@ -25,7 +25,6 @@ fn fast_config() -> ProjectorConfig {
         batch_size: 500,
         poll_interval: Duration::from_millis(50),
         standby_retry: Duration::from_millis(100),
-        ..ProjectorConfig::default()
     }
 }
 

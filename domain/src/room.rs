@@ -2,8 +2,10 @@
 //!
 //! State stays small whatever a room's history: the member and invitee sets, the last `seq`
 //! and a bounded window of recent `(sender, clientMsgId)` pairs. Message bodies live only in
-//! events and read models. Idempotency older than the window is answered by
-//! [`RoomServices::client_msg_id_used`], so "one message per clientMsgId" holds forever.
+//! events and read models. A `clientMsgId` older than the window is new as far as the room
+//! knows: the event store's unique key on (room, sender, clientMsgId) refuses the second
+//! message, and the command layer answers with the original, so "one message per
+//! clientMsgId" holds forever without a lookup on every send.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -257,27 +259,22 @@ impl Room {
     }
 
     /// Decides the events of a `SendMessage`: none for a repeated `clientMsgId`.
-    async fn send(
+    fn send(
         &self,
-        services: &dyn RoomServices,
         message_id: MessageId,
         sender: UserId,
         body: &str,
         client_msg_id: &str,
         sent_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
-        let room_id = self.require_created()?;
+        self.require_created()?;
         if !self.members.contains(&sender) {
             return Err(RoomError::NotMember);
         }
         let body = MessageBody::parse(body).map_err(RoomError::InvalidBody)?;
         let client_msg_id =
             ClientMsgId::parse(client_msg_id).map_err(RoomError::InvalidClientMsgId)?;
-        if self.recent_message(sender, &client_msg_id).is_some()
-            || services
-                .client_msg_id_used(room_id, sender, &client_msg_id)
-                .await?
-        {
+        if self.recent_message(sender, &client_msg_id).is_some() {
             return Ok(Vec::new());
         }
         Ok(vec![RoomEvent::MessageSent {
@@ -342,17 +339,7 @@ impl Aggregate for Room {
                 body,
                 client_msg_id,
                 sent_at,
-            } => {
-                self.send(
-                    services.as_ref(),
-                    message_id,
-                    sender,
-                    &body,
-                    &client_msg_id,
-                    sent_at,
-                )
-                .await?
-            }
+            } => self.send(message_id, sender, &body, &client_msg_id, sent_at)?,
         };
         for event in events {
             sink.write(event, self).await;

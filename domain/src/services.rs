@@ -7,8 +7,8 @@
 
 use async_trait::async_trait;
 
-use crate::ids::{RoomId, UserId};
-use crate::values::{ClientMsgId, Username};
+use crate::ids::UserId;
+use crate::values::Username;
 
 /// A lookup could not be answered (the store was unreachable, say). The command fails and
 /// changes nothing.
@@ -28,14 +28,4 @@ pub trait UserServices: Send + Sync {
 pub trait RoomServices: Send + Sync {
     /// Whether this user is registered.
     async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError>;
-
-    /// Whether `sender` already sent a message with this `clientMsgId` in `room`, at any
-    /// time. Backs the aggregate's bounded idempotency window so that the guarantee "one
-    /// message per clientMsgId" holds forever.
-    async fn client_msg_id_used(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &ClientMsgId,
-    ) -> Result<bool, ServiceError>;
 }

@@ -33,13 +33,20 @@ struct Driver {
     directory: Arc<RecordingDirectory>,
     services: Arc<dyn RoomServices>,
     history: Vec<RoomEvent>,
+    /// Whether the event store's unique key on (room, sender, clientMsgId) is modelled (a
+    /// refused message leaves the room as it was, and the command is answered with the
+    /// original), or the room alone is tested.
+    store_keys: bool,
 }
 
 impl Driver {
-    /// `ROOM`, created by `host`, with a directory that remembers every message ever sent.
+    /// `ROOM`, created by `host`, with a directory that remembers every message ever sent
+    /// and the event store's unique key on it.
     fn new(host: UserId) -> Self {
         let directory = Arc::new(RecordingDirectory::default());
-        Self::with_services(host, directory.clone(), directory)
+        let mut driver = Self::with_services(host, directory.clone(), directory);
+        driver.store_keys = true;
+        driver
     }
 
     /// `ROOM`, created by `host`, with `services` answering the lookups.
@@ -60,6 +67,7 @@ impl Driver {
             directory,
             services,
             history: vec![created],
+            store_keys: false,
         }
     }
 
@@ -70,12 +78,26 @@ impl Driver {
             services,
             ..
         } = self;
+        let before = room.clone();
         let result = runtime.block_on(async {
             let sink = EventSink::<Room>::default();
             room.handle(command, services, &sink).await?;
             Ok(sink.collect().await)
         });
         if let Ok(events) = &result {
+            let refused_by_store = self.store_keys
+                && events.iter().any(|event| match event {
+                    RoomEvent::MessageSent {
+                        sender,
+                        client_msg_id,
+                        ..
+                    } => self.directory.used(ROOM, *sender, client_msg_id),
+                    _ => false,
+                });
+            if refused_by_store {
+                self.room = before;
+                return Ok(Vec::new());
+            }
             self.directory.record(ROOM, events);
             self.history.extend(events.iter().cloned());
         }

@@ -126,25 +126,33 @@ pub async fn require_member(
 }
 
 /// The room as the read model shows it once it reflects `ready` (read-your-writes after a
-/// command: the projector is a few milliseconds behind the command).
+/// command: the projector is a few milliseconds behind the command). Re-reads only when the
+/// projector announces a new checkpoint.
 pub async fn fresh_room(
     app: &App,
     room: RoomId,
     ready: impl Fn(&RoomView) -> bool,
 ) -> ApiResult<RoomView> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut checkpoints = app.projected.watch();
     loop {
         let view = app.read_models.room(room).await.map_err(ApiError::from)?;
         match view {
             Some(view) if ready(&view) => return Ok(view),
-            Some(view) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(%room, "read model still behind after 5 s; answering with it");
-                return Ok(view);
+            view => {
+                let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
+                if matches!(moved, Ok(Ok(()))) {
+                    continue;
+                }
+                // Timed out (or the projector follower stopped): answer with what there is.
+                return match view {
+                    Some(view) => {
+                        tracing::warn!(%room, "read model still behind after 5 s; answering with it");
+                        Ok(view)
+                    }
+                    None => Err(ApiError::internal("room not projected within 5 s").into()),
+                };
             }
-            None if tokio::time::Instant::now() >= deadline => {
-                return Err(ApiError::internal("room not projected within 5 s").into())
-            }
-            _ => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
 }

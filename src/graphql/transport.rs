@@ -117,8 +117,11 @@ fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
     // No batching delay: the users one resolver pass asks for are batched anyway, and the
     // default 1 ms wait would add 1–2 ms to every request that returns a user.
     Arc::new(
-        DataLoader::new(UserLoader::new(app.read_models.clone()), tokio::spawn)
-            .delay(Duration::ZERO),
+        DataLoader::new(
+            UserLoader::new(app.read_models.clone(), app.projected.clone()),
+            tokio::spawn,
+        )
+        .delay(Duration::ZERO),
     )
 }
 

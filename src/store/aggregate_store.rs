@@ -19,7 +19,7 @@ use cqrs_es::persist::{EventUpcaster, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use lru::LruCache;
 
-use super::{EventLog, Snapshot};
+use super::{AppendError, EventLog, Snapshot};
 
 /// A snapshot is written once this many events have accrued since the last one, and after
 /// any load that had to replay at least this many.
@@ -58,6 +58,10 @@ pub struct LoadedAggregate<A> {
 }
 
 impl<A> LoadedAggregate<A> {
+    pub fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+
     /// The sequence of the last event folded into this state (0 for a new aggregate).
     pub fn sequence(&self) -> usize {
         self.sequence
@@ -141,6 +145,70 @@ where
     /// Reads the cached state of an aggregate without loading it.
     pub fn peek<R>(&self, aggregate_id: &str, f: impl FnOnce(&A) -> R) -> Option<R> {
         self.cache().peek(aggregate_id).map(|c| f(&c.aggregate))
+    }
+
+    /// The aggregate for a batched write: the cached state as it is, with no read at all
+    /// (the append detects a stale cache: its sequence collides), else loaded from the log.
+    pub async fn load_for_write(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<LoadedAggregate<A>, AggregateError<A::Error>> {
+        if let Some(cached) = self.cache().get(aggregate_id).cloned() {
+            return Ok(LoadedAggregate {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate: cached.aggregate,
+                sequence: cached.sequence,
+                snapshot_sequence: cached.snapshot_sequence,
+            });
+        }
+        self.load_aggregate(aggregate_id).await
+    }
+
+    /// Records a committed state (the batch writer's, after its append): it becomes the
+    /// cached state unless the cache already holds a newer one, and a snapshot is written
+    /// first once enough events have accrued.
+    pub async fn commit_state(&self, loaded: LoadedAggregate<A>, new_sequence: usize) {
+        self.committed(
+            &loaded.aggregate_id,
+            loaded.aggregate,
+            new_sequence,
+            loaded.snapshot_sequence,
+        )
+        .await;
+    }
+
+    async fn committed(
+        &self,
+        aggregate_id: &str,
+        aggregate: A,
+        sequence: usize,
+        snapshot_sequence: usize,
+    ) {
+        let mut committed = Cached {
+            aggregate,
+            sequence,
+            snapshot_sequence,
+        };
+        self.maybe_snapshot(aggregate_id, &mut committed).await;
+        self.put_if_newer(aggregate_id, committed);
+    }
+
+    /// Caches `cached` unless a newer state of the aggregate is cached already (a reader's
+    /// load may finish after a writer's commit: the cache never moves backwards).
+    fn put_if_newer(&self, aggregate_id: &str, cached: Cached<A>) {
+        let mut cache = self.cache();
+        match cache.peek_mut(aggregate_id) {
+            Some(existing) if existing.sequence > cached.sequence => {}
+            Some(existing) => *existing = cached,
+            None => {
+                cache.put(aggregate_id.to_owned(), cached);
+            }
+        }
+    }
+
+    /// Drops an aggregate from the cache (after a conflict showed it stale).
+    pub fn forget(&self, aggregate_id: &str) {
+        self.cache().pop(aggregate_id);
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Cached<A>>> {
@@ -288,7 +356,7 @@ where
         // Only aggregates that exist are cached: a stream of commands to made-up ids must
         // not push real rooms out of the cache.
         if (replayed > 0 || !from_cache) && start.sequence > 0 {
-            self.cache().put(aggregate_id.to_owned(), start.clone());
+            self.put_if_newer(aggregate_id, start.clone());
         }
         Ok(LoadedAggregate {
             aggregate_id: aggregate_id.to_owned(),
@@ -327,15 +395,21 @@ where
             .iter()
             .map(SerializedEvent::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner.log.append::<A>(&serialized).await?;
-
-        let mut committed = Cached {
+        self.inner
+            .log
+            .append_batch(&serialized)
+            .await
+            .map_err(|error| match error {
+                AppendError::Conflict(_) => AggregateError::AggregateConflict,
+                AppendError::Store(error) => AggregateError::from(error),
+            })?;
+        self.committed(
+            &aggregate_id,
             aggregate,
-            sequence: sequence + envelopes.len(),
+            sequence + envelopes.len(),
             snapshot_sequence,
-        };
-        self.maybe_snapshot(&aggregate_id, &mut committed).await;
-        self.cache().put(aggregate_id, committed);
+        )
+        .await;
         Ok(envelopes)
     }
 }

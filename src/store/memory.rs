@@ -8,13 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::persist::SerializedEvent;
 use parley_domain::Username;
 use parley_projections::memory::EmbeddedLog;
 use parley_projections::{GlobalPosition, LogEvent};
 use tokio::sync::watch;
 
-use super::{registered_username, MessageKey, Snapshot};
+use super::{registered_username, AppendError, MessageKey, Snapshot};
 
 /// One event in the global log, with what Postgres adds on insert.
 #[derive(Clone, Debug)]
@@ -79,32 +79,41 @@ impl MemoryLog {
             .collect()
     }
 
-    pub(super) fn append(&self, events: &[SerializedEvent]) -> Result<(), PersistenceError> {
+    /// Appends a batch atomically: either every event, at positions `first ..` in the
+    /// given order, or none and the indexes of the events that collide (a sequence already
+    /// taken, or a username or clientMsgId already used, also by an earlier event of the
+    /// batch), as the Postgres log reports them.
+    pub(super) fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         let mut inner = self.lock();
         let mut next_sequence: HashMap<(String, String), usize> = HashMap::new();
         let mut new_usernames = HashSet::new();
         let mut new_messages = HashSet::new();
-        for event in events {
+        let mut colliding = Vec::new();
+        for (index, event) in events.iter().enumerate() {
             let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
             let expected = next_sequence
                 .entry(key.clone())
                 .or_insert_with(|| inner.streams.get(&key).map_or(0, Vec::len) + 1);
-            if event.sequence != *expected {
-                return Err(PersistenceError::OptimisticLockError);
+            let mut collides = event.sequence != *expected;
+            if !collides {
+                *expected += 1;
             }
-            *expected += 1;
             if let Some(name) = registered_username(event) {
-                if inner.usernames.contains(name) || !new_usernames.insert(name.to_owned()) {
-                    return Err(PersistenceError::OptimisticLockError);
-                }
+                collides |=
+                    inner.usernames.contains(name) || !new_usernames.insert(name.to_owned());
             }
             if let Some(message) = MessageKey::of_event(event) {
-                if inner.messages.contains_key(&message) || !new_messages.insert(message) {
-                    return Err(PersistenceError::OptimisticLockError);
-                }
+                collides |= inner.messages.contains_key(&message) || !new_messages.insert(message);
+            }
+            if collides {
+                colliding.push(index);
             }
         }
+        if !colliding.is_empty() {
+            return Err(AppendError::Conflict(colliding));
+        }
         let recorded_at = Utc::now();
+        let first = inner.log.len() as i64 + 1;
         for event in events {
             let index = inner.log.len();
             if let Some(name) = registered_username(event) {
@@ -127,7 +136,18 @@ impl MemoryLog {
         let head = inner.log.len() as i64;
         drop(inner);
         self.head.send_replace(head);
-        Ok(())
+        Ok(first)
+    }
+
+    pub(super) fn stored_position(&self, event: &SerializedEvent) -> Option<i64> {
+        let inner = self.lock();
+        let stream = inner
+            .streams
+            .get(&(event.aggregate_type.clone(), event.aggregate_id.clone()))?;
+        let &index = stream.get(event.sequence.checked_sub(1)?)?;
+        let stored = &inner.log[index];
+        (stored.event.payload == event.payload && stored.event.metadata == event.metadata)
+            .then_some(stored.id as i64)
     }
 
     pub(super) fn snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Option<Snapshot> {
@@ -169,9 +189,12 @@ impl MemoryLog {
             .contains_key(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
     }
 
-    pub(super) fn find_message(&self, key: &MessageKey) -> Option<SerializedEvent> {
+    pub(super) fn find_message(&self, key: &MessageKey) -> Option<(SerializedEvent, i64)> {
         let inner = self.lock();
-        inner.messages.get(key).map(|&i| inner.log[i].event.clone())
+        inner
+            .messages
+            .get(key)
+            .map(|&i| (inner.log[i].event.clone(), inner.log[i].id as i64))
     }
 
     pub(super) fn room_events(&self, room: &str, after: i64, up_to: i64) -> Vec<LogEvent> {

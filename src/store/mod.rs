@@ -30,10 +30,17 @@ pub enum EventLog {
     Memory(MemoryLog),
 }
 
-/// A held cross-instance aggregate lock (see [`EventLog::lock_aggregate`]).
-#[derive(Debug)]
-pub struct AggregateLock {
-    _tx: sqlx::Transaction<'static, sqlx::Postgres>,
+/// Why a batch was not appended. Nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// These events (indexes into the batch) collide with stored ones or with earlier ones
+    /// of the batch: a sequence already taken (another writer was first) or a unique key
+    /// (username, clientMsgId) already used.
+    #[error("{} events of the batch collide with stored ones", .0.len())]
+    Conflict(Vec<usize>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] PersistenceError),
 }
 
 /// An aggregate's saved state and the sequence of the last event folded into it.
@@ -61,16 +68,31 @@ impl EventLog {
         }
     }
 
-    /// Appends events of one aggregate atomically. A sequence that is already taken, or a
-    /// second use of a unique key (username, clientMsgId), is
-    /// [`PersistenceError::OptimisticLockError`] and writes nothing.
-    pub async fn append<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-    ) -> Result<(), PersistenceError> {
+    /// Appends a batch of events (of any aggregates) atomically, in one transaction: every
+    /// event at positions `first ..` in the given order, or none of them and
+    /// [`AppendError::Conflict`] naming the events that collide.
+    pub async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::Store(PersistenceError::UnknownError(
+                "an empty batch has no position".into(),
+            )));
+        }
         match self {
-            Self::Postgres(log) => log.append::<A>(events).await,
-            Self::Memory(log) => log.append(events),
+            Self::Postgres(log) => log.append_batch(events).await,
+            Self::Memory(log) => log.append_batch(events),
+        }
+    }
+
+    /// The position of `event` if it is stored exactly as given: resolves an append whose
+    /// outcome a lost connection left unknown (a batch commits whole, so its first event
+    /// tells, and its position is the batch's first).
+    pub async fn stored_position(
+        &self,
+        event: &SerializedEvent,
+    ) -> Result<Option<i64>, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.stored_position(event).await,
+            Self::Memory(log) => Ok(log.stored_position(event)),
         }
     }
 
@@ -118,13 +140,14 @@ impl EventLog {
         }
     }
 
-    /// The stored `MessageSent` event `sender` sent to `room` with `client_msg_id`, if any.
+    /// The stored `MessageSent` event `sender` sent to `room` with `client_msg_id`, if any,
+    /// with its position.
     pub async fn find_message(
         &self,
         room: RoomId,
         sender: UserId,
         client_msg_id: &ClientMsgId,
-    ) -> Result<Option<SerializedEvent>, PersistenceError> {
+    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
         let key = MessageKey::new(room, sender, client_msg_id);
         match self {
             Self::Postgres(log) => log.find_message(&key).await,
@@ -143,23 +166,6 @@ impl EventLog {
         match self {
             Self::Postgres(log) => log.room_events(&room.to_string(), after, up_to).await,
             Self::Memory(log) => Ok(log.room_events(&room.to_string(), after, up_to)),
-        }
-    }
-
-    /// Serializes writers of one aggregate across instances while held (Postgres); `None`
-    /// for the embedded log, where one process's own serialization suffices.
-    pub async fn lock_aggregate(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Option<AggregateLock>, PersistenceError> {
-        match self {
-            Self::Postgres(log) => Ok(Some(AggregateLock {
-                _tx: log
-                    .lock_aggregate(&format!("{aggregate_type}:{aggregate_id}"))
-                    .await?,
-            })),
-            Self::Memory(_) => Ok(None),
         }
     }
 

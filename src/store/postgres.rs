@@ -12,7 +12,7 @@ use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
-use super::{MessageKey, Snapshot};
+use super::{AppendError, MessageKey, Snapshot};
 
 #[derive(Clone)]
 pub struct PostgresLog {
@@ -56,11 +56,73 @@ impl PostgresLog {
         self.repo.get_last_events::<A>(aggregate_id, after).await
     }
 
-    pub(super) async fn append<A: Aggregate>(
+    /// Appends a batch in one statement, hence one transaction and one WAL flush: the
+    /// statement takes `n` positions from `log_head` (row-locking it until commit, which is
+    /// what makes positions follow commit order without gaps: see the migration
+    /// `positions_at_insert`) and inserts every event with its position. Returns the first
+    /// position; the events hold `first ..` in the given order.
+    ///
+    /// A unique violation aborts the statement and writes nothing; the batch is then tried
+    /// once more with `ON CONFLICT DO NOTHING` inside a transaction, only to learn which
+    /// events collide, and rolled back (or committed, if the collision has gone away).
+    pub(super) async fn append_batch(
         &self,
         events: &[SerializedEvent],
-    ) -> Result<(), PersistenceError> {
-        self.repo.persist::<A>(events, None).await
+    ) -> Result<i64, AppendError> {
+        let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
+        match columns
+            .bind(sqlx::query_as::<_, (i64, i64)>(APPEND))
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok((first, _)) => Ok(first),
+            Err(error) if is_unique_violation(&error) => self.find_collisions(&columns).await,
+            Err(error) => Err(AppendError::Store(db_error(error))),
+        }
+    }
+
+    async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
+        let store = |e| AppendError::Store(db_error(e));
+        let mut tx = self.pool.begin().await.map_err(store)?;
+        let (first, inserted): (i64, Vec<i64>) = columns
+            .bind(sqlx::query_as(PROBE))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store)?;
+        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+        let colliding: Vec<usize> = (0..columns.len())
+            .filter(|&i| !inserted.contains(&(first + i as i64)))
+            .collect();
+        if colliding.is_empty() {
+            tx.commit().await.map_err(store)?;
+            return Ok(first);
+        }
+        tx.rollback().await.map_err(store)?;
+        Err(AppendError::Conflict(colliding))
+    }
+
+    /// The position of `event` if it is stored as given (same aggregate, sequence, payload
+    /// and metadata): after a connection failure during an append, this tells whether
+    /// that batch committed.
+    pub(super) async fn stored_position(
+        &self,
+        event: &SerializedEvent,
+    ) -> Result<Option<i64>, PersistenceError> {
+        let sequence = i64::try_from(event.sequence)
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        sqlx::query_scalar(
+            "SELECT position FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3
+                AND payload::text = $4 AND metadata::text = $5",
+        )
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(sequence)
+        .bind(event.payload.to_string())
+        .bind(event.metadata.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)
     }
 
     pub(super) async fn snapshot(
@@ -143,9 +205,9 @@ impl PostgresLog {
     pub(super) async fn find_message(
         &self,
         key: &MessageKey,
-    ) -> Result<Option<SerializedEvent>, PersistenceError> {
+    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
         let row = sqlx::query(
-            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata
+            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position
                FROM events
               WHERE aggregate_type = 'Room' AND event_type = 'MessageSent'
                 AND aggregate_id = $1
@@ -159,7 +221,7 @@ impl PostgresLog {
         .await
         .map_err(db_error)?;
         Ok(row.map(|row| {
-            SerializedEvent::new(
+            let event = SerializedEvent::new(
                 row.get("aggregate_id"),
                 usize::try_from(row.get::<i64, _>("sequence")).unwrap_or(0),
                 "Room".to_owned(),
@@ -167,7 +229,8 @@ impl PostgresLog {
                 row.get("event_version"),
                 row.get("payload"),
                 row.get("metadata"),
-            )
+            );
+            (event, row.get("position"))
         }))
     }
 
@@ -201,22 +264,6 @@ impl PostgresLog {
             .map_err(db_error)
     }
 
-    /// Takes the cross-instance lock of one aggregate: an advisory lock held by an open
-    /// transaction (which writes nothing, so it never holds the log's xmin back); released
-    /// when the returned transaction is dropped.
-    pub(super) async fn lock_aggregate(
-        &self,
-        key: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, PersistenceError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(key)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        Ok(tx)
-    }
-
     pub(super) async fn ping(&self) -> Result<(), PersistenceError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -224,4 +271,106 @@ impl PostgresLog {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+/// The batch append: positions from `log_head`, then every event in one INSERT. Returns
+/// the first position and the number of rows.
+const APPEND: &str = "
+WITH head AS (
+    UPDATE log_head SET position = position + cardinality($1::text[])
+    RETURNING position - cardinality($1::text[]) AS base
+), appended AS (
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata, position)
+    SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+           e.payload::json, e.metadata::json, head.base + e.n
+      FROM head,
+           unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                  $7::text[])
+           WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence, event_type,
+                                event_version, payload, metadata, n)
+    RETURNING 1
+)
+SELECT head.base + 1, (SELECT count(*) FROM appended) FROM head";
+
+/// [`APPEND`] that skips colliding rows and says which positions it did insert.
+const PROBE: &str = "
+WITH head AS (
+    UPDATE log_head SET position = position + cardinality($1::text[])
+    RETURNING position - cardinality($1::text[]) AS base
+), appended AS (
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata, position)
+    SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+           e.payload::json, e.metadata::json, head.base + e.n
+      FROM head,
+           unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                  $7::text[])
+           WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence, event_type,
+                                event_version, payload, metadata, n)
+    ON CONFLICT DO NOTHING
+    RETURNING position
+)
+SELECT head.base + 1, coalesce((SELECT array_agg(position) FROM appended), '{}') FROM head";
+
+/// A batch as the seven parallel arrays [`APPEND`] unnests. JSON goes as text, so the
+/// stored text is serde_json's own (keys sorted), byte for byte.
+struct BatchColumns {
+    aggregate_types: Vec<String>,
+    aggregate_ids: Vec<String>,
+    sequences: Vec<i64>,
+    event_types: Vec<String>,
+    event_versions: Vec<String>,
+    payloads: Vec<String>,
+    metadata: Vec<String>,
+}
+
+impl BatchColumns {
+    fn of(events: &[SerializedEvent]) -> Result<Self, PersistenceError> {
+        let mut columns = Self {
+            aggregate_types: Vec::with_capacity(events.len()),
+            aggregate_ids: Vec::with_capacity(events.len()),
+            sequences: Vec::with_capacity(events.len()),
+            event_types: Vec::with_capacity(events.len()),
+            event_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            columns.aggregate_types.push(event.aggregate_type.clone());
+            columns.aggregate_ids.push(event.aggregate_id.clone());
+            columns.sequences.push(
+                i64::try_from(event.sequence)
+                    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+            );
+            columns.event_types.push(event.event_type.clone());
+            columns.event_versions.push(event.event_version.clone());
+            columns.payloads.push(event.payload.to_string());
+            columns.metadata.push(event.metadata.to_string());
+        }
+        Ok(columns)
+    }
+
+    fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.aggregate_types)
+            .bind(&self.aggregate_ids)
+            .bind(&self.sequences)
+            .bind(&self.event_types)
+            .bind(&self.event_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+    }
+}
+
+/// A unique index or key refused a row (SQLSTATE 23505).
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
 }

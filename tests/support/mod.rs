@@ -19,7 +19,7 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-fn admin_options() -> PgConnectOptions {
+pub fn admin_options() -> PgConnectOptions {
     admin_url()
         .parse::<PgConnectOptions>()
         .expect("PARLEY_TEST_DATABASE_URL is not a valid PostgreSQL URL")

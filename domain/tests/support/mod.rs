@@ -70,7 +70,6 @@ pub fn service_error() -> ServiceError {
 pub struct FakeDirectory {
     pub taken_usernames: HashSet<String>,
     pub users: HashSet<UserId>,
-    pub used_client_ids: HashSet<(RoomId, UserId, String)>,
     /// Every lookup fails with `ServiceError(OUTAGE)`.
     pub fail: bool,
 }
@@ -101,11 +100,6 @@ impl FakeDirectory {
 
     pub fn with_taken_username(mut self, username: &str) -> Self {
         self.taken_usernames.insert(username.to_owned());
-        self
-    }
-
-    pub fn with_used_client_id(mut self, room: RoomId, sender: UserId, id: &str) -> Self {
-        self.used_client_ids.insert((room, sender, id.to_owned()));
         self
     }
 
@@ -140,28 +134,23 @@ impl RoomServices for FakeDirectory {
         self.check()?;
         Ok(self.users.contains(&user))
     }
-
-    async fn client_msg_id_used(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &ClientMsgId,
-    ) -> Result<bool, ServiceError> {
-        self.check()?;
-        Ok(self
-            .used_client_ids
-            .contains(&(room, sender, client_msg_id.as_str().to_owned())))
-    }
 }
 
-/// A directory backed by a growing event log, as the server's is: every `MessageSent` that is
-/// recorded becomes visible to `client_msg_id_used`. Every user exists.
+/// A directory backed by a growing event log, as the server's is. It also keeps the event
+/// store's unique key on (room, sender, clientMsgId): [`RecordingDirectory::used`] says whether
+/// the store would refuse a message. Every user exists.
 #[derive(Debug, Default)]
 pub struct RecordingDirectory {
     sent: Mutex<HashSet<(RoomId, UserId, ClientMsgId)>>,
 }
 
 impl RecordingDirectory {
+    /// Whether a message with this key is recorded (the store would refuse another).
+    pub fn used(&self, room: RoomId, sender: UserId, client_msg_id: &ClientMsgId) -> bool {
+        let sent = self.sent.lock().expect("not poisoned");
+        sent.contains(&(room, sender, client_msg_id.clone()))
+    }
+
     /// Records the messages among `events`, which were emitted by the room `room`.
     pub fn record(&self, room: RoomId, events: &[RoomEvent]) {
         let mut sent = self.sent.lock().expect("not poisoned");
@@ -182,16 +171,6 @@ impl RecordingDirectory {
 impl RoomServices for RecordingDirectory {
     async fn user_exists(&self, _user: UserId) -> Result<bool, ServiceError> {
         Ok(true)
-    }
-
-    async fn client_msg_id_used(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &ClientMsgId,
-    ) -> Result<bool, ServiceError> {
-        let sent = self.sent.lock().expect("not poisoned");
-        Ok(sent.contains(&(room, sender, client_msg_id.clone())))
     }
 }
 

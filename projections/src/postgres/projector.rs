@@ -5,17 +5,20 @@
 //! batch together: two projectors can never both write. Standbys retry the lock every
 //! `standby_retry` and take over within that time when the active one dies.
 //!
-//! Each step is one short transaction:
-//! 1. read the next unpositioned events that are safe to order — written by transactions
-//!    below `pg_snapshot_xmin(pg_current_snapshot())`, so all of them have ended — in
-//!    `(transaction_id, id)` order (first statement: this transaction has no xid yet);
-//! 2. lock the checkpoints;
-//! 3. stamp positions `head + 1 …` on those events;
-//! 4. apply them to every projection that is caught up, and move its checkpoint;
-//! 5. commit, then publish the batch to the live feed.
+//! Events carry their global position from the moment they are inserted (the writers take
+//! positions from `log_head` under its row lock, so every snapshot sees a gap-free prefix of
+//! the log: see the migration `positions_at_insert`). The projector therefore only reads
+//! forward by position. Each step:
+//! 1. reads the events after the newest checkpoint, in position order (one statement, no
+//!    transaction; this is all an idle wake-up costs);
+//! 2. if there are any: locks the checkpoints, applies the events to every projection that
+//!    is caught up and moves its checkpoint, announcing it with `NOTIFY parley_checkpoint`
+//!    (read-your-writes waits on it, on every instance), in one transaction;
+//! 3. commits, then publishes the batch to the live feed.
 //!
-//! A projection that is behind (after a rebuild) catches up from positioned events in
-//! steps of its own, without publishing them live.
+//! A projection that is behind the newest checkpoint (after a rebuild) catches up to it in
+//! steps of its own, without publishing those events live (they were published when they
+//! were new).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -27,7 +30,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::sync::Arc;
 
 use super::apply::{apply, Targets};
-use super::log_reader::log_event_at;
+use super::log_reader::log_event;
 use crate::live::LiveFeed;
 use crate::log::{DecodedEvent, LogEvent};
 use crate::PROJECTIONS;
@@ -44,9 +47,6 @@ pub struct ProjectorConfig {
     pub poll_interval: Duration,
     /// How often a standby tries to become active.
     pub standby_retry: Duration,
-    /// Wait before looking again when committed events are not yet safe to order (an
-    /// older transaction is still running).
-    pub not_yet_visible_retry: Duration,
 }
 
 impl Default for ProjectorConfig {
@@ -55,7 +55,6 @@ impl Default for ProjectorConfig {
             batch_size: 2000,
             poll_interval: Duration::from_secs(1),
             standby_retry: Duration::from_secs(1),
-            not_yet_visible_retry: Duration::from_millis(2),
         }
     }
 }
@@ -63,12 +62,10 @@ impl Default for ProjectorConfig {
 /// What one step did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepOutcome {
-    /// Events newly given a position (and applied to caught-up projections).
+    /// New events applied to the caught-up projections (and published live).
     pub sequenced: usize,
-    /// Positioned events applied to projections that were behind.
+    /// Events applied to projections that were behind.
     pub caught_up: usize,
-    /// Unpositioned events exist that could not be ordered yet.
-    pub waiting: bool,
 }
 
 impl StepOutcome {
@@ -89,9 +86,11 @@ pub struct PgProjector {
 #[derive(Debug)]
 pub struct ActiveSession {
     conn: PgConnection,
+    /// The newest checkpoint as of this session's last step (`None`: not read yet).
+    frontier: Option<i64>,
 }
 
-const EVENT_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, sequence, event_type,
+const EVENT_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type,
                              event_version, payload, metadata, recorded_at";
 
 impl PgProjector {
@@ -111,7 +110,10 @@ impl PgProjector {
             .fetch_one(&mut conn)
             .await?;
         if locked {
-            Ok(Some(ActiveSession { conn }))
+            Ok(Some(ActiveSession {
+                conn,
+                frontier: None,
+            }))
         } else {
             let _ = conn.close().await;
             Ok(None)
@@ -120,12 +122,11 @@ impl PgProjector {
 
     /// One sequencing step and, if a projection is behind, one catch-up step.
     pub async fn step(&self, session: &mut ActiveSession) -> Result<StepOutcome, sqlx::Error> {
-        let (sequenced, waiting) = self.sequence(&mut session.conn).await?;
+        let sequenced = self.sequence(session).await?;
         let caught_up = self.catch_up(&mut session.conn).await?;
         Ok(StepOutcome {
             sequenced,
             caught_up,
-            waiting,
         })
     }
 
@@ -134,84 +135,72 @@ impl PgProjector {
         loop {
             let outcome = self.step(session).await?;
             if !outcome.did_work() {
-                if outcome.waiting {
-                    tokio::time::sleep(self.config.not_yet_visible_retry).await;
-                    continue;
-                }
                 return Ok(());
             }
         }
     }
 
-    async fn sequence(&self, conn: &mut PgConnection) -> Result<(usize, bool), sqlx::Error> {
-        let mut tx = conn.begin().await?;
-        // First statement: this transaction has no xid yet, so it cannot hold xmin back.
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-              WHERE position IS NULL
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id, id
-              LIMIT $1"
-        ))
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            let waiting: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position IS NULL)")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Ok((0, waiting));
-        }
-        let checkpoints = lock_checkpoints(&mut tx).await?;
-        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&mut *tx)
+    async fn sequence(&self, session: &mut ActiveSession) -> Result<usize, sqlx::Error> {
+        let conn = &mut session.conn;
+        if let Some(frontier) = session.frontier {
+            // The cheap look: nothing new (and no checkpoint moved by someone else, e.g. a
+            // reset) means no transaction at all.
+            let newer: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE position = $1 + 1)
+                     OR (SELECT max(position) FROM projector_checkpoints) IS DISTINCT FROM $1",
+            )
+            .bind(frontier)
+            .fetch_one(&mut *conn)
             .await?;
-
-        let ids: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("id")).collect();
-        let positions: Vec<i64> = (head + 1..).take(rows.len()).collect();
-        sqlx::query(
-            "UPDATE events e SET position = u.position
-               FROM unnest($1::bigint[], $2::bigint[]) AS u(id, position)
-              WHERE e.id = u.id",
-        )
-        .bind(&ids)
-        .bind(&positions)
-        .execute(&mut *tx)
+            if !newer {
+                return Ok(0);
+            }
+        }
+        let mut tx = conn.begin().await?;
+        let checkpoints = lock_checkpoints(&mut tx).await?;
+        let frontier = checkpoints.values().copied().max().unwrap_or(0);
+        let batch: Vec<(LogEvent, DecodedEvent)> = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+              WHERE position > $1
+              ORDER BY position
+              LIMIT $2"
+        ))
+        .bind(frontier)
+        .bind(self.config.batch_size)
+        .fetch(&mut *tx)
+        .map_ok(|row| {
+            let event = log_event(&row);
+            let decoded = event.decode();
+            (event, decoded)
+        })
+        .try_collect()
         .await?;
-
-        let batch: Vec<(LogEvent, DecodedEvent)> = rows
-            .iter()
-            .zip(&positions)
-            .map(|(row, &position)| {
-                let event = log_event_at(row, position);
-                let decoded = event.decode();
-                (event, decoded)
-            })
-            .collect();
+        let Some((last, _)) = batch.last() else {
+            tx.rollback().await?;
+            session.frontier = Some(frontier);
+            return Ok(0);
+        };
+        let new_frontier = last.position.0;
         let caught_up: Vec<&str> = checkpoints
             .iter()
-            .filter(|(_, &position)| position == head)
+            .filter(|(_, &position)| position == frontier)
             .map(|(name, _)| name.as_str())
             .collect();
-        let new_head = head + batch.len() as i64;
-        if !caught_up.is_empty() {
-            apply(&mut tx, Targets::of(&caught_up), &batch).await?;
-            set_checkpoints(&mut tx, &caught_up, new_head).await?;
-        }
+        apply(&mut tx, Targets::of(&caught_up), &batch).await?;
+        set_checkpoints(&mut tx, &caught_up, new_frontier).await?;
         tx.commit().await?;
+        session.frontier = Some(new_frontier);
         let count = batch.len();
         self.live.publish(Arc::new(batch));
-        Ok((count, false))
+        Ok(count)
     }
 
     async fn catch_up(&self, conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
         let mut tx = conn.begin().await?;
         let checkpoints = lock_checkpoints(&mut tx).await?;
-        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
+        // Projections behind the newest checkpoint catch up to it; what lies beyond it is
+        // new, and [`Self::sequence`] applies (and publishes) it to all of them together.
+        let head = checkpoints.values().copied().max().unwrap_or(0);
         let Some(lowest) = checkpoints.values().copied().filter(|&p| p < head).min() else {
             tx.rollback().await?;
             return Ok(0);
@@ -232,8 +221,7 @@ impl PgProjector {
         .bind(self.config.batch_size)
         .fetch(&mut *tx)
         .map_ok(|row| {
-            let position = row.get("position");
-            let event = log_event_at(&row, position);
+            let event = log_event(&row);
             let decoded = event.decode();
             (event, decoded)
         })
@@ -293,11 +281,7 @@ impl PgProjector {
             if outcome.did_work() {
                 continue;
             }
-            let wait = if outcome.waiting {
-                self.config.not_yet_visible_retry
-            } else {
-                self.config.poll_interval
-            };
+            let wait = self.config.poll_interval;
             tokio::select! {
                 () = shutdown.as_mut() => return Ok(()),
                 notified = listener.recv() => {
@@ -332,14 +316,19 @@ async fn lock_checkpoints(conn: &mut PgConnection) -> Result<BTreeMap<String, i6
         .collect())
 }
 
+/// Moves the checkpoints of `projections` to `position` and announces the new position on
+/// `parley_checkpoint` (delivered at commit).
 async fn set_checkpoints(
     conn: &mut PgConnection,
     projections: &[&str],
     position: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE projector_checkpoints SET position = $2, updated_at = now()
-          WHERE projection = ANY ($1)",
+        "WITH moved AS (
+             UPDATE projector_checkpoints SET position = $2, updated_at = now()
+              WHERE projection = ANY ($1)
+         )
+         SELECT pg_notify('parley_checkpoint', $2::text)",
     )
     .bind(projections)
     .bind(position)

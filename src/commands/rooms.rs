@@ -1,0 +1,138 @@
+//! Room commands: create, join, leave, send a message.
+
+use chrono::Utc;
+use cqrs_es::EventEnvelope;
+use parley_domain::{
+    ClientMsgId, MessageId, Room, RoomCommand, RoomError, RoomEvent, RoomId, UserId,
+};
+
+use super::batch::{Batched, Collision};
+use super::{execute, CommandBus, CommandError, CommandMeta, SentMessage};
+
+impl Batched for Room {
+    fn on_unique_collision(command: &RoomCommand) -> Collision<RoomError> {
+        match command {
+            // The one unique key a room's events carry: (room, sender, clientMsgId).
+            RoomCommand::SendMessage { .. } => Collision::AlreadyDone,
+            // No other room event has a unique key; an unchanged room cannot collide.
+            _ => Collision::Refused(RoomError::RoomAlreadyExists),
+        }
+    }
+}
+
+impl CommandBus {
+    /// Opens a room hosted by `host`, inviting `participants`.
+    pub async fn create_room(
+        &self,
+        host: UserId,
+        name: &str,
+        participants: Vec<UserId>,
+        meta: &CommandMeta,
+    ) -> Result<RoomId, CommandError<RoomError>> {
+        let room_id = RoomId::new();
+        let command = RoomCommand::CreateRoom {
+            room_id,
+            host,
+            name: name.to_owned(),
+            participants,
+            created_at: Utc::now(),
+        };
+        execute(&self.rooms, room_id.to_string(), command, meta).await?;
+        Ok(room_id)
+    }
+
+    pub async fn join_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<RoomError>> {
+        let command = RoomCommand::JoinRoom { user };
+        execute(&self.rooms, room.to_string(), command, meta).await?;
+        Ok(())
+    }
+
+    pub async fn leave_room(
+        &self,
+        room: RoomId,
+        user: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<RoomError>> {
+        let command = RoomCommand::LeaveRoom { user };
+        execute(&self.rooms, room.to_string(), command, meta).await?;
+        Ok(())
+    }
+
+    /// Sends a message and returns it as stored, once it is durable. Repeating a
+    /// `clientMsgId` (in the same batch, concurrently on another instance, much later, or
+    /// after a restart) returns the original: the room remembers recent ones, and the
+    /// store's unique key on (room, sender, clientMsgId) catches any other.
+    pub async fn send_message(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        body: &str,
+        client_msg_id: &str,
+        meta: &CommandMeta,
+    ) -> Result<SentMessage, CommandError<RoomError>> {
+        let message_id = MessageId::new();
+        let command = RoomCommand::SendMessage {
+            message_id,
+            sender,
+            body: body.to_owned(),
+            client_msg_id: client_msg_id.to_owned(),
+            sent_at: Utc::now(),
+        };
+        let committed = execute(&self.rooms, room.to_string(), command, meta).await?;
+        if let Some(envelope) = committed.events.into_iter().next() {
+            return sent_message(room, envelope.payload, committed.position, false)
+                .ok_or_else(|| CommandError::Store("a send stored no message".to_owned()));
+        }
+        // No new event: this clientMsgId was used before, and the original is committed.
+        let client_msg_id = ClientMsgId::parse(client_msg_id)
+            .map_err(|e| CommandError::Store(format!("validated value rejected: {e}")))?;
+        let stored = self
+            .log
+            .find_message(room, sender, &client_msg_id)
+            .await
+            .map_err(|e| CommandError::Store(e.to_string()))?
+            .ok_or_else(|| {
+                CommandError::Store("a repeated clientMsgId has no stored message".to_owned())
+            })?;
+        let position = stored.1;
+        let envelope = EventEnvelope::<Room>::try_from(stored.0)
+            .map_err(|e| CommandError::Store(e.to_string()))?;
+        sent_message(room, envelope.payload, position, true)
+            .ok_or_else(|| CommandError::Store("stored event is not a message".to_owned()))
+    }
+}
+
+/// The message a stored event holds.
+fn sent_message(
+    room_id: RoomId,
+    event: RoomEvent,
+    position: i64,
+    repeated: bool,
+) -> Option<SentMessage> {
+    match event {
+        RoomEvent::MessageSent {
+            message_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+        } => Some(SentMessage {
+            room_id,
+            message_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+            position,
+            repeated,
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,67 @@
+//! User commands: register, grant a role, announce.
+
+use chrono::Utc;
+use parley_domain::{Role, User, UserCommand, UserError, UserId, Username};
+
+use super::batch::{Batched, Collision};
+use super::{execute, CommandBus, CommandError, CommandMeta};
+
+impl Batched for User {
+    fn on_unique_collision(command: &UserCommand) -> Collision<UserError> {
+        match command {
+            // The one unique key a user's events carry: the username.
+            UserCommand::RegisterUser { username, .. } => match Username::parse(username) {
+                Ok(username) => Collision::Refused(UserError::UsernameTaken(username)),
+                Err(error) => Collision::Refused(UserError::InvalidUsername(error)),
+            },
+            // No other user event has a unique key; an unchanged user cannot collide.
+            _ => Collision::Refused(UserError::AlreadyRegistered),
+        }
+    }
+}
+
+impl CommandBus {
+    /// Registers a user whose password the caller has already hashed.
+    pub async fn register_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        meta: &CommandMeta,
+    ) -> Result<UserId, CommandError<UserError>> {
+        let user_id = UserId::new();
+        let command = UserCommand::RegisterUser {
+            user_id,
+            username: username.to_owned(),
+            password_hash,
+            registered_at: Utc::now(),
+        };
+        execute(&self.users, user_id.to_string(), command, meta).await?;
+        Ok(user_id)
+    }
+
+    pub async fn grant_role(
+        &self,
+        user: UserId,
+        role: Role,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<UserError>> {
+        let command = UserCommand::GrantRole { role };
+        execute(&self.users, user.to_string(), command, meta).await?;
+        Ok(())
+    }
+
+    /// An announcement by `admin` to every connected user.
+    pub async fn announce(
+        &self,
+        admin: UserId,
+        text: &str,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<UserError>> {
+        let command = UserCommand::Announce {
+            text: text.to_owned(),
+            made_at: Utc::now(),
+        };
+        execute(&self.users, admin.to_string(), command, meta).await?;
+        Ok(())
+    }
+}
