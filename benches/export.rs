@@ -581,17 +581,8 @@ async fn graphql_pages(db: &Db, total: i64, layout: &str) {
             "a full page"
         );
         let started = Instant::now();
-        let rows: Vec<(
-            i64,
-            String,
-            String,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-        )> = sqlx::query_as(
+        // All as text, as a client handing the rows on would read them.
+        let rows = sqlx::query(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
                  event_version, payload::text, metadata::text, recorded_at::text \
                  FROM events WHERE position > $1 ORDER BY position LIMIT 1001",
