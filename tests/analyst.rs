@@ -607,6 +607,118 @@ async fn a_failed_export_leaves_no_file_that_looks_whole() {
     assert!(scratch.entries().is_empty());
 }
 
+/// The export reads the log in statements of 100,000 positions with the filter's values
+/// written into them: positions on both sides of those boundaries, and an aggregate id with
+/// a quote and a backslash (of two aggregate types, so it is filtered by id alone), come out
+/// exactly as the `events` query gives them.
+#[tokio::test]
+async fn an_export_crosses_its_read_pages_and_quotes_filter_values() {
+    let db = TestDb::new().await;
+    let odd = r"it's a \ 'name'";
+    let rows: [(i64, &str, &str, i64, &str); 7] = [
+        (1, "User", odd, 1, "UserRegistered"),
+        (99_999, "Room", "r-1", 1, "RoomCreated"),
+        (100_000, "Room", odd, 1, "RoomCreated"),
+        (100_001, "Room", "r-1", 2, "MessageSent"),
+        (200_000, "Room", odd, 2, "MessageSent"),
+        (200_001, "Room", "r-1", 3, "MessageSent"),
+        (250_000, "Room", odd, 3, "MessageSent"),
+    ];
+    for (position, aggregate_type, aggregate_id, sequence, event_type) in rows {
+        let payload = if event_type == "UserRegistered" {
+            json!({ event_type: { "password_hash": SECRET_HASH, "username": "o'neil" } })
+        } else {
+            json!({ event_type: { "body": "a \"quoted\" \\ body", "seq": sequence } })
+        };
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, position)
+             VALUES ($1, $2, $3, $4, '1.0', $5::json, $6::json, $7)",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(event_type)
+        .bind(payload.to_string())
+        .bind(json!({"request_id": "r'1"}).to_string())
+        .bind(position)
+        .execute(&db.pool)
+        .await
+        .expect("inserting a positioned event");
+    }
+    let log = parley_projections::postgres::PgEventLog::new(db.pool.clone());
+    let expected = |filter: &EventFilter| {
+        let log = log.clone();
+        let filter = filter.clone();
+        async move {
+            let page = log
+                .events(None, Some(1000), &filter)
+                .await
+                .expect("events page");
+            page.events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "position": e.position.0,
+                        "aggregateType": e.aggregate_type,
+                        "aggregateId": e.aggregate_id,
+                        "sequence": e.sequence,
+                        "eventType": e.event_type,
+                        "eventVersion": e.event_version,
+                        "payload": e.payload,
+                        "metadata": e.metadata,
+                        "recordedAt": e.recorded_at_rfc3339(),
+                    })
+                })
+                .collect::<Vec<Value>>()
+        }
+    };
+
+    let all = lines(&export(&db, &[]));
+    assert_eq!(
+        positions_of(&all),
+        vec![1, 99_999, 100_000, 100_001, 200_000, 200_001, 250_000]
+    );
+    assert_eq!(all, expected(&EventFilter::all()).await);
+    assert_eq!(
+        all[0]["payload"]["UserRegistered"]["password_hash"],
+        "[redacted]"
+    );
+
+    let by_id = lines(&export(&db, &["--aggregate-id", odd]));
+    assert_eq!(positions_of(&by_id), vec![1, 100_000, 200_000, 250_000]);
+    let filter = EventFilter::parse(None, None, None, Some(odd), &[]).expect("filter");
+    assert_eq!(by_id, expected(&filter).await);
+
+    let ranged = lines(&export(
+        &db,
+        &[
+            "--from",
+            "100000",
+            "--to",
+            "200000",
+            "--aggregate-type",
+            "Room",
+            "--aggregate-id",
+            odd,
+            "--event-type",
+            "MessageSent",
+        ],
+    ));
+    assert_eq!(positions_of(&ranged), vec![200_000]);
+
+    let csv = export(
+        &db,
+        &["--format", "csv", "--from", "99999", "--to", "200001"],
+    );
+    let mut reader = csv::Reader::from_reader(csv.as_slice());
+    let positions: Vec<String> = reader
+        .records()
+        .map(|r| r.expect("a CSV row")[0].to_owned())
+        .collect();
+    assert_eq!(positions, ["99999", "100000", "100001", "200000", "200001"]);
+}
+
 // ---- The events query ----------------------------------------------------------------------
 
 struct Harness {

@@ -159,13 +159,25 @@ pub struct RawLogEvent {
 impl RawLogEvent {
     /// Like [`LogEvent::redacted`]. Only events that carry a secret are parsed.
     pub fn redacted(mut self) -> Result<Self, serde_json::Error> {
-        if SECRET_FIELDS.iter().any(|(t, _)| *t == self.event_type) {
-            let mut payload: Value = serde_json::from_str(&self.payload)?;
-            redact(&self.event_type, &mut payload);
-            self.payload = payload.to_string();
+        if let Some(payload) = redacted_text(&self.event_type, &self.payload)? {
+            self.payload = payload;
         }
         Ok(self)
     }
+}
+
+/// The JSON text `payload` of an event of type `event_type` with its secrets redacted, or
+/// `None` if events of that type carry none (only those are parsed).
+pub(crate) fn redacted_text(
+    event_type: &str,
+    payload: &str,
+) -> Result<Option<String>, serde_json::Error> {
+    if !SECRET_FIELDS.iter().any(|(t, _)| *t == event_type) {
+        return Ok(None);
+    }
+    let mut payload: Value = serde_json::from_str(payload)?;
+    redact(event_type, &mut payload);
+    Ok(Some(payload.to_string()))
 }
 
 /// Writes `at` as [`LogEvent::recorded_at_rfc3339`] does (RFC 3339, UTC, microseconds),

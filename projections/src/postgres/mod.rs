@@ -2,6 +2,7 @@
 //! log reader (events pages, exports, time travel) and shadow-table rebuilds.
 
 mod apply;
+pub(crate) mod binary_copy;
 mod log_reader;
 mod projector;
 mod queries;

@@ -161,13 +161,24 @@ async fn run(
         if target.0 - reached.0 <= config.batch_size {
             break;
         }
-        while reached < target {
-            let batch = read_batch(&log, reached, target, config.batch_size).await?;
-            let Some((last, _)) = batch.last() else {
-                break;
-            };
+        // The next batch is read while the current one is applied (another connection):
+        // reading and decoding cost about as much as applying.
+        let mut batch = if reached < target {
+            read_batch(&log, reached, target, config.batch_size).await?
+        } else {
+            Vec::new()
+        };
+        while let Some((last, _)) = batch.last() {
             let last = last.position;
-            replay_batch(pool, targets, &batch, config).await?;
+            let next = async {
+                if last < target {
+                    read_batch(&log, last, target, config.batch_size).await
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            let (applied, next) = tokio::join!(replay_batch(pool, targets, &batch, config), next);
+            applied?;
             events += batch.len() as u64;
             reached = last;
             progress(RebuildProgress {
@@ -175,6 +186,7 @@ async fn run(
                 position: reached,
                 target,
             });
+            batch = next?;
         }
     }
     for projection in projections {
