@@ -2,6 +2,7 @@
 
 mod context;
 mod error;
+mod guard;
 mod loaders;
 mod mutation;
 mod query;
@@ -11,8 +12,9 @@ mod types;
 
 use async_graphql::{SDLExportOptions, Schema};
 
-pub use context::{Actor, RequestId, SubscriptionBudget};
-pub use error::ApiError;
+pub use context::{Actor, ClientIp, RequestId, SubscriptionBudget};
+pub use error::{refusal as refusal_body, ApiError};
+pub use guard::{password_fields_in, representable, MAX_PASSWORD_FIELDS};
 pub use loaders::UserLoader;
 pub use mutation::Mutation;
 pub use query::Query;
@@ -25,8 +27,9 @@ pub type ParleySchema = Schema<Query, Mutation, Subscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (each field counts 1).
-pub const MAX_COMPLEXITY: usize = 1000;
+/// Most complex query accepted: each field counts 1, a list field its page size (or an
+/// assumed size) times its selection, time travel 100.
+pub const MAX_COMPLEXITY: usize = 10_000;
 
 /// The schema over `app`.
 pub fn schema(app: App) -> ParleySchema {
@@ -35,6 +38,7 @@ pub fn schema(app: App) -> ParleySchema {
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .extension(error::ErrorCodes)
+        .extension(guard::RequestGuard)
         .finish()
 }
 
