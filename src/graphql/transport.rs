@@ -423,13 +423,11 @@ impl ProtocolRules {
             ("subscribe", _) if !self.init_received => {
                 return Err(close(UNAUTHORIZED, "Unauthorized"));
             }
-            ("subscribe", Some(id)) => {
-                if !self.active.insert(id.clone().into_owned()) {
-                    return Err(close(
-                        SUBSCRIBER_EXISTS,
-                        &format!("Subscriber for {id} already exists"),
-                    ));
-                }
+            ("subscribe", Some(id)) if !self.active.insert(id.clone().into_owned()) => {
+                return Err(close(
+                    SUBSCRIBER_EXISTS,
+                    &format!("Subscriber for {id} already exists"),
+                ));
             }
             ("complete", Some(id)) => {
                 self.active.remove(id.as_ref());
