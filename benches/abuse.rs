@@ -118,7 +118,11 @@ async fn post(
 fn code(body: &Value) -> String {
     body["errors"][0]["extensions"]["code"]
         .as_str()
-        .unwrap_or(if body["data"].is_object() { "OK" } else { "NONE" })
+        .unwrap_or(if body["data"].is_object() {
+            "OK"
+        } else {
+            "NONE"
+        })
         .to_owned()
 }
 
@@ -275,7 +279,8 @@ async fn registration_burst() {
         let pid = server.child.id();
         tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 if let Some(kb) = status
                     .lines()
                     .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -324,7 +329,11 @@ async fn registration_burst() {
     let rss_after = server.rss_mb();
     let peak = *peak.lock().unwrap();
     let samples = during.len();
-    let during = if during.is_empty() { Duration::ZERO } else { p99(during) };
+    let during = if during.is_empty() {
+        Duration::ZERO
+    } else {
+        p99(during)
+    };
     println!(
         "{burst} concurrent registrations (budget off): outcomes {outcomes:?} in {:.1} s; server RSS {rss_before:.0} MB before, {peak:.0} MB peak (goal < 300), {rss_after:.0} MB after; `{{ __typename }}` p99 unloaded {:.2} ms, during the burst {:.2} ms over {samples} probes (goal < 50 ms): ratio {:.2}",
         burst_time.as_secs_f64(),

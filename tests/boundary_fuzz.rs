@@ -1,6 +1,7 @@
 //! Property test at the request boundary: arbitrary text (any Unicode scalar, NUL, controls,
 //! huge numbers, wrong JSON types) in every argument the API parses, and arbitrary request
-//! ids, sent over real HTTP to a server on PostgreSQL. Nothing may panic, no answer may be a
+//! ids, sent over real HTTP to a server on PostgreSQL (`PARLEY_FUZZ_STORE=memory`: the
+//! embedded store). Nothing may panic, no answer may be a
 //! 5xx or `INTERNAL`, and the server keeps answering. Bounded: a fixed number of cases
 //! (`PARLEY_FUZZ_CASES`, default 96) so CI time stays small.
 
@@ -52,7 +53,13 @@ const OPERATIONS: [&str; 10] = [
 #[test]
 fn arbitrary_input_is_never_a_panic_or_internal() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let server = runtime.block_on(TestServer::start(Store::Postgres));
+    // PostgreSQL by default (it is what refuses unrepresentable text); `memory` to check the
+    // embedded store.
+    let store = match std::env::var("PARLEY_FUZZ_STORE").as_deref() {
+        Ok("memory") => Store::Memory,
+        _ => Store::Postgres,
+    };
+    let server = runtime.block_on(TestServer::start(store));
     let me = runtime.block_on(server.register("fuzzer"));
     let room = runtime.block_on(server.create_room(&me, "fuzz", &[]));
     let http = reqwest::Client::new();
@@ -69,7 +76,11 @@ fn arbitrary_input_is_never_a_panic_or_internal() {
         0..OPERATIONS.len(),
         nasty_value(),
         nasty_value(),
-        prop_oneof![Just(None), any::<i64>().prop_map(Some), (-3i64..5).prop_map(Some)],
+        prop_oneof![
+            Just(None),
+            any::<i64>().prop_map(Some),
+            (-3i64..5).prop_map(Some)
+        ],
         prop::collection::vec(any::<u8>(), 0..90),
         any::<bool>(),
     );
@@ -90,7 +101,9 @@ fn arbitrary_input_is_never_a_panic_or_internal() {
                 (status, response.json::<Value>().await.expect("a JSON body"))
             });
             if status >= 500 {
-                return Err(TestCaseError::fail(format!("{status} for {body}: {answer}")));
+                return Err(TestCaseError::fail(format!(
+                    "{status} for {body}: {answer}"
+                )));
             }
             for error in answer["errors"].as_array().into_iter().flatten() {
                 let code = error["extensions"]["code"].as_str().unwrap_or("none");
