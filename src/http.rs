@@ -142,7 +142,8 @@ async fn readyz(State(app): State<App>) -> impl IntoResponse {
 
 /// Prometheus text: requests, errors, command latency, subscriptions, projector lag.
 async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
-    match app.read_models.status().await {
+    // No scan of the log per scrape: positions and partial indexes only.
+    match app.read_models.lag_estimate().await {
         Ok(status) => {
             for projection in status {
                 metrics::gauge!("parley_projection_lag_events", "projection" => projection.name.clone())

@@ -739,3 +739,37 @@ async fn with_the_store_down_requests_fail_fast_as_unavailable() {
     assert!(slowest < Duration::from_secs(8), "took {slowest:?}");
     server.stop().await;
 }
+
+// ---- Metrics ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_cheap_lag_estimate_agrees_with_the_exact_status() {
+    // No projector runs here: every event stays unapplied, so the lag is known.
+    let db = support::TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let commands = parley::commands::CommandBus::new(log);
+    let meta = parley::commands::CommandMeta::system("test");
+    for i in 0..7 {
+        commands
+            .register_user(&format!("user_{i}"), "x".into(), &meta)
+            .await
+            .unwrap();
+    }
+    let models = parley_projections::ReadModels::Postgres(
+        parley_projections::postgres::PgReadModels::new(db.pool.clone()),
+    );
+    let exact = models.status().await.unwrap();
+    let cheap = models.lag_estimate().await.unwrap();
+    assert_eq!(exact.len(), cheap.len());
+    for (exact, cheap) in exact.iter().zip(&cheap) {
+        assert_eq!(
+            (&exact.name, exact.checkpoint, exact.lag_events),
+            (&cheap.name, cheap.checkpoint, cheap.lag_events)
+        );
+        assert_eq!(cheap.lag_events, 7);
+        assert!(
+            (exact.lag_ms - cheap.lag_ms).abs() < 1000,
+            "{exact:?} {cheap:?}"
+        );
+    }
+}
