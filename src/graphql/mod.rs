@@ -29,7 +29,7 @@ pub type ParleySchema = Schema<Query, Mutation, Subscription>;
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted: each field counts 1, a list field its page size (or an
 /// assumed size) times its selection, time travel 100.
-pub const MAX_COMPLEXITY: usize = 10_000;
+pub const MAX_COMPLEXITY: usize = 20_000;
 
 /// The schema over `app`.
 pub fn schema(app: App) -> ParleySchema {
