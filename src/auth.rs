@@ -146,18 +146,23 @@ async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthError> {
     let hashing = hashing();
-    let _admitted = hashing
+    let admitted = hashing
         .admitted
         .try_acquire()
         .map_err(|_| AuthError::Busy)?;
-    let _running = hashing
+    let running = hashing
         .running
         .acquire()
         .await
         .map_err(|e| AuthError::Hashing(e.to_string()))?;
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| AuthError::Hashing(e.to_string()))
+    // The permits move into the blocking task: if the request is dropped (a timeout, a
+    // closed connection) the hash still runs to its end, and keeps its slot until then.
+    tokio::task::spawn_blocking(move || {
+        let _slots = (admitted, running);
+        work()
+    })
+    .await
+    .map_err(|e| AuthError::Hashing(e.to_string()))
 }
 
 /// Hashes a password (argon2id, random salt) off the async runtime.
