@@ -223,6 +223,12 @@ async fn guesses_and_good_client() {
     let token = register(&server.url, &good, "gooduser").await;
     register(&server.url, &good, "victim").await;
     let me = "{ me { username } }";
+    // Until the new user is in the read model (the projector is a few ms behind).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while code(&post(&good, &server.url, Some(&token), me, json!({})).await) != "OK" {
+        assert!(Instant::now() < deadline, "the user never showed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     latencies(&good, &server.url, Some(&token), me, 200).await; // warm-up
 
     // 2. The good client, unloaded, then under attack (same number of requests).

@@ -124,8 +124,13 @@ const MAX_TOKEN_BYTES: usize = 4096;
 /// How many argon2 computations may wait for a core before more are refused.
 const MAX_WAITING_PER_CORE: usize = 32;
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of hashing threads (one per core) fed by a queue, and the admission count.
+/// Fixed threads also keep the allocator's per-thread arenas (each holds an argon2 block
+/// array after the first hash) to one per core.
 struct Hashing {
-    running: tokio::sync::Semaphore,
+    queue: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     admitted: tokio::sync::Semaphore,
 }
 
@@ -133,15 +138,36 @@ fn hashing() -> &'static Hashing {
     static HASHING: OnceLock<Hashing> = OnceLock::new();
     HASHING.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        for i in 0..cores {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("parley-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match jobs.lock() {
+                        Ok(jobs) => jobs.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a hashing thread");
+            }
+        }
         Hashing {
-            running: tokio::sync::Semaphore::new(cores),
+            queue: std::sync::Mutex::new(queue),
             admitted: tokio::sync::Semaphore::new(cores * (1 + MAX_WAITING_PER_CORE)),
         }
     })
 }
 
-/// Runs an argon2 computation on a blocking thread, at most one per core at a time;
-/// `Busy` when too many are already waiting.
+/// Runs an argon2 computation on one of the hashing threads (one per core); `Busy` when
+/// too many are already waiting. A request dropped meanwhile (a timeout, a closed
+/// connection) does not free its place before its hash has run.
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthError> {
@@ -150,19 +176,18 @@ async fn bounded<T: Send + 'static>(
         .admitted
         .try_acquire()
         .map_err(|_| AuthError::Busy)?;
-    let running = hashing
-        .running
-        .acquire()
-        .await
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _admitted = admitted;
+        let _ = done.send(work());
+    });
+    hashing
+        .queue
+        .lock()
+        .map_err(|e| AuthError::Hashing(e.to_string()))?
+        .send(job)
         .map_err(|e| AuthError::Hashing(e.to_string()))?;
-    // The permits move into the blocking task: if the request is dropped (a timeout, a
-    // closed connection) the hash still runs to its end, and keeps its slot until then.
-    tokio::task::spawn_blocking(move || {
-        let _slots = (admitted, running);
-        work()
-    })
-    .await
-    .map_err(|e| AuthError::Hashing(e.to_string()))
+    result.await.map_err(|e| AuthError::Hashing(e.to_string()))
 }
 
 /// Hashes a password (argon2id, random salt) off the async runtime.
