@@ -107,7 +107,12 @@ impl TestServer {
             options,
         )
         .with_rate_limits(&parley::limits::RateLimitConfig::unlimited());
-        Self::on_app(app, db, ws, parley::config::HttpLimits::default()).await
+        // A loaded CI machine may be slow; the request timeout is not what these tests test.
+        let limits = parley::config::HttpLimits {
+            request_timeout: Duration::from_secs(300),
+            ..parley::config::HttpLimits::default()
+        };
+        Self::on_app(app, db, ws, limits).await
     }
 
     /// A server for an app built by the caller, with the given connection limits.
