@@ -18,10 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::commands::CommandBus;
-use crate::config::{ServerConfig, StoreConfig};
+use crate::config::{DbTimeouts, ServerConfig, StoreConfig};
+use crate::limits::{RateLimitConfig, RateLimits};
 use crate::projected::Projected;
 use crate::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use crate::store::{EventLog, PostgresLog};
+use parley_domain::UserId;
 
 /// The SQL migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -44,6 +46,10 @@ pub struct App {
     /// Who this instance saw typing (to send "stopped typing" when they send).
     pub typing: Arc<crate::live::TypingTracker>,
     pub tokens: Tokens,
+    /// Budgets per IP, account and user (see [`crate::limits`]).
+    pub limits: Arc<RateLimits>,
+    /// Users known to exist here (a token's subject is checked against it, then the store).
+    known_users: Arc<std::sync::Mutex<lru::LruCache<UserId, ()>>>,
     background: Background,
 }
 
@@ -87,8 +93,12 @@ impl App {
                 );
                 EventLog::memory()
             }
-            StoreConfig::Postgres { options, pool_size } => {
-                let pool = connect((**options).clone(), *pool_size).await?;
+            StoreConfig::Postgres {
+                options,
+                pool_size,
+                timeouts,
+            } => {
+                let pool = connect_server((**options).clone(), *pool_size, timeouts).await?;
                 MIGRATOR
                     .run(&pool)
                     .await
@@ -118,7 +128,11 @@ impl App {
             relay,
             presence,
         };
-        Ok(Self::start_with(log, jwt_secret, options))
+        let app = Self::start_with(log, jwt_secret, options).with_rate_limits(&config.rate_limits);
+        Ok(Self {
+            tokens: app.tokens.clone().for_audience(config.jwt_audience.clone()),
+            ..app
+        })
     }
 
     /// An app over an existing log on its own (in-process relay), its projector running.
@@ -173,8 +187,44 @@ impl App {
             presence,
             typing: Arc::default(),
             tokens: Tokens::new(&jwt_secret),
+            limits: Arc::default(),
+            known_users: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
+                KNOWN_USERS_CACHED,
+            ))),
             background,
         }
+    }
+
+    /// This app with other rate limits.
+    pub fn with_rate_limits(self, config: &RateLimitConfig) -> Self {
+        Self {
+            limits: Arc::new(RateLimits::new(config)),
+            ..self
+        }
+    }
+
+    /// Whether `user` is registered here: from a cache of users seen, else the store's
+    /// index (so a user who registered a moment ago is known before the read models are).
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, String> {
+        if self
+            .known_users
+            .lock()
+            .map(|mut c| c.get(&user).is_some())
+            .unwrap_or(false)
+        {
+            return Ok(true);
+        }
+        let exists = self
+            .log
+            .user_exists(user)
+            .await
+            .map_err(|e| e.to_string())?;
+        if exists {
+            if let Ok(mut cache) = self.known_users.lock() {
+                cache.put(user, ());
+            }
+        }
+        Ok(exists)
     }
 
     /// Stops the background tasks and waits for them to finish.
@@ -190,6 +240,12 @@ impl App {
     }
 }
 
+/// How many known users the token check remembers.
+const KNOWN_USERS_CACHED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(100_000) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
 /// Opens a pool and proves the database answers, so a bad URL fails at start.
 pub async fn connect(options: PgConnectOptions, pool_size: u32) -> anyhow::Result<PgPool> {
     let target = format!(
@@ -201,6 +257,36 @@ pub async fn connect(options: PgConnectOptions, pool_size: u32) -> anyhow::Resul
     PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {target}"))
+}
+
+/// The server's pool: [`connect`] with time limits on every session and a short wait for
+/// a connection, so an outage is a quick `UNAVAILABLE`.
+pub async fn connect_server(
+    options: PgConnectOptions,
+    pool_size: u32,
+    timeouts: &DbTimeouts,
+) -> anyhow::Result<PgPool> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let options = options.options([
+        ("statement_timeout", ms(timeouts.statement)),
+        ("lock_timeout", ms(timeouts.lock)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(timeouts.idle_in_transaction),
+        ),
+    ]);
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(timeouts.acquire)
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {target}"))

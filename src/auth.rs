@@ -3,7 +3,13 @@
 //! Passwords are hashed with argon2id (default parameters, random salt) on a blocking thread,
 //! never stored or logged in clear. Sessions are HS256 JWTs signed with `PARLEY_JWT_SECRET`;
 //! the acting user of every request comes from a verified token, never from an argument.
+//! Tokens name this deployment as issuer and audience, and both are checked.
+//!
+//! Hashing is bounded: at most one argon2 computation per core runs at once (each takes
+//! ~19 MiB), and when too many wait the request is refused (`RATE_LIMITED`) instead of
+//! queueing without end.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -25,11 +31,18 @@ pub enum AuthError {
     InvalidToken,
     #[error("cannot hash password: {0}")]
     Hashing(String),
+    #[error("too many password checks waiting; retry shortly")]
+    Busy,
 }
+
+/// The default issuer and audience of tokens.
+pub const DEFAULT_AUDIENCE: &str = "parley";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    iss: String,
+    aud: String,
     iat: i64,
     exp: i64,
 }
@@ -40,12 +53,14 @@ pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
+    audience: String,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
             .field("ttl", &self.ttl)
+            .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }
@@ -61,7 +76,15 @@ impl Tokens {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             ttl,
+            audience: DEFAULT_AUDIENCE.to_owned(),
         }
+    }
+
+    /// Tokens issued for, and only accepted by, `audience` (a deployment's name): a token
+    /// of another deployment that shares the secret is refused.
+    pub fn for_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = audience.into();
+        self
     }
 
     /// A token for `user`, valid for the configured time.
@@ -69,6 +92,8 @@ impl Tokens {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user.to_string(),
+            iss: self.audience.clone(),
+            aud: self.audience.clone(),
             iat: now,
             exp: now + self.ttl.as_secs() as i64,
         };
@@ -76,33 +101,112 @@ impl Tokens {
             .map_err(|_| AuthError::InvalidToken)
     }
 
-    /// The user a token was issued to, if its signature and expiry check out.
+    /// The user a token was issued to, if its signature, expiry, issuer and audience check
+    /// out. (Whether that user exists here is the caller's check.)
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::InvalidToken);
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        validation.set_issuer(&[&self.audience]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|_| AuthError::InvalidToken)?;
         UserId::parse(&data.claims.sub).map_err(|_| AuthError::InvalidToken)
     }
 }
 
+/// Longer tokens are refused unread (ours are ~250 bytes).
+const MAX_TOKEN_BYTES: usize = 4096;
+
+/// How many argon2 computations may wait for a core before more are refused.
+const MAX_WAITING_PER_CORE: usize = 32;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of hashing threads (one per core) fed by a queue, and the admission count.
+/// Fixed threads also keep the allocator's per-thread arenas (each holds an argon2 block
+/// array after the first hash) to one per core.
+struct Hashing {
+    queue: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    admitted: tokio::sync::Semaphore,
+}
+
+fn hashing() -> &'static Hashing {
+    static HASHING: OnceLock<Hashing> = OnceLock::new();
+    HASHING.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        for i in 0..cores {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("parley-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match jobs.lock() {
+                        Ok(jobs) => jobs.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a hashing thread");
+            }
+        }
+        Hashing {
+            queue: std::sync::Mutex::new(queue),
+            admitted: tokio::sync::Semaphore::new(cores * (1 + MAX_WAITING_PER_CORE)),
+        }
+    })
+}
+
+/// Runs an argon2 computation on one of the hashing threads (one per core); `Busy` when
+/// too many are already waiting. A request dropped meanwhile (a timeout, a closed
+/// connection) does not free its place before its hash has run.
+async fn bounded<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    let hashing = hashing();
+    let admitted = hashing
+        .admitted
+        .try_acquire()
+        .map_err(|_| AuthError::Busy)?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _admitted = admitted;
+        let _ = done.send(work());
+    });
+    hashing
+        .queue
+        .lock()
+        .map_err(|e| AuthError::Hashing(e.to_string()))?
+        .send(job)
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
+    result.await.map_err(|e| AuthError::Hashing(e.to_string()))
+}
+
 /// Hashes a password (argon2id, random salt) off the async runtime.
 pub async fn hash_password(password: Password) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
+    bounded(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.expose().as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|e| AuthError::Hashing(e.to_string()))
     })
-    .await
-    .map_err(|e| AuthError::Hashing(e.to_string()))?
+    .await?
 }
 
 /// Checks a password against a stored hash, off the async runtime. With no stored hash
-/// (unknown user) a dummy hash is checked so both cases take the same time.
-pub async fn verify_password(password: String, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+/// (unknown user) a dummy hash is checked so both cases take the same time. `Busy` when too
+/// many checks are waiting already.
+pub async fn verify_password(password: String, stored: Option<String>) -> Result<bool, AuthError> {
+    bounded(move || {
         let stored = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
         let Ok(parsed) = PasswordHash::new(&stored) else {
             return false;
@@ -113,7 +217,6 @@ pub async fn verify_password(password: String, stored: Option<String>) -> bool {
         matches && stored != DUMMY_HASH
     })
     .await
-    .unwrap_or(false)
 }
 
 /// argon2id hash of a random string nobody knows; verified against for unknown users.
@@ -169,8 +272,45 @@ mod tests {
             .await
             .unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
-        assert!(!verify_password("wrong horse".into(), Some(hash)).await);
-        assert!(!verify_password("anything".into(), None).await);
+        assert!(verify_password("correct horse".into(), Some(hash.clone()))
+            .await
+            .unwrap());
+        assert!(!verify_password("wrong horse".into(), Some(hash))
+            .await
+            .unwrap());
+        assert!(!verify_password("anything".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn a_token_of_another_deployment_is_refused() {
+        let secret = SecretString::from("a".repeat(32));
+        let theirs = Tokens::new(&secret).for_audience("staging");
+        let ours = Tokens::new(&secret).for_audience("production");
+        let token = theirs.issue(UserId::new()).unwrap();
+        assert!(matches!(ours.verify(&token), Err(AuthError::InvalidToken)));
+        assert!(theirs.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn a_token_without_issuer_and_audience_is_refused() {
+        #[derive(Serialize)]
+        struct Bare {
+            sub: String,
+            exp: i64,
+        }
+        let bare = Bare {
+            sub: UserId::new().to_string(),
+            exp: Utc::now().timestamp() + 600,
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &bare,
+            &EncodingKey::from_secret("a".repeat(32).as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(
+            tokens().verify(&token),
+            Err(AuthError::InvalidToken)
+        ));
     }
 }

@@ -80,9 +80,15 @@ async fn serve(args: config::ServeArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
-    server::run(listener, app, shutdown)
-        .await
-        .context("serving HTTP")?;
+    server::run_limited(
+        listener,
+        app,
+        crate::graphql::WsConfig::default(),
+        config.http,
+        shutdown,
+    )
+    .await
+    .context("serving HTTP")?;
     Ok(())
 }
 

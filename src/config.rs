@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use parley_domain::{Role, Username, ValueError};
@@ -11,6 +12,8 @@ use parley_projections::export::ExportFormat;
 use parley_projections::{EventFilter, FilterError, PROJECTIONS};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
+
+use crate::limits::{Budget, RateLimitConfig};
 
 /// Parley: an event-sourced chat server.
 #[derive(Debug, Parser)]
@@ -213,16 +216,87 @@ pub struct ServeArgs {
     /// Largest number of pooled database connections.
     #[arg(long, env = "PARLEY_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
+
+    /// Issuer and audience of session tokens: name each deployment differently so a token
+    /// of one is refused by another, even with the same secret.
+    #[arg(long, env = "PARLEY_JWT_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+
+    /// Whole GraphQL requests per client IP (`N/s`, `N/min`, `N/h`, optionally `burst B`; or `off`).
+    #[arg(long, env = "PARLEY_RATE_REQUESTS_PER_IP", default_value_t = RateLimitConfig::default().requests_per_ip)]
+    pub rate_requests_per_ip: Budget,
+    /// Password checks against one account, from anywhere.
+    #[arg(long, env = "PARLEY_RATE_LOGINS_PER_ACCOUNT", default_value_t = RateLimitConfig::default().logins_per_account)]
+    pub rate_logins_per_account: Budget,
+    /// Password checks from one client IP.
+    #[arg(long, env = "PARLEY_RATE_LOGINS_PER_IP", default_value_t = RateLimitConfig::default().logins_per_ip)]
+    pub rate_logins_per_ip: Budget,
+    /// Registrations from one client IP.
+    #[arg(long, env = "PARLEY_RATE_REGISTRATIONS_PER_IP", default_value_t = RateLimitConfig::default().registrations_per_ip)]
+    pub rate_registrations_per_ip: Budget,
+    /// Messages sent by one user.
+    #[arg(long, env = "PARLEY_RATE_SENDS_PER_USER", default_value_t = RateLimitConfig::default().sends_per_user)]
+    pub rate_sends_per_user: Budget,
+    /// Expensive reads (event log, time travel) by one user.
+    #[arg(long, env = "PARLEY_RATE_EXPENSIVE_PER_USER", default_value_t = RateLimitConfig::default().expensive_per_user)]
+    pub rate_expensive_per_user: Budget,
+
+    /// Seconds a client has to send a request's headers, from connecting or from its first
+    /// byte.
+    #[arg(long, env = "PARLEY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may go without reading or writing anything before it is closed.
+    #[arg(long, env = "PARLEY_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout_secs: u64,
+    /// Seconds a request may take from its headers to its response.
+    #[arg(long, env = "PARLEY_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+    /// Most open client connections (HTTP and WebSocket). Default: the open-file limit
+    /// less headroom for the database, Redis and logs.
+    #[arg(long, env = "PARLEY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a database statement may run (`statement_timeout`).
+    #[arg(long, env = "PARLEY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub db_statement_timeout_ms: u64,
+    /// Milliseconds a statement may wait for a lock (`lock_timeout`).
+    #[arg(long, env = "PARLEY_DB_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_lock_timeout_ms: u64,
+    /// Milliseconds a session may sit idle inside a transaction.
+    #[arg(
+        long,
+        env = "PARLEY_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub db_idle_in_transaction_timeout_ms: u64,
+    /// Milliseconds a request waits for a pooled connection before `UNAVAILABLE`.
+    #[arg(long, env = "PARLEY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1_500)]
+    pub db_acquire_timeout_ms: u64,
 }
 
 impl Default for ServeArgs {
     fn default() -> Self {
+        let limits = RateLimitConfig::default();
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             redis_url: None,
             jwt_secret: None,
             db_pool_size: 16,
+            jwt_audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
+            rate_requests_per_ip: limits.requests_per_ip,
+            rate_logins_per_account: limits.logins_per_account,
+            rate_logins_per_ip: limits.logins_per_ip,
+            rate_registrations_per_ip: limits.registrations_per_ip,
+            rate_sends_per_user: limits.sends_per_user,
+            rate_expensive_per_user: limits.expensive_per_user,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            request_timeout_secs: 30,
+            max_connections: None,
+            db_statement_timeout_ms: 15_000,
+            db_lock_timeout_ms: 5_000,
+            db_idle_in_transaction_timeout_ms: 15_000,
+            db_acquire_timeout_ms: 1_500,
         }
     }
 }
@@ -267,6 +341,8 @@ pub enum ConfigError {
     UnknownRole(String),
     #[error("invalid username: {0}")]
     Username(ValueError),
+    #[error("PARLEY_JWT_AUDIENCE must be 1–200 visible characters")]
+    Audience,
 }
 
 /// Where the server keeps its events.
@@ -276,7 +352,55 @@ pub enum StoreConfig {
     Postgres {
         options: Box<PgConnectOptions>,
         pool_size: u32,
+        timeouts: DbTimeouts,
     },
+}
+
+/// Time limits on the server's database sessions, so that an outage or a stuck statement
+/// turns into a quick `UNAVAILABLE` instead of a hang.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbTimeouts {
+    pub statement: Duration,
+    pub lock: Duration,
+    pub idle_in_transaction: Duration,
+    /// Waiting for a pooled connection.
+    pub acquire: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(15),
+            lock: Duration::from_secs(5),
+            idle_in_transaction: Duration::from_secs(15),
+            acquire: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Limits on client connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time to send a request's headers; also the idle time of a keep-alive connection.
+    pub header_timeout: Duration,
+    /// Time from a request's headers to its response.
+    pub request_timeout: Duration,
+    /// A connection on which nothing was read or written for this long is closed (a
+    /// WebSocket the server pings stays open; its own idle timeout applies).
+    pub idle_timeout: Duration,
+    /// Most open client connections; `None`: from the open-file limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+        }
+    }
 }
 
 /// Validated settings for `parley serve`.
@@ -287,6 +411,9 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// `None`: generate a random secret at start (embedded mode only).
     pub jwt_secret: Option<SecretString>,
+    pub jwt_audience: String,
+    pub rate_limits: RateLimitConfig,
+    pub http: HttpLimits,
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -309,6 +436,14 @@ impl ServeArgs {
             Some(url) => StoreConfig::Postgres {
                 options: Box::new(parse_database_url(url)?),
                 pool_size: self.db_pool_size,
+                timeouts: DbTimeouts {
+                    statement: Duration::from_millis(self.db_statement_timeout_ms),
+                    lock: Duration::from_millis(self.db_lock_timeout_ms),
+                    idle_in_transaction: Duration::from_millis(
+                        self.db_idle_in_transaction_timeout_ms,
+                    ),
+                    acquire: Duration::from_millis(self.db_acquire_timeout_ms.max(1)),
+                },
             },
         };
         let redis_url = self.redis_url.filter(|u| !u.is_empty());
@@ -333,11 +468,30 @@ impl ServeArgs {
             }
             _ => {}
         }
+        let audience = self.jwt_audience.trim().to_owned();
+        if audience.is_empty() || audience.len() > 200 || audience.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Audience);
+        }
         Ok(ServerConfig {
             bind: self.bind,
             store,
             redis_url,
             jwt_secret,
+            jwt_audience: audience,
+            rate_limits: RateLimitConfig {
+                requests_per_ip: self.rate_requests_per_ip,
+                logins_per_account: self.rate_logins_per_account,
+                logins_per_ip: self.rate_logins_per_ip,
+                registrations_per_ip: self.rate_registrations_per_ip,
+                sends_per_user: self.rate_sends_per_user,
+                expensive_per_user: self.rate_expensive_per_user,
+            },
+            http: HttpLimits {
+                header_timeout: Duration::from_secs(self.header_timeout_secs),
+                request_timeout: Duration::from_secs(self.request_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                max_connections: self.max_connections,
+            },
         })
     }
 }

@@ -131,6 +131,33 @@ pub fn router_with(app: App, ws: WsConfig) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_bad_request_id))
+}
+
+/// Longest client request id kept.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// Whether a client's `x-request-id` may be kept (logged, stored in event metadata, echoed):
+/// 1–64 of `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Removes a client request id that is not [`valid_request_id`], so a fresh one is made.
+async fn drop_bad_request_id(mut request: Request, next: Next) -> Response {
+    let bad = request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || !v.to_str().is_ok_and(valid_request_id));
+    if bad {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {
@@ -184,7 +211,8 @@ async fn readyz(State(app): State<App>) -> impl IntoResponse {
 
 /// Prometheus text: requests, errors, command latency, subscriptions, projector lag.
 async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
-    match app.read_models.status().await {
+    // No scan of the log per scrape: positions and partial indexes only.
+    match app.read_models.lag_estimate().await {
         Ok(status) => {
             for projection in status {
                 metrics::gauge!("parley_projection_lag_events", "projection" => projection.name.clone())

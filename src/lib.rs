@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod graphql;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod lookups;
 pub mod projected;

@@ -123,6 +123,14 @@ impl ReadModels {
         dispatch!(self, status())
     }
 
+    /// [`Self::status`] cheap enough for every metrics scrape (no scan of the log).
+    pub async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        match self {
+            ReadModels::Postgres(models) => models.lag_estimate().await,
+            ReadModels::Memory(models) => models.status(),
+        }
+    }
+
     /// A page of the global log (the GraphQL `events` query): events with `position >
     /// after` (default 0) matching `filter`, at most `first` (default 100, at most 1000), in
     /// position order, with secrets redacted (`password_hash` → `"[redacted]"`).

@@ -18,6 +18,20 @@ use crate::commands::CommandMeta;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Actor(pub UserId);
 
+/// The address of the client (TCP peer) a request came from, when known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// The client's IP, if the server recorded it.
+pub fn client_ip(ctx: &Context<'_>) -> Option<std::net::IpAddr> {
+    ctx.data_opt::<ClientIp>().map(|ip| ip.0)
+}
+
+/// A rate-limit check as an API result: `RATE_LIMITED` with `retryAfterMs`.
+pub fn within(check: Result<(), crate::limits::Refused>) -> ApiResult<()> {
+    check.map_err(|refused| ApiError::rate_limited(refused.what, refused.retry_after).into())
+}
+
 /// The request (HTTP) or connection (WebSocket) id, for metadata and logs.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);

@@ -34,8 +34,34 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// Over a rate limit or a work budget: retry after the given time.
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// The store (or another service) cannot be reached or is overloaded: retryable.
+    Unavailable(String),
     /// Logged with the request id; the client sees only "internal error".
     Internal(String),
+}
+
+/// Whether a failure of the layers below is an outage of the store (unreachable, pool
+/// exhausted, a statement or lock timeout) rather than a bug: the client may retry.
+/// The lower layers report errors as text, so this looks at the text sqlx produces.
+pub fn is_outage(detail: &str) -> bool {
+    const SIGNS: [&str; 9] = [
+        "pool timed out",
+        "closed pool",
+        "error communicating with database",
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "canceling statement due to statement timeout",
+        "canceling statement due to lock timeout",
+        "terminating connection",
+    ];
+    let detail = detail.to_ascii_lowercase();
+    SIGNS.iter().any(|sign| detail.contains(sign))
 }
 
 impl ApiError {
@@ -46,12 +72,35 @@ impl ApiError {
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
     }
 
+    /// A failure below the API: `UNAVAILABLE` when it is an outage of the store (logged,
+    /// retryable), else `INTERNAL`.
     pub fn internal(error: impl std::fmt::Display) -> Self {
-        Self::Internal(error.to_string())
+        let detail = error.to_string();
+        if is_outage(&detail) {
+            tracing::warn!(request_id = %current_request_id(), %detail, "store unavailable");
+            Self::Unavailable(
+                "the store is unavailable or overloaded right now; retry shortly".to_owned(),
+            )
+        } else {
+            Self::Internal(detail)
+        }
+    }
+
+    /// Over a limit: `RATE_LIMITED` with `extensions.retryAfterMs`.
+    pub fn rate_limited(what: &str, retry_after: std::time::Duration) -> Self {
+        Self::RateLimited {
+            message: format!(
+                "too many {what}; retry in {} ms",
+                retry_after.as_millis().max(1)
+            ),
+            retry_after,
+        }
     }
 
     /// The message clients see.
@@ -61,7 +110,9 @@ impl ApiError {
             | Self::Unauthenticated(m)
             | Self::Forbidden(m)
             | Self::NotFound(m)
-            | Self::Conflict(m) => m.clone(),
+            | Self::Conflict(m)
+            | Self::Unavailable(m) => m.clone(),
+            Self::RateLimited { message, .. } => message.clone(),
             Self::Internal(_) => format!("internal error (request id {})", current_request_id()),
         }
     }
@@ -73,7 +124,20 @@ impl From<ApiError> for async_graphql::Error {
             tracing::error!(request_id = %current_request_id(), %detail, "internal error");
         }
         let code = error.code();
-        async_graphql::Error::new(error.message()).extend_with(|_, e| e.set("code", code))
+        let retry_after_ms = match &error {
+            ApiError::RateLimited { retry_after, .. } => Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            _ => None,
+        };
+        async_graphql::Error::new(error.message()).extend_with(|_, e| {
+            e.set("code", code);
+            if let Some(ms) = retry_after_ms {
+                e.set("retryAfterMs", ms);
+            }
+        })
     }
 }
 
@@ -196,5 +260,19 @@ pub fn refusal(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({
         "data": null,
         "errors": [{ "message": message, "extensions": { "code": code } }]
+    })
+}
+
+/// A whole request refused for being over a rate limit (sent with HTTP 429).
+pub fn rate_limited_refusal(message: &str, retry_after: std::time::Duration) -> serde_json::Value {
+    let ms = u64::try_from(retry_after.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    serde_json::json!({
+        "data": null,
+        "errors": [{
+            "message": message,
+            "extensions": { "code": "RATE_LIMITED", "retryAfterMs": ms }
+        }]
     })
 }

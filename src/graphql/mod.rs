@@ -3,6 +3,7 @@
 mod context;
 mod conventions;
 mod error;
+mod guard;
 mod loaders;
 mod mutation;
 mod query;
@@ -16,8 +17,9 @@ use async_graphql::extensions::apollo_persisted_queries::{
 };
 use async_graphql::{SDLExportOptions, Schema};
 
-pub use context::{Actor, RequestId, SubscriptionBudget};
-pub use error::ApiError;
+pub use context::{Actor, ClientIp, RequestId, SubscriptionBudget};
+pub use error::{refusal as refusal_body, ApiError};
+pub use guard::{password_fields_in, representable, MAX_PASSWORD_FIELDS};
 pub use loaders::UserLoader;
 pub use mutation::Mutation;
 pub use query::Query;
@@ -30,8 +32,9 @@ pub type ParleySchema = Schema<Query, Mutation, Subscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (each field counts 1).
-pub const MAX_COMPLEXITY: usize = 1000;
+/// Most complex query accepted: each field counts 1, a list field its page size (or an
+/// assumed size) times its selection, time travel 100.
+pub const MAX_COMPLEXITY: usize = 20_000;
 /// Automatic persisted queries kept (least recently used go first); only queries of at
 /// most [`MAX_PERSISTED_QUERY`] bytes are kept.
 pub const PERSISTED_QUERIES: usize = 1000;
@@ -51,6 +54,7 @@ pub fn schema(app: App) -> ParleySchema {
         .extension(ApolloPersistedQueries::new(LruCacheStorage::new(
             PERSISTED_QUERIES,
         )))
+        .extension(guard::RequestGuard)
         .finish()
 }
 

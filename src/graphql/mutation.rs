@@ -4,7 +4,9 @@ use async_graphql::{Context, Object, ID};
 use parley_domain::{Password, RoomError, UserId, ValueError};
 use parley_projections::UserView;
 
-use super::context::{actor, app, fresh_room, meta, require_member, room_id, user_id};
+use super::context::{
+    actor, app, client_ip, fresh_room, meta, require_member, room_id, user_id, within,
+};
 use super::error::{ApiError, ApiResult};
 use super::types::{with_last_message, AuthPayload, Message, Room, User};
 use crate::auth;
@@ -17,6 +19,22 @@ pub struct Mutation;
 
 fn password(raw: &str) -> ApiResult<Password> {
     Password::parse(raw).map_err(|e: ValueError| ApiError::BadInput(e.to_string()).into())
+}
+
+/// A hashing failure as the API reports it: too many waiting is a rate limit.
+fn hashing_error(error: auth::AuthError) -> async_graphql::Error {
+    match error {
+        auth::AuthError::Busy => ApiError::rate_limited(
+            "password checks in progress",
+            std::time::Duration::from_secs(1),
+        ),
+        other => ApiError::internal(other),
+    }
+    .into()
+}
+
+fn bad_credentials() -> async_graphql::Error {
+    ApiError::Unauthenticated("invalid username or password".to_owned()).into()
 }
 
 async fn publish_typing(relay: &Relay, room: parley_domain::RoomId, user: UserId, is_typing: bool) {
@@ -37,11 +55,12 @@ impl Mutation {
         username: String,
         password: String,
     ) -> ApiResult<AuthPayload> {
+        // Everything cheap is checked before the (expensive) hash.
+        parley_domain::Username::parse(&username).map_err(|e| ApiError::BadInput(e.to_string()))?;
         let password = self::password(&password)?;
         let app = app(ctx);
-        let hash = auth::hash_password(password)
-            .await
-            .map_err(ApiError::internal)?;
+        within(app.limits.register(client_ip(ctx)))?;
+        let hash = auth::hash_password(password).await.map_err(hashing_error)?;
         let id = app
             .commands
             .register_user(&username, hash, &meta(ctx))
@@ -69,6 +88,14 @@ impl Mutation {
         password: String,
     ) -> ApiResult<AuthPayload> {
         let app = app(ctx);
+        // A name that cannot exist or a password that cannot be right costs no hash.
+        let Ok(name) = parley_domain::Username::parse(&username) else {
+            return Err(bad_credentials());
+        };
+        if Password::parse(&password).is_err() {
+            return Err(bad_credentials());
+        }
+        within(app.limits.login(client_ip(ctx), name.as_str()))?;
         let mut credentials = app
             .read_models
             .credentials(&username)
@@ -76,37 +103,34 @@ impl Mutation {
             .map_err(ApiError::from)?;
         if credentials.is_none() {
             // Registered a moment ago? The directory is a few milliseconds behind the store.
-            if let Ok(name) = parley_domain::Username::parse(&username) {
-                if app
-                    .log
-                    .username_taken(&name)
-                    .await
-                    .map_err(ApiError::internal)?
-                {
-                    for _ in 0..100 {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        credentials = app
-                            .read_models
-                            .credentials(&username)
-                            .await
-                            .map_err(ApiError::from)?;
-                        if credentials.is_some() {
-                            break;
-                        }
+            if app
+                .log
+                .username_taken(&name)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                for _ in 0..100 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    credentials = app
+                        .read_models
+                        .credentials(&username)
+                        .await
+                        .map_err(ApiError::from)?;
+                    if credentials.is_some() {
+                        break;
                     }
                 }
             }
         }
         let stored = credentials.as_ref().map(|c| c.password_hash.clone());
-        if !auth::verify_password(password, stored).await {
-            return Err(
-                ApiError::Unauthenticated("invalid username or password".to_owned()).into(),
-            );
+        if !auth::verify_password(password, stored)
+            .await
+            .map_err(hashing_error)?
+        {
+            return Err(bad_credentials());
         }
         let Some(credentials) = credentials else {
-            return Err(
-                ApiError::Unauthenticated("invalid username or password".to_owned()).into(),
-            );
+            return Err(bad_credentials());
         };
         let token = app
             .tokens
@@ -184,6 +208,7 @@ impl Mutation {
         let me = actor(ctx)?;
         let room = super::context::room_id(&room_id)?;
         let app = app(ctx);
+        within(app.limits.send(me))?;
         let sent = app
             .commands
             .send_message(room, me, &body, &client_msg_id, &meta(ctx))

@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Object, ID};
 
-use super::context::{actor, app, fresh_room, require_member, room_id, user_id};
+use super::context::{actor, app, fresh_room, require_member, room_id, user_id, within};
 use super::error::{ApiError, ApiResult};
 use super::types::{
     load_user, page_request, with_last_message, EventPage, MessagePage, Room, StoredEvent, User,
@@ -36,6 +36,7 @@ impl Query {
     }
 
     /// Rooms the caller is a member of, most recent activity first.
+    #[graphql(complexity = "50 * child_complexity + 1")]
     async fn rooms(&self, ctx: &Context<'_>) -> ApiResult<Vec<Room>> {
         let me = actor(ctx)?;
         let items = app(ctx)
@@ -53,9 +54,10 @@ impl Query {
             .collect())
     }
 
-    /// A room its members and invitees may see (`null` if there is none). With
-    /// `atPosition`: the room as it was once the global log reached that position (members
-    /// and invitees of now, analysts and admins may look back).
+    /// A room its members and invitees may see (`null` if there is none); only members see
+    /// its messages (`lastMessage`). With `atPosition`: the room as it was once the global
+    /// log reached that position (members of now, analysts and admins may look back).
+    #[graphql(complexity = "child_complexity + if at_position.is_some() { 100 } else { 1 }")]
     async fn room(
         &self,
         ctx: &Context<'_>,
@@ -68,18 +70,26 @@ impl Query {
         let Some(view) = app.read_models.room(id).await.map_err(ApiError::from)? else {
             return Ok(None);
         };
-        let allowed = view.members.contains(&me)
-            || view.invited.contains(&me)
-            || (at_position.is_some() && is_analyst(app, me).await?);
-        if !allowed {
-            return Err(ApiError::Forbidden("you are not a member of this room".to_owned()).into());
-        }
+        let member = view.members.contains(&me);
         let Some(position) = at_position else {
+            if !member && !view.invited.contains(&me) {
+                return Err(
+                    ApiError::Forbidden("you are not a member of this room".to_owned()).into(),
+                );
+            }
+            // An invitee sees the room, not its messages (`with_last_message` hides them).
             return with_last_message(ctx, Room::new(view)).await.map(Some);
         };
+        if !member && !is_analyst(app, me).await? {
+            return Err(ApiError::Forbidden(
+                "only members, analysts and admins may look back at a room".to_owned(),
+            )
+            .into());
+        }
         if position < 0 {
             return Err(ApiError::BadInput("atPosition must not be negative".to_owned()).into());
         }
+        within(app.limits.expensive(me))?;
         let Some(then) = app
             .read_models
             .room_at(id, GlobalPosition(position))
@@ -96,6 +106,9 @@ impl Query {
 
     /// A page of a room's history, oldest first: `after`/`before` are exclusive seq bounds,
     /// `first` reads forward, `last` backward; default 50, at most 100. Members only.
+    #[graphql(
+        complexity = "(first.or(last).unwrap_or(50).clamp(1, 100) as usize) * child_complexity + if at_position.is_some() { 100 } else { 1 }"
+    )]
     async fn messages(
         &self,
         ctx: &Context<'_>,
@@ -123,6 +136,7 @@ impl Query {
                     ApiError::BadInput("atPosition must not be negative".to_owned()).into(),
                 );
             }
+            within(app.limits.expensive(me))?;
             let page = app
                 .read_models
                 .messages_at(room, request, GlobalPosition(position))
@@ -142,6 +156,7 @@ impl Query {
     /// position > `after` (default 0), at most `first` (default 100, at most 1000), optionally
     /// of one aggregate type (`User`, `Room`), one aggregate, some event types. Password hashes
     /// are redacted.
+    #[graphql(complexity = "(first.unwrap_or(100).clamp(1, 1000) as usize) * child_complexity + 1")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -159,6 +174,7 @@ impl Query {
             )
             .into());
         }
+        within(app.limits.expensive(me))?;
         let filter = EventFilter::parse(
             None,
             None,

@@ -24,15 +24,15 @@ use axum::extract::{Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::{SinkExt, StreamExt};
 use parley_domain::UserId;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::context::{Actor, RequestId, SubscriptionBudget};
+use super::context::{Actor, ClientIp, RequestId, SubscriptionBudget};
 use super::conventions;
-use super::error::{refusal, REQUEST_ID};
+use super::error::{rate_limited_refusal, refusal, REQUEST_ID};
 use super::loaders::UserLoader;
 use super::ParleySchema;
 use crate::app::App;
@@ -119,11 +119,38 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
     )
 }
 
+/// The client's request id if it is a sane one (1–64 of `[A-Za-z0-9._:-]`), else a new
+/// UUID: it is stored in every event's metadata and written to logs.
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|id| crate::http::valid_request_id(id))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// A whole request refused by the per-IP budget: HTTP 429 with `Retry-After`.
+fn over_budget(refused: crate::limits::Refused) -> Response {
+    metrics::counter!("parley_graphql_errors_total", "code" => "RATE_LIMITED").increment(1);
+    let message = format!(
+        "too many {} from this address; retry in {} ms",
+        refused.what,
+        refused.retry_after.as_millis().max(1)
+    );
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(rate_limited_refusal(&message, refused.retry_after)),
+    )
+        .into_response();
+    let seconds = refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
+    if let Ok(value) = seconds.max(1).to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn ip_of(ip: Option<Extension<ClientIp>>) -> Option<ClientIp> {
+    ip.map(|Extension(ip)| ip)
 }
 
 fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
@@ -138,17 +165,35 @@ fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
     )
 }
 
+/// The user a token names, if it verifies and that user exists here.
+async fn token_user(app: &App, token: &str) -> Result<UserId, Response> {
+    let user = app
+        .tokens
+        .verify(token)
+        .map_err(|_| unauthenticated("invalid or expired token"))?;
+    match app.user_exists(user).await {
+        Ok(true) => Ok(user),
+        Ok(false) => Err(unauthenticated("invalid or expired token")),
+        Err(error) => {
+            tracing::warn!(%error, "cannot check a token's user");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the store is unavailable right now; retry shortly",
+            ))
+        }
+    }
+}
+
 /// Checks the bearer token of an HTTP request: `Ok(None)` when there is none, else the
-/// reason it is refused.
-fn http_actor(app: &App, headers: &HeaderMap) -> Result<Option<UserId>, &'static str> {
+/// response that refuses it.
+async fn http_actor(app: &App, headers: &HeaderMap) -> Result<Option<UserId>, Response> {
     match bearer(headers) {
         None => Ok(None),
-        Some(Ok(token)) => app
-            .tokens
-            .verify(token)
-            .map(Some)
-            .map_err(|_| "invalid or expired token"),
-        Some(Err(())) => Err("the Authorization header must be `Bearer <token>`"),
+        Some(Ok(token)) => token_user(app, token).await.map(Some),
+        Some(Err(())) => Err(unauthenticated(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -232,9 +277,10 @@ async fn execute(
     state: &GraphqlState,
     request: BatchRequest,
     actor: Option<UserId>,
+    ip: Option<ClientIp>,
     headers: &HeaderMap,
+    id: String,
 ) -> Response {
-    let id = request_id(headers);
     let request = match request {
         BatchRequest::Single(one) => BatchRequest::Single(limit_persisted(one)),
         BatchRequest::Batch(many) => {
@@ -246,6 +292,9 @@ async fn execute(
         .data(user_loader(&state.app));
     if let Some(actor) = actor {
         request = request.data(Actor(actor));
+    }
+    if let Some(ip) = ip {
+        request = request.data(ip);
     }
     let response = REQUEST_ID
         .scope(id, state.schema.execute_batch(request))
@@ -287,9 +336,14 @@ async fn execute(
 /// `POST /graphql`: queries and mutations.
 async fn post_graphql(
     State(state): State<GraphqlState>,
+    ip: Option<Extension<ClientIp>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let ip = ip_of(ip);
+    if let Err(refused) = state.app.limits.request(ip.map(|ip| ip.0)) {
+        return over_budget(refused);
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -325,13 +379,17 @@ async fn post_graphql(
                 &format!("a batch holds 1 to {MAX_BATCH} operations"),
             );
         }
+        let queries: Vec<&str> = batch.iter().map(|r| r.query.as_str()).collect();
+        if let Err(message) = super::guard::check_batch(&queries) {
+            return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+        }
     }
-    let actor = match http_actor(&state.app, &headers) {
+    let actor = match http_actor(&state.app, &headers).await {
         Ok(actor) => actor,
         Err(_) if request.iter().all(needs_no_token) => None,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused,
     };
-    execute(&state, request, actor, &headers).await
+    execute(&state, request, actor, ip, &headers, request_id(&headers)).await
 }
 
 /// `POST /graphql/stream`: GraphQL over Server-Sent Events, the `graphql-sse` protocol in
@@ -372,10 +430,10 @@ async fn sse(
             )
         }
     };
-    let actor = match http_actor(&state.app, &headers) {
+    let actor = match http_actor(&state.app, &headers).await {
         Ok(actor) => actor,
         Err(_) if needs_no_token(&request) => None,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused,
     };
     let mut request = limit_persisted(request)
         .data(RequestId(request_id(&headers)))
@@ -415,9 +473,11 @@ fn is_query(request: &async_graphql::Request) -> Result<bool, String> {
 /// `GET /graphql`: GraphiQL in a browser, or a query from URL parameters.
 async fn get_graphql(
     State(state): State<GraphqlState>,
+    ip: Option<Extension<ClientIp>>,
     headers: HeaderMap,
     UrlQuery(params): UrlQuery<std::collections::HashMap<String, String>>,
 ) -> Response {
+    let ip = ip_of(ip);
     if !params.contains_key("query") {
         // GraphiQL, from the embedded assets (no CDN).
         return crate::web::asset("graphiql.html");
@@ -442,20 +502,36 @@ async fn get_graphql(
         ),
         Err(error) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &error),
     }
-    let actor = match http_actor(&state.app, &headers) {
+    if let Err(refused) = state.app.limits.request(ip.map(|ip| ip.0)) {
+        return over_budget(refused);
+    }
+    let actor = match http_actor(&state.app, &headers).await {
         Ok(actor) => actor,
         Err(_) if needs_no_token(&request) => None,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused,
     };
-    execute(&state, BatchRequest::Single(request), actor, &headers).await
+    execute(
+        &state,
+        BatchRequest::Single(request),
+        actor,
+        ip,
+        &headers,
+        request_id(&headers),
+    )
+    .await
 }
 
 /// `GET /graphql/ws`: the WebSocket upgrade.
 async fn websocket(
     State(state): State<GraphqlState>,
+    ip: Option<Extension<ClientIp>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let ip = ip_of(ip);
+    if let Err(refused) = state.app.limits.request(ip.map(|ip| ip.0)) {
+        return over_budget(refused);
+    }
     let protocol = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
@@ -479,7 +555,7 @@ async fn websocket(
         .read_buffer_size(4 * 1024)
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
-        .on_upgrade(move |socket| serve_socket(socket, protocol, state, header_token))
+        .on_upgrade(move |socket| serve_socket(socket, protocol, state, header_token, ip))
 }
 
 /// The token a `connection_init` payload carries: `{ token }`, Apollo's `{ authToken }`, or
@@ -509,8 +585,65 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
 }
 
 /// Close codes of the graphql-transport-ws protocol.
+const UNAUTHORIZED: u16 = 4401;
 const FORBIDDEN: u16 = 4403;
 const INIT_TIMEOUT: u16 = 4408;
+const SUBSCRIBER_EXISTS: u16 = 4409;
+
+/// The `type` and `id` of a graphql-transport-ws message (the rest is not read here).
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What graphql-transport-ws asks of the server that async-graphql does not do: a
+/// `subscribe` before `connection_init` closes 4401, a second `subscribe` with an id in use
+/// closes 4409. Tracks the ids in use.
+#[derive(Default)]
+struct ProtocolRules {
+    init_received: bool,
+    active: std::collections::HashSet<String>,
+}
+
+impl ProtocolRules {
+    /// A client frame: `Err` with the close frame it earns.
+    fn client(&mut self, text: &[u8]) -> Result<(), Message> {
+        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(text) else {
+            return Ok(()); // async-graphql answers malformed messages itself
+        };
+        match (envelope.kind.as_ref(), envelope.id) {
+            ("connection_init", _) => self.init_received = true,
+            ("subscribe", _) if !self.init_received => {
+                return Err(close(UNAUTHORIZED, "Unauthorized"));
+            }
+            ("subscribe", Some(id)) if !self.active.insert(id.clone().into_owned()) => {
+                return Err(close(
+                    SUBSCRIBER_EXISTS,
+                    &format!("Subscriber for {id} already exists"),
+                ));
+            }
+            ("complete", Some(id)) => {
+                self.active.remove(id.as_ref());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A server frame: a finished operation frees its id.
+    fn server(&mut self, text: &str) {
+        if !(text.starts_with("{\"type\":\"complete\"") || text.starts_with("{\"type\":\"error\""))
+        {
+            return;
+        }
+        if let Ok(Envelope { id: Some(id), .. }) = serde_json::from_str::<Envelope<'_>>(text) {
+            self.active.remove(id.as_ref());
+        }
+    }
+}
 
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
@@ -524,10 +657,18 @@ async fn serve_socket(
     protocol: WebSocketProtocols,
     state: GraphqlState,
     header_token: Option<Result<String, ()>>,
+    ip: Option<ClientIp>,
 ) {
     let connection_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("websocket", connection = %connection_id);
-    let pumped = pump(socket, protocol, state, header_token, connection_id.clone());
+    let pumped = pump(
+        socket,
+        protocol,
+        state,
+        header_token,
+        ip,
+        connection_id.clone(),
+    );
     REQUEST_ID
         .scope(connection_id, tracing::Instrument::instrument(pumped, span))
         .await;
@@ -538,9 +679,11 @@ async fn pump(
     protocol: WebSocketProtocols,
     state: GraphqlState,
     header_token: Option<Result<String, ()>>,
+    ip: Option<ClientIp>,
     connection_id: String,
 ) {
     let (mut sink, mut source) = socket.split();
+    let mut rules = (protocol == WebSocketProtocols::GraphQLWS).then(ProtocolRules::default);
     let (to_graphql, from_client) = mpsc::channel::<Bytes>(32);
     let refused = Arc::new(AtomicBool::new(false));
     let (signed_in_tx, mut signed_in) = mpsc::channel::<UserId>(1);
@@ -552,7 +695,10 @@ async fn pump(
         let connection_id = connection_id.clone();
         move |payload: serde_json::Value| async move {
             let token = init_token(&payload).or_else(|| header_token.and_then(Result::ok));
-            let actor = token.as_deref().and_then(|t| app.tokens.verify(t).ok());
+            let actor = match token.as_deref() {
+                Some(token) => token_user(&app, token).await.ok(),
+                None => None,
+            };
             let Some(actor) = actor else {
                 refused.store(true, Ordering::SeqCst);
                 return Err(async_graphql::Error::new(
@@ -565,6 +711,9 @@ async fn pump(
             data.insert(RequestId(connection_id));
             data.insert(user_loader(&app));
             data.insert(SubscriptionBudget::new(ws.max_subscriptions));
+            if let Some(ip) = ip {
+                data.insert(ip);
+            }
             Ok(data)
         }
     };
@@ -589,19 +738,25 @@ async fn pump(
             frame = source.next() => {
                 let Some(Ok(frame)) = frame else { break };
                 last_heard = tokio::time::Instant::now();
-                match frame {
-                    Message::Text(text) => {
-                        if to_graphql.send(Bytes::from(text.as_str().to_owned())).await.is_err() { break; }
-                    }
-                    Message::Binary(bytes) => {
-                        if to_graphql.send(bytes).await.is_err() { break; }
-                    }
+                let payload = match frame {
+                    Message::Text(text) => Some(Bytes::from(text.as_str().to_owned())),
+                    Message::Binary(bytes) => Some(bytes),
                     Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Ping(_) | Message::Pong(_) => None,
+                };
+                if let Some(payload) = payload {
+                    if let Some(Err(refusal)) = rules.as_mut().map(|r| r.client(&payload)) {
+                        let _ = sink.send(refusal).await;
+                        break;
+                    }
+                    if to_graphql.send(payload).await.is_err() { break; }
                 }
             }
             out = graphql.next() => {
                 let Some(out) = out else { break };
+                if let (Some(rules), WsMessage::Text(text)) = (rules.as_mut(), &out) {
+                    rules.server(text);
+                }
                 let message = match out {
                     WsMessage::Text(text) => Message::Text(text.into()),
                     WsMessage::Close(code, reason) => {

@@ -50,9 +50,27 @@ impl User {
         self.0.created_at.into()
     }
 
-    /// Roles beyond a plain user: `analyst`, `admin`.
-    async fn roles(&self) -> &[String] {
-        &self.0.roles
+    /// Roles beyond a plain user: `analyst`, `admin`. Shown to the user themselves and to
+    /// admins; empty for anyone else.
+    async fn roles(&self, ctx: &Context<'_>) -> ApiResult<Vec<String>> {
+        // Without a session the only user one can see is oneself, in the payload of
+        // `login`/`register` (every other read needs a token).
+        let Ok(me) = actor(ctx) else {
+            return Ok(self.0.roles.clone());
+        };
+        if me == self.0.id {
+            return Ok(self.0.roles.clone());
+        }
+        let admin = users(ctx)
+            .load_one(me)
+            .await
+            .map_err(ApiError::internal)?
+            .is_some_and(|viewer| viewer.roles.iter().any(|r| r == "admin"));
+        Ok(if admin {
+            self.0.roles.clone()
+        } else {
+            Vec::new()
+        })
     }
 }
 
@@ -90,16 +108,19 @@ impl Room {
     }
 
     /// Members, in id order.
+    #[graphql(complexity = "20 * child_complexity + 1")]
     async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
         load_users(ctx, &self.view.members).await
     }
 
     /// Invited users who have not joined yet.
+    #[graphql(complexity = "20 * child_complexity + 1")]
     async fn invited(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
         load_users(ctx, &self.view.invited).await
     }
 
     /// Members connected right now, on any instance.
+    #[graphql(complexity = "20 * child_complexity + 1")]
     async fn online(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
         let online = app(ctx)
             .presence
@@ -141,8 +162,13 @@ impl Room {
     }
 }
 
-/// Fills in a room's last message from the read model.
+/// Fills in a room's last message from the read model, for a member; anyone else (an
+/// invitee, someone who just left) sees none.
 pub async fn with_last_message(ctx: &Context<'_>, mut room: Room) -> ApiResult<Room> {
+    let member = actor(ctx).is_ok_and(|me| room.view.members.contains(&me));
+    if !member {
+        room.last_message = Some(None);
+    }
     if room.last_message.is_none() {
         let seq = room.view.last_seq;
         let last = app(ctx)

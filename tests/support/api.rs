@@ -100,19 +100,42 @@ impl TestServer {
         options: AppOptions,
         ws: WsConfig,
     ) -> Self {
+        // Tests not about rate limits must not trip over them (they all come from 127.0.0.1).
         let app = App::start_with(
             log,
             "test-secret-that-is-long-enough-0123456789".into(),
             options,
-        );
+        )
+        .with_rate_limits(&parley::limits::RateLimitConfig::unlimited());
+        // A loaded CI machine may be slow; the request timeout is not what these tests test.
+        let limits = parley::config::HttpLimits {
+            request_timeout: Duration::from_secs(300),
+            ..parley::config::HttpLimits::default()
+        };
+        Self::on_app(app, db, ws, limits).await
+    }
+
+    /// A server for an app built by the caller, with the given connection limits.
+    pub async fn on_app(
+        app: App,
+        db: Option<TestDb>,
+        ws: WsConfig,
+        limits: parley::config::HttpLimits,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding");
         let addr = listener.local_addr().expect("address");
         let stop = CancellationToken::new();
         let task = tokio::spawn(
-            parley::server::run_with(listener, app.clone(), ws, stop.clone().cancelled_owned())
-                .map_unit(),
+            parley::server::run_limited(
+                listener,
+                app.clone(),
+                ws,
+                limits,
+                stop.clone().cancelled_owned(),
+            )
+            .map_unit(),
         );
         Self {
             addr,

@@ -363,6 +363,42 @@ impl PgReadModels {
             .collect())
     }
 
+    /// [`Self::status`] without scanning the log, for frequent callers (`/metrics`): the head
+    /// is the largest position (an index lookup), events without a position yet are counted
+    /// through their partial index (at most 100,000), and the lag in time is the age of the
+    /// first unapplied event found through those indexes. Exact while positions have no gaps.
+    pub async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        let rows = sqlx::query(
+            "SELECT c.projection, c.position,
+                    greatest(coalesce((SELECT max(position) FROM events), 0) - c.position, 0)
+                      + (SELECT count(*) FROM (SELECT 1 FROM events WHERE position IS NULL LIMIT 100000) AS u)
+                      AS lag_events,
+                    greatest(
+                      coalesce((SELECT (extract(epoch FROM now() - e.recorded_at) * 1000)::bigint
+                                  FROM events e WHERE e.position > c.position
+                                 ORDER BY e.position LIMIT 1), 0),
+                      coalesce((SELECT (extract(epoch FROM now() - e.recorded_at) * 1000)::bigint
+                                  FROM events e WHERE e.position IS NULL
+                                 ORDER BY e.transaction_id, e.id LIMIT 1), 0)
+                    ) AS lag_ms
+               FROM projector_checkpoints c
+              WHERE c.projection = ANY ($1)
+              ORDER BY array_position($1, c.projection)",
+        )
+        .bind(&PROJECTIONS[..])
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ProjectionStatus {
+                name: row.get("projection"),
+                checkpoint: GlobalPosition(row.get("position")),
+                lag_events: row.get("lag_events"),
+                lag_ms: row.get("lag_ms"),
+            })
+            .collect())
+    }
+
     /// Starts a rebuild of the named projections (all when empty): empties their tables and
     /// resets their checkpoints in one transaction. The active projector then replays the log
     /// into them (see [`super::PgProjector::step`]).
