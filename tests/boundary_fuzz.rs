@@ -107,9 +107,19 @@ fn arbitrary_input_is_never_a_panic_or_internal() {
             }
             for error in answer["errors"].as_array().into_iter().flatten() {
                 let code = error["extensions"]["code"].as_str().unwrap_or("none");
+                // Clean refusals: a bad input (GraphQL-level parse and validation errors
+                // included), a missing or wrong identity, a missing thing, a conflict, a
+                // budget. Never INTERNAL, never a code-less error.
                 if !matches!(
                     code,
-                    "BAD_USER_INPUT" | "UNAUTHENTICATED" | "FORBIDDEN" | "NOT_FOUND" | "CONFLICT"
+                    "BAD_USER_INPUT"
+                        | "GRAPHQL_PARSE_FAILED"
+                        | "GRAPHQL_VALIDATION_FAILED"
+                        | "UNAUTHENTICATED"
+                        | "FORBIDDEN"
+                        | "NOT_FOUND"
+                        | "CONFLICT"
+                        | "RATE_LIMITED"
                 ) {
                     return Err(TestCaseError::fail(format!("{code} for {body}: {answer}")));
                 }
