@@ -46,8 +46,8 @@ for _ in $(seq 50); do curl -sf http://127.0.0.1:3077/healthz >/dev/null && brea
 json() { sed -n 's/^JSON //p' | tail -n 1; }
 field() { node -e "const r=JSON.parse(process.argv[1]); console.log($2)" "$1"; }
 
-peer() { (cd "$work/peer" && node load.mjs --send-url=http://127.0.0.1:3077 --seconds="$SECS" "$@") | tee /dev/stderr | json; }
-parley() { cargo bench --bench load --quiet -- --seconds="$SECS" "$@" 2>/dev/null | tee /dev/stderr | json; }
+peer() { (cd "$work/peer" && node load.mjs --send-url=http://127.0.0.1:3077 --seconds="$SECS" "$@") | tee -a /dev/stderr | json; }
+parley() { cargo bench --bench load --quiet -- --seconds="$SECS" "$@" 2>/dev/null | tee -a /dev/stderr | json; }
 
 echo "-- peer: 50 rooms, 100 senders x 4, 100 receivers"
 p50=$(peer --senders=100 --receivers=100 --rooms=50 --inflight=4)
