@@ -88,6 +88,14 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest event not yet applied, by projection"
     );
+    describe_histogram!(
+        "parley_batch_commands",
+        "Commands carried out together in one group commit, by aggregate type"
+    );
+    describe_counter!(
+        "parley_live_publisher_lagged_total",
+        "Times the live publisher fell behind the projector and re-read from the log"
+    );
     describe_counter!(
         "parley_relay_publish_errors_total",
         "Live events that could not be published to the relay"

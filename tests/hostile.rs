@@ -132,7 +132,8 @@ async fn list_fields_count_by_page_size() {
     let (_, body) = server
         .post(Some(&ann.token), &format!("{{ {aliases} }}"), json!({}))
         .await;
-    assert_eq!(code(&body), "BAD_USER_INPUT", "{body}");
+    // The complexity check is part of validation: refused before anything runs.
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert!(
         body["errors"][0]["message"]
             .as_str()

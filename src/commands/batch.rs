@@ -321,6 +321,10 @@ where
             Err(AppendError::Conflict(colliding)) => {
                 Some(self.resolve_collisions(groups, &owner, &colliding).await)
             }
+            Err(AppendError::NotSent(error)) => {
+                fail_all(groups, &format!("event store error: {error}"));
+                None
+            }
             Err(AppendError::Store(error)) => {
                 match self.outcome_of_failed_append(&serialized[0]).await {
                     Ok(Some(first)) => {
@@ -398,7 +402,7 @@ where
     ) -> Result<Option<i64>, String> {
         let mut delay = Duration::from_millis(50);
         let mut last = String::new();
-        for _ in 0..8 {
+        for _ in 0..4 {
             match self.log.stored_position(first_event).await {
                 Ok(position) => return Ok(position),
                 Err(error) => last = error.to_string(),

@@ -401,7 +401,9 @@ where
             .await
             .map_err(|error| match error {
                 AppendError::Conflict(_) => AggregateError::AggregateConflict,
-                AppendError::Store(error) => AggregateError::from(error),
+                AppendError::NotSent(error) | AppendError::Store(error) => {
+                    AggregateError::from(error)
+                }
             })?;
         self.committed(
             &aggregate_id,

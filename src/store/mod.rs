@@ -38,7 +38,10 @@ pub enum AppendError {
     /// (username, clientMsgId) already used.
     #[error("{} events of the batch collide with stored ones", .0.len())]
     Conflict(Vec<usize>),
-    /// The store failed.
+    /// The store could not be reached, so the batch was never sent.
+    #[error(transparent)]
+    NotSent(PersistenceError),
+    /// The store failed; the batch may or may not have been written.
     #[error(transparent)]
     Store(#[from] PersistenceError),
 }

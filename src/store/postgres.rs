@@ -77,6 +77,10 @@ impl PostgresLog {
         {
             Ok((first, _)) => Ok(first),
             Err(error) if is_unique_violation(&error) => self.find_collisions(&columns).await,
+            // No connection was had, so nothing was sent: certainly not written.
+            Err(error @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)) => {
+                Err(AppendError::NotSent(db_error(error)))
+            }
             Err(error) => Err(AppendError::Store(db_error(error))),
         }
     }
@@ -273,45 +277,47 @@ impl PostgresLog {
     }
 }
 
-/// The batch append: positions from `log_head`, then every event in one INSERT. Returns
-/// the first position and the number of rows.
-const APPEND: &str = "
-WITH head AS (
-    UPDATE log_head SET position = position + cardinality($1::text[])
-    RETURNING position - cardinality($1::text[]) AS base
-), appended AS (
-    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                        payload, metadata, position)
-    SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
-           e.payload::json, e.metadata::json, head.base + e.n
-      FROM head,
-           unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                  $7::text[])
-           WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence, event_type,
-                                event_version, payload, metadata, n)
-    RETURNING 1
-)
-SELECT head.base + 1, (SELECT count(*) FROM appended) FROM head";
+/// The batch statement: `n` positions from `log_head`, then every event in one INSERT with
+/// its position (`$1`…`$7` are the parallel arrays of [`BatchColumns`]); `$conflict` and
+/// `$returning` finish the INSERT, `$select` is what the statement returns.
+macro_rules! batch_statement {
+    ($conflict:literal, $returning:literal, $select:literal) => {
+        concat!(
+            "WITH head AS (
+                 UPDATE log_head SET position = position + cardinality($1::text[])
+                 RETURNING position - cardinality($1::text[]) AS base
+             ), appended AS (
+                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata, position)
+                 SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
+                        e.event_version, e.payload::json, e.metadata::json, head.base + e.n
+                   FROM head,
+                        unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                               $6::text[], $7::text[])
+                        WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence,
+                                             event_type, event_version, payload, metadata, n) ",
+            $conflict,
+            " RETURNING ",
+            $returning,
+            ") ",
+            $select
+        )
+    };
+}
+
+/// The batch append. Returns the first position and the number of rows.
+const APPEND: &str = batch_statement!(
+    "",
+    "1",
+    "SELECT head.base + 1, (SELECT count(*) FROM appended) FROM head"
+);
 
 /// [`APPEND`] that skips colliding rows and says which positions it did insert.
-const PROBE: &str = "
-WITH head AS (
-    UPDATE log_head SET position = position + cardinality($1::text[])
-    RETURNING position - cardinality($1::text[]) AS base
-), appended AS (
-    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                        payload, metadata, position)
-    SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
-           e.payload::json, e.metadata::json, head.base + e.n
-      FROM head,
-           unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                  $7::text[])
-           WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence, event_type,
-                                event_version, payload, metadata, n)
-    ON CONFLICT DO NOTHING
-    RETURNING position
-)
-SELECT head.base + 1, coalesce((SELECT array_agg(position) FROM appended), '{}') FROM head";
+const PROBE: &str = batch_statement!(
+    "ON CONFLICT DO NOTHING",
+    "position",
+    "SELECT head.base + 1, coalesce((SELECT array_agg(position) FROM appended), '{}') FROM head"
+);
 
 /// A batch as the seven parallel arrays [`APPEND`] unnests. JSON goes as text, so the
 /// stored text is serde_json's own (keys sorted), byte for byte.
