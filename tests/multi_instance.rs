@@ -401,6 +401,26 @@ async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
     server.stop().await;
 }
 
+/// Bob, registered on B, member of a new room of Alice's (on A), subscribed to its messages
+/// on B, and shown live that the first message arrives there.
+async fn bob_listening_on_b(
+    a: &TestServer,
+    alice: &Session,
+    b: &TestServer,
+) -> (String, Session, WsClient) {
+    let bob = b.register("bob").await;
+    let room = a.create_room(alice, "general", &[&bob]).await;
+    b.join(&bob, &room).await;
+    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
+    bob_on_b
+        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
+    settle().await;
+    a.send(alice, &room, "first", "m1").await;
+    assert_eq!(bob_on_b.next("m").await["messages"]["body"], "first");
+    (room, bob, bob_on_b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_leave() {
     parley::telemetry::init();
@@ -424,16 +444,7 @@ async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_
     )
     .await;
     let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, "general", &[&bob]).await;
-    b.join(&bob, &room).await;
-    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
-    bob_on_b
-        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
-        .await;
-    settle().await;
-    a.send(&alice, &room, "before", "m1").await;
-    assert_eq!(bob_on_b.next("m").await["messages"]["body"], "before");
+    let (room, bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
 
     // B loses Redis; meanwhile Bob leaves through A, and the room goes on.
     proxy.cut();
@@ -491,16 +502,7 @@ async fn the_last_message_arrives_even_if_the_projecting_instance_could_not_rela
         WsConfig::default(),
     )
     .await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, "general", &[&bob]).await;
-    b.join(&bob, &room).await;
-    let mut bob_on_b = WsClient::connect(b.addr, &bob.token).await;
-    bob_on_b
-        .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
-        .await;
-    settle().await;
-    a.send(&alice, &room, "first", "m1").await;
-    assert_eq!(bob_on_b.next("m").await["messages"]["body"], "first");
+    let (room, _bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
 
     // The projecting instance cannot publish the conversation's last message for longer
     // than its relay timeout (2 s), so the publish fails; nothing comes after it that

@@ -38,17 +38,11 @@ pub struct PgEventLog {
     pool: PgPool,
 }
 
-/// A positioned row of `events` as a [`LogEvent`].
+/// A row of `events` as a [`LogEvent`]. Needs the columns position, aggregate_type,
+/// aggregate_id, sequence, event_type, event_version, payload, metadata and recorded_at.
 pub fn log_event(row: &PgRow) -> LogEvent {
-    log_event_at(row, row.get("position"))
-}
-
-/// A row of `events` as a [`LogEvent`] at `position` (the sequencer's rows have none yet).
-/// Needs the columns aggregate_type, aggregate_id, sequence, event_type, event_version,
-/// payload, metadata and recorded_at.
-pub fn log_event_at(row: &PgRow, position: i64) -> LogEvent {
     LogEvent {
-        position: GlobalPosition(position),
+        position: GlobalPosition(row.get("position")),
         aggregate_type: row.get("aggregate_type"),
         aggregate_id: row.get("aggregate_id"),
         sequence: row.get("sequence"),
