@@ -51,6 +51,8 @@ pub struct App {
     /// Users known to exist here (a token's subject is checked against it, then the store).
     known_users: Arc<std::sync::Mutex<lru::LruCache<UserId, ()>>>,
     background: Background,
+    /// Open WebSockets, closed cleanly (1001) at shutdown.
+    pub sockets: Sockets,
 }
 
 /// How the parts of an [`App`] are set up.
@@ -71,6 +73,46 @@ impl AppOptions {
             presence: Presence::in_memory(PresenceConfig::default())
                 .expect("the default presence configuration is valid"),
         }
+    }
+}
+
+/// The WebSockets an instance serves, and the signal that closes them: hyper's graceful
+/// shutdown does not follow a connection once it is upgraded, so this does.
+#[derive(Clone, Debug, Default)]
+pub struct Sockets {
+    closing: CancellationToken,
+    open: TaskTracker,
+}
+
+impl Sockets {
+    /// Runs one socket's work, counted until it ends.
+    pub fn track<F: std::future::Future>(
+        &self,
+        socket: F,
+    ) -> tokio_util::task::task_tracker::TrackedFuture<F> {
+        self.open.track_future(socket)
+    }
+
+    /// Completes when the sockets are asked to close.
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closing.clone().cancelled_owned()
+    }
+
+    /// Asks every socket, open or still to come, to close with 1001 "going away".
+    pub fn close_all(&self) {
+        self.closing.cancel();
+    }
+
+    /// Waits (at most `grace`) until every socket has closed; how many were still open.
+    pub async fn closed(&self, grace: std::time::Duration) -> usize {
+        self.open.close();
+        let _ = tokio::time::timeout(grace, self.open.wait()).await;
+        self.open.len()
+    }
+
+    /// Sockets open now.
+    pub fn open(&self) -> usize {
+        self.open.len()
     }
 }
 
@@ -192,6 +234,7 @@ impl App {
                 KNOWN_USERS_CACHED,
             ))),
             background,
+            sockets: Sockets::default(),
         }
     }
 

@@ -10,7 +10,7 @@
 //! queueing without end.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -104,6 +104,11 @@ impl Tokens {
     /// The user a token was issued to, if its signature, expiry, issuer and audience check
     /// out. (Whether that user exists here is the caller's check.)
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_session(token).map(|(user, _expires)| user)
+    }
+
+    /// Like [`Tokens::verify`], with the moment the token expires.
+    pub fn verify_session(&self, token: &str) -> Result<(UserId, SystemTime), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidToken);
         }
@@ -114,7 +119,9 @@ impl Tokens {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|_| AuthError::InvalidToken)?;
-        UserId::parse(&data.claims.sub).map_err(|_| AuthError::InvalidToken)
+        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::InvalidToken)?;
+        let expires = u64::try_from(data.claims.exp).map_err(|_| AuthError::InvalidToken)?;
+        Ok((user, UNIX_EPOCH + Duration::from_secs(expires)))
     }
 }
 

@@ -80,11 +80,23 @@ pub async fn run_limited(
     let router = http::router_with(app.clone(), ws).layer(middleware::from_fn(
         move |request: Request, next: Next| answer_within(request_timeout, request, next),
     ));
+    let sockets = app.sockets.clone();
+    let shutdown = async move {
+        shutdown.await;
+        sockets.close_all();
+    };
     let served = serve(listener, router, limits, max_connections, shutdown).await;
+    let left_open = app.sockets.closed(SOCKET_CLOSE_GRACE).await;
+    if left_open > 0 {
+        tracing::warn!(left_open, "WebSockets still open at the end of the grace period");
+    }
     app.stop().await;
     tracing::info!("stopped");
     served
 }
+
+/// How long a shutdown waits for WebSocket clients to answer the close frame.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The response to a request answered within `limit`, else `UNAVAILABLE` (HTTP 503).
 async fn answer_within(limit: Duration, request: Request, next: Next) -> Response {

@@ -263,10 +263,16 @@ async fn two_instances(cluster: &RedisCluster) -> (TestServer, TestServer) {
 }
 
 /// Collects seqs of subscription `id` until it has `count`, then checks nothing follows.
-async fn collect(mut client: WsClient, id: &'static str, count: usize) -> Vec<i64> {
+async fn collect(mut client: WsClient, who: String, id: &'static str, count: usize) -> Vec<i64> {
     let mut seqs = Vec::with_capacity(count);
     while seqs.len() < count {
-        let message = client.next(id).await;
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(14), client.next(id)).await
+        else {
+            panic!(
+                "{who}: no message within 14 s after seqs {:?}",
+                &seqs[seqs.len().saturating_sub(5)..]
+            );
+        };
         seqs.push(message["messages"]["seq"].as_i64().expect("seq"));
     }
     client.quiet(id, Duration::from_millis(500)).await;
@@ -288,12 +294,16 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
 
     // Subscribers on B (the other instance than the sender) and one on A.
     let mut subscribers = Vec::new();
-    for (server, user) in [(&b, &bob), (&b, &alice), (&a, &bob)] {
+    for (server, who, user) in [
+        (&b, "bob on B", &bob),
+        (&b, "alice on B", &alice),
+        (&a, "bob on A", &bob),
+    ] {
         let mut client = WsClient::connect(server.addr, &user.token).await;
         client
             .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
             .await;
-        subscribers.push(client);
+        subscribers.push((who.to_owned(), client));
     }
     let room_channel = b.app.relay.channel_name(&Channel::Room(room_id));
     eventually(
@@ -314,7 +324,7 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
     const DURING: usize = 20;
     let collectors: Vec<_> = subscribers
         .into_iter()
-        .map(|client| tokio::spawn(collect(client, "m", TOTAL)))
+        .map(|(who, client)| tokio::spawn(collect(client, who, "m", TOTAL)))
         .collect();
 
     // Alice sends from A all along; the room's master dies after KILL_AT messages and comes

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
@@ -25,6 +25,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use parley_domain::UserId;
 use tokio::sync::mpsc;
@@ -167,12 +168,17 @@ fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
 
 /// The user a token names, if it verifies and that user exists here.
 async fn token_user(app: &App, token: &str) -> Result<UserId, Response> {
-    let user = app
+    token_session(app, token).await.map(|(user, _expires)| user)
+}
+
+/// [`token_user`], with the moment the token expires.
+async fn token_session(app: &App, token: &str) -> Result<(UserId, SystemTime), Response> {
+    let (user, expires) = app
         .tokens
-        .verify(token)
+        .verify_session(token)
         .map_err(|_| unauthenticated("invalid or expired token"))?;
     match app.user_exists(user).await {
-        Ok(true) => Ok(user),
+        Ok(true) => Ok((user, expires)),
         Ok(false) => Err(unauthenticated("invalid or expired token")),
         Err(error) => {
             tracing::warn!(%error, "cannot check a token's user");
@@ -645,6 +651,55 @@ impl ProtocolRules {
     }
 }
 
+/// How long a closing socket waits for the client's answering close frame.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends `frame` (a close) and waits briefly for the client's close frame, so both sides
+/// see a clean close; whatever else the client sends meanwhile is dropped.
+async fn close_with(
+    sink: &mut SplitSink<WebSocket, Message>,
+    source: &mut SplitStream<WebSocket>,
+    frame: Message,
+) {
+    if sink.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+        while let Some(Ok(message)) = source.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// When a token expires, as a tokio deadline.
+fn deadline(expires: SystemTime) -> tokio::time::Instant {
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+/// The fresh token a graphql-transport-ws `ping` carries (`{"type":"ping","payload":
+/// {"token":…}}`, same fields as `connection_init`): the client re-authenticates on an open
+/// socket before its token expires.
+fn refreshed_token(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Ping {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        payload: serde_json::Value,
+    }
+    let ping = serde_json::from_slice::<Ping>(frame).ok()?;
+    if ping.kind != "ping" {
+        return None;
+    }
+    init_token(&ping.payload)
+}
+
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -661,6 +716,7 @@ async fn serve_socket(
 ) {
     let connection_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("websocket", connection = %connection_id);
+    let sockets = state.app.sockets.clone();
     let pumped = pump(
         socket,
         protocol,
@@ -669,9 +725,8 @@ async fn serve_socket(
         ip,
         connection_id.clone(),
     );
-    REQUEST_ID
-        .scope(connection_id, tracing::Instrument::instrument(pumped, span))
-        .await;
+    let pumped = REQUEST_ID.scope(connection_id, tracing::Instrument::instrument(pumped, span));
+    sockets.track(pumped).await;
 }
 
 async fn pump(
@@ -686,7 +741,7 @@ async fn pump(
     let mut rules = (protocol == WebSocketProtocols::GraphQLWS).then(ProtocolRules::default);
     let (to_graphql, from_client) = mpsc::channel::<Bytes>(32);
     let refused = Arc::new(AtomicBool::new(false));
-    let (signed_in_tx, mut signed_in) = mpsc::channel::<UserId>(1);
+    let (signed_in_tx, mut signed_in) = mpsc::channel::<(UserId, SystemTime)>(1);
 
     let init = {
         let app = state.app.clone();
@@ -695,17 +750,17 @@ async fn pump(
         let connection_id = connection_id.clone();
         move |payload: serde_json::Value| async move {
             let token = init_token(&payload).or_else(|| header_token.and_then(Result::ok));
-            let actor = match token.as_deref() {
-                Some(token) => token_user(&app, token).await.ok(),
+            let session = match token.as_deref() {
+                Some(token) => token_session(&app, token).await.ok(),
                 None => None,
             };
-            let Some(actor) = actor else {
+            let Some((actor, expires)) = session else {
                 refused.store(true, Ordering::SeqCst);
                 return Err(async_graphql::Error::new(
                     "Forbidden: missing or invalid token",
                 ));
             };
-            let _ = signed_in_tx.send(actor).await;
+            let _ = signed_in_tx.send((actor, expires)).await;
             let mut data = Data::default();
             data.insert(Actor(actor));
             data.insert(RequestId(connection_id));
@@ -732,6 +787,11 @@ async fn pump(
     tokio::pin!(init_deadline);
     let mut user: Option<UserId> = None;
     let mut heartbeat = tokio::time::interval(state.app.presence.ttl() / 3);
+    // The token's expiry, once signed in (a `ping` with a fresh token moves it).
+    let expiry = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(expiry);
+    let closing = state.app.sockets.closing();
+    tokio::pin!(closing);
 
     loop {
         tokio::select! {
@@ -741,13 +801,29 @@ async fn pump(
                 let payload = match frame {
                     Message::Text(text) => Some(Bytes::from(text.as_str().to_owned())),
                     Message::Binary(bytes) => Some(bytes),
-                    Message::Close(_) => break,
+                    Message::Close(_) => {
+                        // tungstenite queued the answering close frame; send it.
+                        let _ = sink.flush().await;
+                        break;
+                    }
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
                 if let Some(payload) = payload {
                     if let Some(Err(refusal)) = rules.as_mut().map(|r| r.client(&payload)) {
-                        let _ = sink.send(refusal).await;
+                        close_with(&mut sink, &mut source, refusal).await;
                         break;
+                    }
+                    if let (Some(signed_in), Some(token)) = (user, refreshed_token(&payload)) {
+                        match token_session(&state.app, &token).await {
+                            Ok((same, expires)) if same == signed_in => {
+                                expiry.as_mut().reset(deadline(expires));
+                            }
+                            _ => {
+                                let refusal = close(FORBIDDEN, "Forbidden: invalid token");
+                                close_with(&mut sink, &mut source, refusal).await;
+                                break;
+                            }
+                        }
                     }
                     if to_graphql.send(payload).await.is_err() { break; }
                 }
@@ -764,16 +840,20 @@ async fn pump(
                         Message::Close(Some(CloseFrame { code, reason: reason.into() }))
                     }
                 };
-                let closing = matches!(message, Message::Close(_));
-                if sink.send(message).await.is_err() || closing { break; }
+                if matches!(message, Message::Close(_)) {
+                    close_with(&mut sink, &mut source, message).await;
+                    break;
+                }
+                if sink.send(message).await.is_err() { break; }
                 if refused.load(Ordering::SeqCst) {
                     // Legacy protocol: the error went out as a message; now close.
-                    let _ = sink.send(close(FORBIDDEN, "Forbidden")).await;
+                    close_with(&mut sink, &mut source, close(FORBIDDEN, "Forbidden")).await;
                     break;
                 }
             }
-            Some(actor) = signed_in.recv() => {
+            Some((actor, expires)) = signed_in.recv() => {
                 user = Some(actor);
+                expiry.as_mut().reset(deadline(expires));
                 let was_online = state.app.presence.is_online(actor).await.unwrap_or(true);
                 touch_presence(&state.app, actor, &connection_id).await;
                 if !was_online {
@@ -786,7 +866,17 @@ async fn pump(
                 }
             }
             () = &mut init_deadline, if user.is_none() => {
-                let _ = sink.send(close(INIT_TIMEOUT, "Connection initialisation timeout")).await;
+                let timeout = close(INIT_TIMEOUT, "Connection initialisation timeout");
+                close_with(&mut sink, &mut source, timeout).await;
+                break;
+            }
+            () = &mut expiry, if user.is_some() => {
+                let expired = close(UNAUTHORIZED, "Unauthorized: token expired");
+                close_with(&mut sink, &mut source, expired).await;
+                break;
+            }
+            () = &mut closing => {
+                close_with(&mut sink, &mut source, close(1001, "server shutting down")).await;
                 break;
             }
             _ = ping.tick() => {

@@ -218,6 +218,21 @@ impl Hub {
         self.wake.notify_one();
     }
 
+    /// How many channels Redis has confirmed for the current connection epoch, or `None`
+    /// while any subscription change is wanted or in flight (then a count proves nothing).
+    pub(crate) fn settled_subscriptions(&self) -> Option<(u64, usize)> {
+        let state = self.lock();
+        let mut subscribed = 0;
+        for entry in state.channels.values() {
+            match (entry.refs > 0, entry.state) {
+                (true, RedisState::Subscribed) => subscribed += 1,
+                (false, RedisState::NotSubscribed) => {}
+                _ => return None,
+            }
+        }
+        Some((state.epoch, subscribed))
+    }
+
     /// Channel names with at least one local subscriber, sorted.
     pub(crate) fn active_channels(&self) -> Vec<String> {
         let state = self.lock();

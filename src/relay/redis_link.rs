@@ -36,7 +36,7 @@ use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
 use redis::{
@@ -52,6 +52,9 @@ use super::RelayError;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest retry delay of the link task while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often, in a cluster, the link task checks that the masters still hold our shard
+/// subscriptions (see [`audit_shard_subscriptions`]).
+const AUDIT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The nodes named by a `REDIS_URL`: one URL is one Redis server; several, comma-separated,
 /// are the seed nodes of a Redis Cluster.
@@ -369,9 +372,15 @@ async fn run_link(
     let mut named_epoch = None;
     let mut backoff: Option<Duration> = None;
     loop {
-        match backoff {
-            Some(delay) => tokio::time::sleep(delay).await,
-            None => hub.wake.notified().await,
+        match (backoff, &conn) {
+            (Some(delay), _) => tokio::time::sleep(delay).await,
+            (None, Link::Single(_)) => hub.wake.notified().await,
+            (None, Link::Cluster(cluster)) => {
+                let woken = tokio::time::timeout(AUDIT_INTERVAL, hub.wake.notified()).await;
+                if woken.is_err() {
+                    audit_shard_subscriptions(&hub, cluster.clone(), timeout).await;
+                }
+            }
         }
         loop {
             let plan = hub.plan();
@@ -530,6 +539,69 @@ async fn cluster_round(
     first_error.map_or(Ok(()), Err)
 }
 
+/// Checks that the masters still hold every shard subscription Redis once confirmed to us,
+/// and starts over (subscribe everything, subscribers `Resync`) when one went missing.
+///
+/// The cluster client repairs a node's connection in the background and may replace a
+/// connection that carried subscriptions with a new one without any `Disconnection` push
+/// (seen when a master restarts while commands are failing over to it): the old socket
+/// closes, Redis drops its subscriptions, and nothing would tell us. `CLIENT INFO` on each
+/// master runs on the very connection the client uses for that node, and its `ssub` is the
+/// number of shard channels that connection is subscribed to.
+async fn audit_shard_subscriptions(hub: &Hub, mut conn: ClusterConnection, timeout: Duration) {
+    let Some(before) = hub.settled_subscriptions() else {
+        return;
+    };
+    if before.1 == 0 {
+        return;
+    }
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("INFO");
+    let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let held = match with_timeout(timeout, conn.route_command(cmd, route)).await {
+        Ok(value) => shard_subscription_count(&value),
+        Err(error) => {
+            // A master that does not answer: the next publish or subscription round sees it.
+            tracing::debug!(%error, "relay: shard subscription audit skipped");
+            return;
+        }
+    };
+    let Some(held) = held else {
+        tracing::debug!("relay: shard subscription audit skipped: unexpected CLIENT INFO reply");
+        return;
+    };
+    // Only a count taken while nothing changed proves a loss.
+    if held < before.1 && hub.settled_subscriptions() == Some(before) {
+        tracing::warn!(
+            confirmed = before.1,
+            held,
+            "relay: Redis lost shard subscriptions without a disconnection; resubscribing"
+        );
+        hub.disconnected();
+    }
+}
+
+/// The sum of `ssub=` over the per-master `CLIENT INFO` replies of a fan-out.
+fn shard_subscription_count(value: &Value) -> Option<usize> {
+    let Value::Map(replies) = value else {
+        return None;
+    };
+    replies.iter().try_fold(0, |total, (_node, reply)| {
+        let text = match reply {
+            Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?,
+            Value::VerbatimString { text, .. } => text.as_str(),
+            Value::SimpleString(text) => text.as_str(),
+            _ => return None,
+        };
+        let count = text
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("ssub="))?
+            .parse::<usize>()
+            .ok()?;
+        Some(total + count)
+    })
+}
+
 /// Names the connection (`CLIENT SETNAME`; in a cluster, every node's) so operators and
 /// tests can find it. A server that refuses the command (e.g. an ACL) does not stop the
 /// relay; an unreachable one does.
@@ -545,5 +617,42 @@ async fn set_name(conn: &mut Link, client_name: &str, timeout: Duration) -> Resu
             Ok(())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(addr: &str, info: &str) -> (Value, Value) {
+        (
+            Value::BulkString(addr.as_bytes().to_vec()),
+            Value::VerbatimString {
+                format: redis::VerbatimFormat::Text,
+                text: info.to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_audit_adds_up_every_masters_shard_subscriptions() {
+        let reply = Value::Map(vec![
+            node("127.0.0.1:7000", "id=3 addr=x name=parley sub=0 psub=0 ssub=2 multi=-1\n"),
+            node("127.0.0.1:7001", "id=9 addr=y name=parley sub=0 psub=0 ssub=0 multi=-1\n"),
+            node("127.0.0.1:7002", "id=4 addr=z name=parley sub=0 psub=0 ssub=5 multi=-1\n"),
+        ]);
+        assert_eq!(shard_subscription_count(&reply), Some(7));
+    }
+
+    #[test]
+    fn the_audit_proves_nothing_from_a_reply_it_cannot_read() {
+        let no_field = Value::Map(vec![node("127.0.0.1:7000", "id=3 sub=0 psub=0")]);
+        assert_eq!(shard_subscription_count(&no_field), None);
+        let failed = Value::Map(vec![(
+            Value::BulkString(b"127.0.0.1:7000".to_vec()),
+            Value::Nil,
+        )]);
+        assert_eq!(shard_subscription_count(&failed), None);
+        assert_eq!(shard_subscription_count(&Value::Okay), None);
     }
 }

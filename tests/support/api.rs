@@ -316,6 +316,8 @@ pub async fn closed(socket: &mut Socket) -> Closed {
             .expect("the server closes within 15 s");
         match frame {
             Some(Ok(Message::Close(frame))) => {
+                // Answer it, as a browser does (the reply is queued; this sends it).
+                let _ = socket.close(None).await;
                 return Closed {
                     code: frame.map_or(1005, |f| u16::from(f.code)),
                 }
@@ -479,6 +481,19 @@ impl WsClient {
 
     pub async fn closed(&mut self) -> Closed {
         closed(&mut self.socket).await
+    }
+
+    /// Sends one protocol message as it is.
+    pub async fn send_json(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("sending a message");
+    }
+
+    /// The socket itself, for frames the protocol helpers do not send.
+    pub fn socket(&mut self) -> &mut Socket {
+        &mut self.socket
     }
 
     pub fn close_code(code: CloseCode) -> u16 {
