@@ -99,9 +99,10 @@ async fn listen(relay: &Relay, rooms: &[RoomId], origin: Instant) -> Listeners {
         tasks.push(tokio::spawn(async move {
             let mut local = Vec::new();
             while let Some(item) = sub.recv().await {
-                let RelayItem::Message(value) = item else {
+                let RelayItem::Message(relayed) = item else {
                     continue;
                 };
+                let value = relayed.value();
                 delivered.fetch_add(1, Ordering::Relaxed);
                 if let (Some(sent), Some(true)) = (value["t"].as_u64(), value["timed"].as_bool()) {
                     let now = origin.elapsed().as_micros() as u64;

@@ -88,7 +88,10 @@ pub async fn run_limited(
     let served = serve(listener, router, limits, max_connections, shutdown).await;
     let left_open = app.sockets.closed(SOCKET_CLOSE_GRACE).await;
     if left_open > 0 {
-        tracing::warn!(left_open, "WebSockets still open at the end of the grace period");
+        tracing::warn!(
+            left_open,
+            "WebSockets still open at the end of the grace period"
+        );
     }
     app.stop().await;
     tracing::info!("stopped");

@@ -118,7 +118,10 @@ async fn each_room_is_a_sharded_channel_on_the_master_owning_its_slot() {
     for (index, sub) in subs.iter_mut().enumerate() {
         let last = if index == 1 { 20 } else { 19 };
         for i in 0..=last {
-            assert_eq!(next(sub).await, RelayItem::Message(json!({ "i": i })));
+            assert_eq!(
+                next(sub).await,
+                RelayItem::Message(json!({ "i": i }).into())
+            );
         }
     }
     assert_eq!(a.stats().publish_commands, 61);
@@ -152,7 +155,10 @@ async fn when_a_rooms_slot_moves_to_another_master_the_subscription_follows_it()
     let to = (from + 1) % 3;
     let mut sub = b.subscribe(&room).await.expect("subscribe");
     a.publish(&room, &json!({ "n": 0 })).await.expect("publish");
-    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 0 })));
+    assert_eq!(
+        next(&mut sub).await,
+        RelayItem::Message(json!({ "n": 0 }).into())
+    );
 
     // Resharding: Redis drops the old owner's subscribers with a `sunsubscribe` push.
     cluster.move_slot_of(&name, to).await;
@@ -166,9 +172,15 @@ async fn when_a_rooms_slot_moves_to_another_master_the_subscription_follows_it()
     a.publish(&room, &json!({ "n": 1 }))
         .await
         .expect("publish after MOVED");
-    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 1 })));
+    assert_eq!(
+        next(&mut sub).await,
+        RelayItem::Message(json!({ "n": 1 }).into())
+    );
     a.publish(&room, &json!({ "n": 2 })).await.expect("publish");
-    assert_eq!(next(&mut sub).await, RelayItem::Message(json!({ "n": 2 })));
+    assert_eq!(
+        next(&mut sub).await,
+        RelayItem::Message(json!({ "n": 2 }).into())
+    );
     if let Ok(item) = timeout(Duration::from_millis(300), sub.recv()).await {
         panic!("expected nothing more, got {item:?}");
     }

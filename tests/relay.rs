@@ -45,7 +45,7 @@ async fn next(sub: &mut Subscription) -> RelayItem {
 
 async fn next_message(sub: &mut Subscription) -> Value {
     match next(sub).await {
-        RelayItem::Message(value) => value,
+        RelayItem::Message(relayed) => relayed.value().clone(),
         other => panic!("expected a message on {}, got {other:?}", sub.channel()),
     }
 }
@@ -416,7 +416,7 @@ async fn lagging_subscriber_gets_lagged(relay: &Relay, publisher: &Relay) {
     let mut rest = Vec::new();
     for _ in 0..4 {
         match slow.try_recv() {
-            Some(RelayItem::Message(value)) => rest.push(value),
+            Some(RelayItem::Message(relayed)) => rest.push(relayed.value().clone()),
             other => panic!("expected a buffered message, got {other:?}"),
         }
     }

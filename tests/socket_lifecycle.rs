@@ -33,7 +33,8 @@ async fn a_socket_is_closed_with_4401_when_its_token_expires() {
     let server = TestServer::start(Store::Memory).await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, "general", &[]).await;
-    let mut client = WsClient::connect(server.addr, &short_token(&alice, Duration::from_secs(2))).await;
+    let mut client =
+        WsClient::connect(server.addr, &short_token(&alice, Duration::from_secs(2))).await;
     client
         .subscribe("m", MESSAGES, json!({ "r": room, "a": 0 }))
         .await;
@@ -63,7 +64,9 @@ async fn a_ping_with_a_fresh_token_keeps_the_socket_open_past_the_first_expiry()
         .await;
     // The first token is past its expiry now; the socket still delivers.
     tokio::time::sleep_until(expired_by).await;
-    server.send(&alice, &room, "after the first expiry", "c1").await;
+    server
+        .send(&alice, &room, "after the first expiry", "c1")
+        .await;
     assert_eq!(client.next("m").await["messages"]["seq"], 1);
 
     // A fresh token of somebody else is not a refresh: closed, 4403.

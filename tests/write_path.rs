@@ -313,3 +313,29 @@ async fn a_writer_whose_connections_die_mid_batch_acks_exactly_what_it_stored() 
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_is_decided_on_the_current_state_not_on_a_stale_cache() {
+    let db = TestDb::new().await;
+    let (a, b) = (bus(&db), bus(&db));
+    let host = register(&a, "host").await;
+    let guest = register(&a, "guest").await;
+    // A creates the room and caches it; B then changes it behind A's back.
+    let room = a
+        .create_room(host, "general", Vec::new(), &meta(Some(host)))
+        .await
+        .expect("creating a room");
+    b.join_room(room, guest, &meta(Some(guest)))
+        .await
+        .expect("joining on B");
+    // On A's cached state the guest is no member, so a leave there would be refused
+    // ("not a member") without a look at the log.
+    a.leave_room(room, guest, &meta(Some(guest)))
+        .await
+        .expect("the leave on A sees the join made on B");
+    // And a refusal that is right stays a refusal.
+    match a.leave_room(room, guest, &meta(Some(guest))).await {
+        Err(CommandError::Rejected(_)) => {}
+        other => panic!("a second leave is refused, got {other:?}"),
+    }
+}

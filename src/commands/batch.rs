@@ -150,6 +150,24 @@ struct Writer<A: Aggregate> {
 
 /// The commands of one aggregate in one round: the aggregate as they left it, and what
 /// each accepted command emitted.
+/// What became of one job of a group.
+enum Outcome<A: Aggregate> {
+    Accepted(Job<A>, Vec<A::Event>),
+    Refused(Job<A>, A::Error),
+}
+
+impl<A: Aggregate> Outcome<A> {
+    fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(..))
+    }
+
+    fn into_job(self) -> Job<A> {
+        match self {
+            Self::Accepted(job, _) | Self::Refused(job, _) => job,
+        }
+    }
+}
+
 struct Group<A: Aggregate> {
     loaded: LoadedAggregate<A>,
     base_sequence: usize,
@@ -220,15 +238,62 @@ where
     }
 
     async fn handle_group(&self, aggregate_id: String, jobs: Vec<Job<A>>) -> Option<Group<A>> {
-        let mut loaded = match self.store.load_for_write(&aggregate_id).await {
+        let loaded = match self.store.load_for_write(&aggregate_id).await {
             Ok(loaded) => loaded,
             Err(error) => {
                 fail_jobs(jobs, &format!("loading the aggregate: {error}"));
                 return None;
             }
         };
+        let (loaded, outcomes) = match self.run_group(&aggregate_id, loaded, jobs).await? {
+            // A refusal decided on the cached state may be wrong: another instance may have
+            // changed the aggregate since (a join there, then a leave here). Accepted
+            // commands need no such check (a stale cache makes their append collide), but a
+            // refusal is answered without touching the store. So before refusing, catch up
+            // with the log (a read of the events after the cached sequence, usually none)
+            // and, if there were any, run the whole group again on the current state.
+            (loaded, outcomes) if outcomes.iter().any(Outcome::is_refused) => {
+                let current = match self.store.load_current(&aggregate_id).await {
+                    Ok(current) => current,
+                    Err(error) => {
+                        let message = format!("loading the aggregate: {error}");
+                        fail_jobs(outcomes.into_iter().map(Outcome::into_job), &message);
+                        return None;
+                    }
+                };
+                if current.sequence() == loaded.sequence() {
+                    (loaded, outcomes)
+                } else {
+                    let jobs = outcomes.into_iter().map(Outcome::into_job).collect();
+                    self.run_group(&aggregate_id, current, jobs).await?
+                }
+            }
+            ran => ran,
+        };
         let base_sequence = loaded.sequence();
-        let mut accepted = Vec::with_capacity(jobs.len());
+        let mut accepted = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Accepted(job, events) => accepted.push((job, events)),
+                Outcome::Refused(job, error) => job.answer(Err(CommandError::Rejected(error))),
+            }
+        }
+        Some(Group {
+            loaded,
+            base_sequence,
+            accepted,
+        })
+    }
+
+    /// Runs `jobs` in order against `loaded`, each on the state the ones before it left.
+    /// `None` when the aggregate refused a command inconsistently (all jobs answered).
+    async fn run_group(
+        &self,
+        aggregate_id: &str,
+        mut loaded: LoadedAggregate<A>,
+        jobs: Vec<Job<A>>,
+    ) -> Option<(LoadedAggregate<A>, Vec<Outcome<A>>)> {
+        let mut outcomes: Vec<Outcome<A>> = Vec::with_capacity(jobs.len());
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             let sink = EventSink::default();
@@ -238,8 +303,9 @@ where
                 .await;
             let events = sink.collect().await;
             match handled {
-                Ok(()) => accepted.push((job, events)),
-                Err(error) if events.is_empty() => job.answer(Err(CommandError::Rejected(error))),
+                // (The sink applied the events to the working state already.)
+                Ok(()) => outcomes.push(Outcome::Accepted(job, events)),
+                Err(error) if events.is_empty() => outcomes.push(Outcome::Refused(job, error)),
                 Err(error) => {
                     // The domain decides every event before writing any, so a refused command
                     // leaves the aggregate as it was; should that ever break, this aggregate's
@@ -250,13 +316,13 @@ where
                         %error,
                         "a refused command changed the aggregate; dropping its batch"
                     );
-                    self.store.forget(&aggregate_id);
+                    self.store.forget(aggregate_id);
                     let failure = || {
                         CommandError::Store("the aggregate refused a command inconsistently".into())
                     };
                     job.answer(Err(failure()));
-                    for (job, _) in accepted {
-                        job.answer(Err(failure()));
+                    for outcome in outcomes {
+                        outcome.into_job().answer(Err(failure()));
                     }
                     for job in jobs {
                         job.answer(Err(failure()));
@@ -265,11 +331,7 @@ where
                 }
             }
         }
-        Some(Group {
-            loaded,
-            base_sequence,
-            accepted,
-        })
+        Some((loaded, outcomes))
     }
 
     /// Appends the events of `groups` in one transaction and answers the jobs it can.

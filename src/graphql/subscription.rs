@@ -23,7 +23,7 @@ use super::error::{ApiError, ApiResult};
 use super::types::{Message, Notice, TypingEvent};
 use crate::app::App;
 use crate::live::{replayed_room_event, LiveEvent, LiveMessage, NoticeKind};
-use crate::relay::{Channel, RelayItem, Subscription as RelaySubscription};
+use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
 
 pub use crate::live::TYPING_TTL;
 
@@ -40,14 +40,9 @@ async fn subscribe(app: &App, channel: Channel) -> ApiResult<RelaySubscription> 
         .map_err(|e| ApiError::internal(format!("live relay unavailable: {e}")).into())
 }
 
-fn decode(item: &serde_json::Value) -> Option<LiveEvent> {
-    match serde_json::from_value(item.clone()) {
-        Ok(event) => Some(event),
-        Err(error) => {
-            tracing::warn!(%error, "ignoring an unreadable live event");
-            None
-        }
-    }
+/// A relayed event, decoded once per instance and shared by its subscribers.
+fn decode(item: &Relayed) -> Option<&LiveEvent> {
+    item.decoded::<LiveEvent>()
 }
 
 fn left(event: &LiveEvent, me: UserId) -> bool {
@@ -145,16 +140,16 @@ impl Subscription {
                     }
                 }
                 let Some(item) = live.recv().await else { return };
-                let event = match item {
-                    RelayItem::Message(value) => decode(&value),
+                let relayed = match item {
+                    RelayItem::Message(relayed) => relayed,
                     RelayItem::Resync | RelayItem::Lagged(_) => {
                         catch_up = true;
                         check_membership = true;
                         continue;
                     }
                 };
-                let Some(event) = event else { continue };
-                if left(&event, me) {
+                let Some(event) = decode(&relayed) else { continue };
+                if left(event, me) {
                     return;
                 }
                 let LiveEvent::Message { message, .. } = event else { continue };
@@ -172,7 +167,7 @@ impl Subscription {
                 }
                 if message.seq == last + 1 {
                     last = message.seq;
-                    yield Ok(Message(message));
+                    yield Ok(Message(message.clone()));
                 } else {
                     tracing::error!(%room, expected = last + 1, got = message.seq, "message gap could not be filled");
                 }
@@ -216,12 +211,12 @@ impl Subscription {
                     }
                 };
                 let Some(item) = item else { return };
-                let RelayItem::Message(value) = item else { continue };
-                let Some(event) = decode(&value) else { continue };
-                if left(&event, me) {
+                let RelayItem::Message(relayed) = item else { continue };
+                let Some(event) = decode(&relayed) else { continue };
+                if left(event, me) {
                     return;
                 }
-                let LiveEvent::Typing { user, is_typing, .. } = event else { continue };
+                let &LiveEvent::Typing { user, is_typing, .. } = event else { continue };
                 if user == me {
                     continue;
                 }
@@ -261,44 +256,59 @@ impl Subscription {
                     .map_or(0, |(_, sequence)| sequence as i64);
                 Box::pin(stream! {
                     let _slot = slot;
-                    while let Some(item) = live.recv().await {
-                        let mut events = Vec::new();
-                        match item {
-                            RelayItem::Message(value) => {
-                                let Some(event) = decode(&value) else { continue };
-                                let Some(sequence) = event.sequence() else {
-                                    // Ephemeral (presence): no cursor.
-                                    if let LiveEvent::Notice { notice, .. } = event { yield Ok(Notice(notice)); }
-                                    continue;
-                                };
-                                if sequence <= last { continue; }
-                                if sequence > last + 1 {
-                                    match app.log.room_events(room, last, sequence - 1).await {
-                                        Ok(missing) => events.extend(missing.iter().filter_map(replayed_room_event)),
-                                        Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                                    }
-                                }
-                                events.push(event);
-                            }
-                            RelayItem::Resync | RelayItem::Lagged(_) => {
-                                match app.log.room_events(room, last, i64::MAX).await {
-                                    Ok(missing) => events.extend(missing.iter().filter_map(replayed_room_event)),
-                                    Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                                }
-                            }
-                        }
-                        for event in events {
-                            if let Some(sequence) = event.sequence() {
-                                if sequence <= last { continue; }
-                                last = sequence;
-                            }
-                            let is_my_leave = left(&event, me);
-                            if let LiveEvent::Notice { notice, .. } = event {
+                    // Re-read the log up to this sequence before going on: a gap before a
+                    // relayed event, or everything after a relay resync (`i64::MAX`).
+                    let mut refill: Option<i64> = None;
+                    loop {
+                        // Page by page: a long outage never loads a room's backlog at once.
+                        while let Some(up_to) = refill {
+                            let page_end = up_to.min(last.saturating_add(PAGE));
+                            let page = match app.log.room_events(room, last, page_end).await {
+                                Ok(page) => page,
+                                Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                            };
+                            let Some(newest) = page.last().map(|event| event.sequence) else {
+                                refill = None;
+                                break;
+                            };
+                            for logged in &page {
+                                if logged.sequence <= last { continue; }
+                                last = logged.sequence;
+                                let Some(LiveEvent::Notice { notice, .. }) = replayed_room_event(logged) else { continue };
+                                let is_my_leave = notice.kind == NoticeKind::MemberLeft && notice.user == Some(me);
                                 yield Ok(Notice(notice));
+                                if is_my_leave { return; }
                             }
-                            if is_my_leave {
-                                return;
+                            last = last.max(newest);
+                            if last >= up_to { refill = None; }
+                        }
+                        let Some(item) = live.recv().await else { return };
+                        let relayed = match item {
+                            RelayItem::Message(relayed) => relayed,
+                            RelayItem::Resync | RelayItem::Lagged(_) => {
+                                refill = Some(i64::MAX);
+                                continue;
                             }
+                        };
+                        let Some(event) = decode(&relayed) else { continue };
+                        let Some(sequence) = event.sequence() else {
+                            // Ephemeral (presence): no cursor.
+                            if let LiveEvent::Notice { notice, .. } = event { yield Ok(Notice(notice.clone())); }
+                            continue;
+                        };
+                        if sequence <= last { continue; }
+                        if sequence > last + 1 {
+                            // The relay lost something: re-read up to and including this one.
+                            refill = Some(sequence);
+                            continue;
+                        }
+                        last = sequence;
+                        let is_my_leave = left(event, me);
+                        if let LiveEvent::Notice { notice, .. } = event {
+                            yield Ok(Notice(notice.clone()));
+                        }
+                        if is_my_leave {
+                            return;
                         }
                     }
                 })
@@ -314,9 +324,9 @@ impl Subscription {
                             item = everyone.recv() => item,
                         };
                         let Some(item) = item else { return };
-                        let RelayItem::Message(value) = item else { continue };
-                        if let Some(LiveEvent::Notice { notice, .. }) = decode(&value) {
-                            yield Ok(Notice(notice));
+                        let RelayItem::Message(relayed) = item else { continue };
+                        if let Some(LiveEvent::Notice { notice, .. }) = decode(&relayed) {
+                            yield Ok(Notice(notice.clone()));
                         }
                     }
                 })

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use serde_json::Value;
+use super::Relayed;
 use tokio::sync::{broadcast, oneshot, Notify};
 
 /// What travels through a channel's local buffer.
 #[derive(Clone, Debug)]
 pub(crate) enum Item {
-    Message(Value),
+    Message(Relayed),
     Resync,
 }
 
@@ -180,7 +180,7 @@ impl Hub {
     }
 
     /// Hands a message to the local subscribers of `name`, if any.
-    pub(crate) fn dispatch(&self, name: &str, payload: Value) {
+    pub(crate) fn dispatch(&self, name: &str, payload: Relayed) {
         Counters::add(&self.counters.received, 1);
         let mut state = self.lock();
         let Some(entry) = state.channels.get_mut(name) else {

@@ -135,11 +135,73 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), RelayError> {
     Ok(())
 }
 
+/// One relayed payload, shared by all of an instance's subscribers to its channel: parsed
+/// from Redis once, kept in one allocation, and decoded into a typed event at most once
+/// (by the first subscriber that asks), however many subscribers read it.
+#[derive(Clone)]
+pub struct Relayed(Arc<RelayedPayload>);
+
+struct RelayedPayload {
+    value: Value,
+    decoded: std::sync::OnceLock<Option<Box<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl Relayed {
+    pub fn new(value: Value) -> Self {
+        Self(Arc::new(RelayedPayload {
+            value,
+            decoded: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The payload as published.
+    pub fn value(&self) -> &Value {
+        &self.0.value
+    }
+
+    /// The payload as a `T`, decoded once and shared; `None` if it is not a `T` (logged
+    /// once). A channel's payloads are read as one type: asking for another gives `None`.
+    pub fn decoded<T>(&self) -> Option<&T>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        self.0
+            .decoded
+            .get_or_init(|| match T::deserialize(&self.0.value) {
+                Ok(decoded) => Some(Box::new(decoded)),
+                Err(error) => {
+                    tracing::warn!(%error, "ignoring an unreadable live event");
+                    None
+                }
+            })
+            .as_ref()?
+            .downcast_ref::<T>()
+    }
+}
+
+impl From<Value> for Relayed {
+    fn from(value: Value) -> Self {
+        Self::new(value)
+    }
+}
+
+impl PartialEq for Relayed {
+    fn eq(&self, other: &Self) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl fmt::Debug for Relayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value().fmt(f)
+    }
+}
+
 /// One item of a [`Subscription`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum RelayItem {
     /// A published payload, in publish order (per publisher), at most once.
-    Message(Value),
+    Message(Relayed),
     /// The Redis connection was lost and is back, and this channel is subscribed again.
     /// Messages published meanwhile may be lost: re-read from your cursor (the read model),
     /// then go on; messages after this item are delivered again. Messages received before it
@@ -325,7 +387,7 @@ impl Relay {
                 for (channel, payload) in items {
                     self.0
                         .hub
-                        .dispatch(&self.channel_name(channel), payload.clone());
+                        .dispatch(&self.channel_name(channel), Relayed::new(payload.clone()));
                 }
                 Ok(())
             }
@@ -387,7 +449,7 @@ impl Relay {
         let counters = &self.0.hub.counters;
         let result = match &self.0.backend {
             Backend::InProcess => {
-                self.0.hub.dispatch(&name, payload.clone());
+                self.0.hub.dispatch(&name, Relayed::new(payload.clone()));
                 Ok(())
             }
             Backend::Redis { conn, .. } => {
@@ -527,5 +589,34 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.shared.hub.leave(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Event {
+        n: i64,
+    }
+
+    #[test]
+    fn a_relayed_payload_is_decoded_once_and_shared_by_its_clones() {
+        let relayed = Relayed::new(json!({ "n": 7 }));
+        let other_subscriber = relayed.clone();
+        let first: *const Event = relayed.decoded::<Event>().expect("an Event");
+        let second: *const Event = other_subscriber.decoded::<Event>().expect("an Event");
+        assert_eq!(first, second, "both subscribers read the one decoded value");
+        assert_eq!(relayed.decoded::<Event>(), Some(&Event { n: 7 }));
+    }
+
+    #[test]
+    fn an_unreadable_payload_decodes_to_nothing_every_time() {
+        let relayed = Relayed::new(json!({ "n": "seven" }));
+        assert_eq!(relayed.decoded::<Event>(), None);
+        assert_eq!(relayed.clone().decoded::<Event>(), None);
+        assert_eq!(relayed.value(), &json!({ "n": "seven" }));
     }
 }

@@ -297,7 +297,7 @@ fn on_push(hub: &Hub, unsubscribing: &Unsubscribing, push: PushInfo) {
                 return;
             };
             match serde_json::from_slice(payload) {
-                Ok(value) => hub.dispatch(channel, value),
+                Ok(value) => hub.dispatch(channel, super::Relayed::new(value)),
                 Err(error) => {
                     Counters::add(&hub.counters.malformed, 1);
                     tracing::warn!(%channel, %error, "relay: ignoring a message that is not JSON");
@@ -637,9 +637,18 @@ mod tests {
     #[test]
     fn the_audit_adds_up_every_masters_shard_subscriptions() {
         let reply = Value::Map(vec![
-            node("127.0.0.1:7000", "id=3 addr=x name=parley sub=0 psub=0 ssub=2 multi=-1\n"),
-            node("127.0.0.1:7001", "id=9 addr=y name=parley sub=0 psub=0 ssub=0 multi=-1\n"),
-            node("127.0.0.1:7002", "id=4 addr=z name=parley sub=0 psub=0 ssub=5 multi=-1\n"),
+            node(
+                "127.0.0.1:7000",
+                "id=3 addr=x name=parley sub=0 psub=0 ssub=2 multi=-1\n",
+            ),
+            node(
+                "127.0.0.1:7001",
+                "id=9 addr=y name=parley sub=0 psub=0 ssub=0 multi=-1\n",
+            ),
+            node(
+                "127.0.0.1:7002",
+                "id=4 addr=z name=parley sub=0 psub=0 ssub=5 multi=-1\n",
+            ),
         ]);
         assert_eq!(shard_subscription_count(&reply), Some(7));
     }

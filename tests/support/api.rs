@@ -320,7 +320,7 @@ pub async fn closed(socket: &mut Socket) -> Closed {
                 let _ = socket.close(None).await;
                 return Closed {
                     code: frame.map_or(1005, |f| u16::from(f.code)),
-                }
+                };
             }
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return Closed { code: 1006 },
