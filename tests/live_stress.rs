@@ -9,12 +9,13 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use parley::graphql::WsConfig;
-use parley::relay::{Relay, RelayConfig};
+use parley::relay::{Channel, Relay, RelayConfig};
 use parley::store::{EventLog, PostgresLog};
+use parley_domain::RoomId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -58,7 +59,7 @@ struct World {
     proxy: FaultyProxy,
     users: Vec<Session>,
     room: String,
-    members: HashSet<usize>,
+    members: BTreeSet<usize>,
     /// The newest acked seq.
     sent: i64,
     subs: Vec<Sub>,
@@ -176,12 +177,18 @@ impl World {
                 Anchor::After(after)
             }
             None => {
+                let channel = Channel::Room(RoomId::parse(&self.room).expect("room id"));
+                let before = server.app.relay.local_subscribers(&channel);
                 client
                     .subscribe("m", MESSAGES, json!({ "r": self.room, "a": null }))
                     .await;
-                // The server subscribes before it reads; give it the moment a client
-                // would take before reading history.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The server takes the subscription (it listens to the room, then anchors on
+                // the read model) while the client goes on: the page is read once the server
+                // listens, as a client would read it after its subscription is acknowledged.
+                eventually("the server listens for the new subscription", || async {
+                    server.app.relay.local_subscribers(&channel) > before
+                })
+                .await;
                 let page = server
                     .ok(
                         Some(&self.users[user].token),
@@ -343,8 +350,10 @@ impl World {
         for mut sub in self.subs {
             let end = sub.left_at.unwrap_or(last);
             let mut seqs: Vec<i64> = Vec::new();
+            let mut refused_after_leave = false;
             if sub.left_at.is_some() {
                 // Ends at the leave: messages, then `complete`.
+                let mut first = true;
                 loop {
                     let Ok(message) = tokio::time::timeout(WAIT, sub.client.message("m")).await
                     else {
@@ -353,11 +362,21 @@ impl World {
                             sub.label
                         );
                     };
+                    let refused =
+                        message["payload"]["errors"][0]["extensions"]["code"] == "FORBIDDEN";
+                    if std::mem::take(&mut first) && refused {
+                        // The server took the subscription only after the leave (the client
+                        // does not wait for it): refused, nothing delivered. Then `complete`.
+                        refused_after_leave = true;
+                        continue;
+                    }
                     match message["type"].as_str() {
                         Some("next") => seqs.push(
                             message["payload"]["data"]["messages"]["seq"]
                                 .as_i64()
-                                .unwrap_or_else(|| panic!("seed {seed}, {}: {message}", sub.label)),
+                                .unwrap_or_else(|| {
+                                    panic!("seed {seed}, {}: {message}\n  {trace}", sub.label)
+                                }),
                         ),
                         Some("complete") => break,
                         _ => panic!(
@@ -424,7 +443,13 @@ impl World {
                 }
             };
             let complete = (start..=end).collect::<Vec<_>>();
-            if sub.left_at.is_none() || !sub.outage_seen {
+            if refused_after_leave {
+                assert!(
+                    seqs.is_empty(),
+                    "a refused subscription delivered: {}",
+                    context()
+                );
+            } else if sub.left_at.is_none() || !sub.outage_seen {
                 assert_eq!(
                     seqs,
                     complete,

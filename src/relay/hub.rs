@@ -233,6 +233,11 @@ impl Hub {
         Some((state.epoch, subscribed))
     }
 
+    /// Live local subscriptions of channel `name`.
+    pub(crate) fn subscribers(&self, name: &str) -> usize {
+        self.lock().channels.get(name).map_or(0, |entry| entry.refs)
+    }
+
     /// Channel names with at least one local subscriber, sorted.
     pub(crate) fn active_channels(&self) -> Vec<String> {
         let state = self.lock();

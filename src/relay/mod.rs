@@ -502,6 +502,11 @@ impl Relay {
         self.0.hub.active_channels()
     }
 
+    /// How many local subscriptions `channel` has on this instance.
+    pub fn local_subscribers(&self, channel: &Channel) -> usize {
+        self.0.hub.subscribers(&self.channel_name(channel))
+    }
+
     /// Whether Redis answers (`PING`) within the timeout; always `Ok` in-process. For
     /// `/readyz`.
     pub async fn ping(&self) -> Result<(), RelayError> {
