@@ -39,9 +39,10 @@ cp -r "$PEER_DIR/." "$work/peer"
 (cd "$work/peer" && npm ci --silent >/dev/null 2>&1)
 psql -h 127.0.0.1 -U postgres -q -c "drop database if exists peer_side_by_side" -c "create database peer_side_by_side"
 (cd "$work/peer" && PORT=3077 DATABASE_URL=postgres://postgres@127.0.0.1:5432/peer_side_by_side \
-  REDIS_URL=redis://127.0.0.1:6379 node server.mjs >"$work/peer.log" 2>&1) &
+  REDIS_URL=redis://127.0.0.1:6379 exec node server.mjs >"$work/peer.log" 2>&1) &
 peer_pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:3077/healthz >/dev/null && break; sleep 0.2; done
+kill -0 "$peer_pid" 2>/dev/null || { echo "the peer did not start (port 3077 taken?):" >&2; cat "$work/peer.log" >&2; exit 1; }
 
 json() { sed -n 's/^JSON //p' | tail -n 1; }
 field() { node -e "const r=JSON.parse(process.argv[1]); console.log($2)" "$1"; }
@@ -53,7 +54,7 @@ echo "-- peer: 50 rooms, 100 senders x 4, 100 receivers"
 p50=$(peer --senders=100 --receivers=100 --rooms=50 --inflight=4)
 echo "-- peer: hot room, 100 senders x 1, 100 receivers"
 phot=$(peer --senders=100 --receivers=100 --rooms=1 --inflight=1)
-kill "$peer_pid"; peer_pid=""
+kill "$peer_pid" 2>/dev/null || true; wait "$peer_pid" 2>/dev/null || true; peer_pid=""
 
 echo "-- parley: 50 rooms, 100 senders x 4, 100 receivers"
 q50=$(parley --senders=100 --receivers=100 --rooms=50 --inflight=4)

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use parley_domain::UserId;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -651,6 +651,10 @@ impl ProtocolRules {
     }
 }
 
+/// At most this many frames are coalesced into one write (then the pump looks at the
+/// client's side again).
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
 /// How long a closing socket waits for the client's answering close frame.
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
@@ -829,27 +833,42 @@ async fn pump(
                 }
             }
             out = graphql.next() => {
-                let Some(out) = out else { break };
-                if let (Some(rules), WsMessage::Text(text)) = (rules.as_mut(), &out) {
-                    rules.server(text);
-                }
-                let message = match out {
-                    WsMessage::Text(text) => Message::Text(text.into()),
-                    WsMessage::Close(code, reason) => {
-                        let code = if refused.load(Ordering::SeqCst) { FORBIDDEN } else { code };
-                        Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+                let mut next = out;
+                let mut written = 0;
+                // Every frame that is ready now goes out in one write (one syscall, not one
+                // per frame: a subscriber of a busy room gets many messages at once).
+                let ended = loop {
+                    let Some(out) = next else { break true };
+                    if let (Some(rules), WsMessage::Text(text)) = (rules.as_mut(), &out) {
+                        rules.server(text);
+                    }
+                    let message = match out {
+                        WsMessage::Text(text) => Message::Text(text.into()),
+                        WsMessage::Close(code, reason) => {
+                            let code = if refused.load(Ordering::SeqCst) { FORBIDDEN } else { code };
+                            Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+                        }
+                    };
+                    if matches!(message, Message::Close(_)) {
+                        close_with(&mut sink, &mut source, message).await;
+                        break true;
+                    }
+                    if sink.feed(message).await.is_err() { break true; }
+                    written += 1;
+                    if refused.load(Ordering::SeqCst) {
+                        // Legacy protocol: the error went out as a message; now close.
+                        close_with(&mut sink, &mut source, close(FORBIDDEN, "Forbidden")).await;
+                        break true;
+                    }
+                    if written == MAX_FRAMES_PER_WRITE {
+                        break false;
+                    }
+                    match graphql.next().now_or_never() {
+                        Some(more) => next = more,
+                        None => break false,
                     }
                 };
-                if matches!(message, Message::Close(_)) {
-                    close_with(&mut sink, &mut source, message).await;
-                    break;
-                }
-                if sink.send(message).await.is_err() { break; }
-                if refused.load(Ordering::SeqCst) {
-                    // Legacy protocol: the error went out as a message; now close.
-                    close_with(&mut sink, &mut source, close(FORBIDDEN, "Forbidden")).await;
-                    break;
-                }
+                if ended || sink.flush().await.is_err() { break; }
             }
             Some((actor, expires)) = signed_in.recv() => {
                 user = Some(actor);
