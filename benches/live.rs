@@ -12,7 +12,7 @@
 //! `PARLEY_BENCH_ROOMS` (16) rooms (so every message reaches every subscriber);
 //! `PARLEY_BENCH_SENDERS` (32) sender tasks, each on its own HTTP/1.1 keep-alive connection,
 //! sender `k` writing to room `k % rooms`, paced together at 100 msg/s for
-//! `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 msg/s for as long (a
+//! `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 and at 2,000 msg/s for as long each (a
 //! `tokio::time::interval` per task, staggered; a task that falls behind catches up in a
 //! burst, and whatever was not started before the phase ends is not sent, so the achieved
 //! rate is reported). Several rooms because one room's writes are serialized: on 2 cores one
@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 const SEND: &str = "mutation($r: ID!, $b: String!, $c: String!) { sendMessage(roomId: $r, body: $b, clientMsgId: $c) { seq } }";
 const MESSAGES: &str = "subscription($r: ID!) { messages(roomId: $r) { seq } }";
-const RATES: [u32; 2] = [100, 1_000];
+const RATES: [u32; 3] = [100, 1_000, 2_000];
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
