@@ -12,16 +12,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use parley::graphql::WsConfig;
-use parley::relay::{Channel, Relay, RelayConfig};
-use parley::store::{EventLog, PostgresLog};
+use parley::relay::Channel;
 use parley_domain::RoomId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::api::{redis_options, Session, TestServer, WsClient};
-use support::redis::{eventually, redis_url, unique_prefix, upstream_of, url_via, FaultyProxy};
-use support::TestDb;
+use support::api::{a_and_b_behind_a_proxy, Proxied, Session, TestServer, WsClient};
+use support::redis::{eventually, FaultyProxy};
 
 const MESSAGES: &str = "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq } }";
 const NEWEST_PAGE: &str = "query($r: ID!) { messages(roomId: $r, last: 100) { messages { seq } } }";
@@ -66,42 +63,9 @@ struct World {
     trace: Vec<String>,
 }
 
-async fn relay_options(url: &str, prefix: &str) -> parley::app::AppOptions {
-    let mut options = redis_options(url, prefix, Duration::from_secs(2)).await;
-    options.relay = Relay::redis(
-        url,
-        RelayConfig {
-            buffer: RELAY_BUFFER,
-            ..RelayConfig::with_prefix(prefix)
-        },
-    )
-    .await
-    .expect("Redis relay");
-    options
-}
-
 impl World {
     async fn new() -> Self {
-        parley::telemetry::init();
-        let db = TestDb::new().await;
-        let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
-        let prefix = unique_prefix();
-        let url = redis_url();
-        let proxy = FaultyProxy::start(upstream_of(&url)).await;
-        let a = TestServer::on_log(
-            log.clone(),
-            Some(db),
-            relay_options(&url, &prefix).await,
-            WsConfig::default(),
-        )
-        .await;
-        let b = TestServer::on_log(
-            log,
-            None,
-            relay_options(&url_via(&url, proxy.addr), &prefix).await,
-            WsConfig::default(),
-        )
-        .await;
+        let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::B, Some(RELAY_BUFFER)).await;
         let mut users = Vec::new();
         for name in ["alice", "bob", "carol", "dave"] {
             users.push(a.register(name).await);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use parley::graphql::WsConfig;
 use parley::store::{EventLog, PostgresLog};
 use serde_json::{json, Value};
-use support::api::{redis_options, Session, TestServer, WsClient};
+use support::api::{a_and_b_behind_a_proxy, redis_options, Proxied, Session, TestServer, WsClient};
 use support::redis::{
     eventually, kill_clients_named, redis_url, unique_prefix, upstream_of, url_via, FaultyProxy,
 };
@@ -423,26 +423,7 @@ async fn bob_listening_on_b(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_leave() {
-    parley::telemetry::init();
-    let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
-    let prefix = unique_prefix();
-    let url = redis_url();
-    let proxy = FaultyProxy::start(upstream_of(&url)).await;
-    let a = TestServer::on_log(
-        log.clone(),
-        Some(db),
-        redis_options(&url, &prefix, PRESENCE_TTL).await,
-        WsConfig::default(),
-    )
-    .await;
-    let b = TestServer::on_log(
-        log,
-        None,
-        redis_options(&url_via(&url, proxy.addr), &prefix, PRESENCE_TTL).await,
-        WsConfig::default(),
-    )
-    .await;
+    let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::B, None).await;
     let alice = a.register("alice").await;
     let (room, bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
 
@@ -479,29 +460,10 @@ async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_last_message_arrives_even_if_the_projecting_instance_could_not_relay_it_at_first() {
-    parley::telemetry::init();
-    let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
-    let prefix = unique_prefix();
-    let url = redis_url();
-    // A projects (it starts first and takes the projector lock) and reaches Redis through a
-    // proxy; B, where the subscriber is, reaches Redis directly.
-    let proxy = FaultyProxy::start(upstream_of(&url)).await;
-    let a = TestServer::on_log(
-        log.clone(),
-        Some(db),
-        redis_options(&url_via(&url, proxy.addr), &prefix, PRESENCE_TTL).await,
-        WsConfig::default(),
-    )
-    .await;
+    // A projects and reaches Redis through a proxy; B, where the subscriber is, reaches
+    // Redis directly.
+    let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::A, None).await;
     let alice = a.register("alice").await;
-    let b = TestServer::on_log(
-        log,
-        None,
-        redis_options(&url, &prefix, PRESENCE_TTL).await,
-        WsConfig::default(),
-    )
-    .await;
     let (room, _bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
 
     // The projecting instance cannot publish the conversation's last message for longer

@@ -339,3 +339,50 @@ async fn a_refusal_is_decided_on_the_current_state_not_on_a_stale_cache() {
         other => panic!("a second leave is refused, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_is_not_starved_by_another_instance_writing_one_room_back_to_back() {
+    let db = TestDb::new().await;
+    let setup = bus(&db);
+    let (rooms, users) = rooms_with_members(&setup, 1, 4).await;
+    let room = rooms[0];
+    let (a, b) = (bus(&db), bus(&db));
+    // A: four senders, each sending as soon as the last was acked, so A's writer appends
+    // back to back; B: one sender into the same room meanwhile.
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let a_senders: Vec<_> = (0..4)
+        .map(|n| {
+            let (a, busy, sender) = (a.clone(), busy.clone(), users[n]);
+            tokio::spawn(async move {
+                let mut i = 0;
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    a.send_message(room, sender, "a", &format!("a{n}-{i}"), &meta(Some(sender)))
+                        .await
+                        .expect("A's sends succeed");
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let sender = users[4];
+    for i in 0..100 {
+        match b
+            .send_message(room, sender, "b", &format!("b{i}"), &meta(Some(sender)))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) => panic!("B's send {i} failed while A kept writing: {error:?}"),
+        }
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for sender in a_senders {
+        sender.await.expect("A's sender");
+    }
+    let from_b: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload->'MessageSent'->>'client_msg_id' LIKE 'b%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(from_b, 100, "every one of B's messages is stored once");
+}

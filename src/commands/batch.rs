@@ -27,16 +27,18 @@ use cqrs_es::{Aggregate, AggregateContext, EventEnvelope};
 use tokio::sync::{mpsc, oneshot};
 
 use super::CommandError;
-use crate::store::{AggregateStore, AppendError, EventLog, LoadedAggregate};
+use crate::store::{AggregateStore, AppendError, EventLog, LoadedAggregate, WriteTurn};
 
 /// Most commands carried out in one batch.
 pub const MAX_BATCH: usize = 1024;
 
 /// How often one batch is tried again after collisions before its remaining commands get
-/// [`CommandError::Conflict`]. Each round makes progress for every other writer, and after
-/// the second one the writer backs off a little (jittered), so this is reached only under
-/// pathological contention.
+/// [`CommandError::Conflict`]. From round [`ALONE_AFTER_ROUNDS`] on the writer writes alone
+/// (a write turn), where only a unique key can collide, so this is a safety net.
 pub const MAX_ROUNDS: u32 = 64;
+
+/// Lost races after which a writer takes a write turn (see [`EventLog::write_turn`]).
+const ALONE_AFTER_ROUNDS: u32 = 2;
 
 /// Commands queued for a writer before senders wait (back-pressure).
 const QUEUE: usize = 16 * MAX_BATCH;
@@ -190,8 +192,24 @@ where
     /// Carries out one batch, answering every job in it.
     async fn write(&self, mut open: Vec<Job<A>>) {
         for round in 0..MAX_ROUNDS {
-            let groups = self.handle(std::mem::take(&mut open)).await;
-            let Some(groups) = self.append(groups).await else {
+            // A writer that lost the race twice (another instance keeps writing the same
+            // aggregates, and its appends land while this one catches up) takes a turn to
+            // write alone: it waits for the appends in flight, catches up with them and
+            // appends before anyone else can. Without it, one instance could lose every
+            // round to another that appends back to back.
+            let turn = if round >= ALONE_AFTER_ROUNDS {
+                match self.log.write_turn().await {
+                    Ok(turn) => Some(turn),
+                    Err(error) => {
+                        fail_jobs(open, &format!("event store error: {error}"));
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let groups = self.handle(std::mem::take(&mut open), turn.is_some()).await;
+            let Some(groups) = self.append(groups, turn).await else {
                 return;
             };
             // Collisions: what is left goes round again.
@@ -201,11 +219,6 @@ where
             }
             metrics::counter!("parley_command_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
-            if round >= 2 {
-                // Repeated collisions: another instance keeps writing the same aggregates.
-                // A short jittered pause lets its batch through instead of racing it again.
-                tokio::time::sleep(collision_backoff(round)).await;
-            }
         }
         for job in open {
             job.answer(Err(CommandError::Conflict));
@@ -214,7 +227,7 @@ where
 
     /// Runs every job against its aggregate, grouped by aggregate in arrival order; the
     /// aggregates are loaded concurrently (cached ones without a read).
-    async fn handle(&self, jobs: Vec<Job<A>>) -> Vec<Group<A>> {
+    async fn handle(&self, jobs: Vec<Job<A>>, current: bool) -> Vec<Group<A>> {
         let mut order: Vec<String> = Vec::new();
         let mut by_aggregate: HashMap<String, Vec<Job<A>>> = HashMap::new();
         for job in jobs {
@@ -228,7 +241,7 @@ where
         }
         let groups = order.into_iter().map(|id| {
             let jobs = by_aggregate.remove(&id).unwrap_or_default();
-            self.handle_group(id, jobs)
+            self.handle_group(id, jobs, current)
         });
         futures::future::join_all(groups)
             .await
@@ -237,8 +250,20 @@ where
             .collect()
     }
 
-    async fn handle_group(&self, aggregate_id: String, jobs: Vec<Job<A>>) -> Option<Group<A>> {
-        let loaded = match self.store.load_for_write(&aggregate_id).await {
+    /// `current`: catch the aggregate up with the log first (with a write turn held), else
+    /// take the cached state as it is.
+    async fn handle_group(
+        &self,
+        aggregate_id: String,
+        jobs: Vec<Job<A>>,
+        current: bool,
+    ) -> Option<Group<A>> {
+        let loaded = if current {
+            self.store.load_current(&aggregate_id).await
+        } else {
+            self.store.load_for_write(&aggregate_id).await
+        };
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
                 fail_jobs(jobs, &format!("loading the aggregate: {error}"));
@@ -336,7 +361,7 @@ where
 
     /// Appends the events of `groups` in one transaction and answers the jobs it can.
     /// Returns the jobs to run again (after collisions), or `None` when all are answered.
-    async fn append(&self, groups: Vec<Group<A>>) -> Option<Vec<Job<A>>> {
+    async fn append(&self, groups: Vec<Group<A>>, turn: Option<WriteTurn>) -> Option<Vec<Job<A>>> {
         // Every event with its sequence, and which group it belongs to.
         let mut envelopes: Vec<Vec<Vec<EventEnvelope<A>>>> = Vec::with_capacity(groups.len());
         let mut serialized: Vec<SerializedEvent> = Vec::new();
@@ -375,7 +400,11 @@ where
             answer_committed(&self.store, groups, envelopes, 0).await;
             return None;
         }
-        match self.log.append_batch(&serialized).await {
+        let appended = match turn {
+            Some(turn) => turn.append_batch(&serialized).await,
+            None => self.log.append_batch(&serialized).await,
+        };
+        match appended {
             Ok(first) => {
                 answer_committed(&self.store, groups, envelopes, first).await;
                 None
@@ -429,8 +458,11 @@ where
                 continue;
             };
             let id = group.loaded_id().to_owned();
-            self.store.forget(&id);
-            let reloaded = match self.store.load_for_write(&id).await {
+            // The cached state is behind, not wrong (only committed states are cached): catch
+            // it up with the events after it (one read of a few rows) rather than rebuild it
+            // from the snapshot. A slow rebuild made an instance lose every race for a room
+            // another instance kept writing, until its commands ran out of rounds.
+            let reloaded = match self.store.load_current(&id).await {
                 Ok(reloaded) => reloaded,
                 Err(error) => {
                     let jobs = group.accepted.into_iter().map(|(job, _)| job);
@@ -529,11 +561,4 @@ fn fail_jobs<A: Aggregate>(jobs: impl IntoIterator<Item = Job<A>>, message: &str
     for job in jobs {
         job.answer(Err(CommandError::Store(message.to_owned())));
     }
-}
-
-/// Full-jitter exponential backoff after repeated collisions: up to 1, 2, 4 … 32 ms.
-fn collision_backoff(round: u32) -> Duration {
-    use rand::Rng;
-    let cap_us = 1000u64 << (round.saturating_sub(2)).min(5);
-    Duration::from_micros(rand::rng().random_range(0..=cap_us))
 }

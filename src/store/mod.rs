@@ -30,6 +30,29 @@ pub enum EventLog {
     Memory(MemoryLog),
 }
 
+/// See [`EventLog::write_turn`].
+#[derive(Debug)]
+pub enum WriteTurn {
+    Postgres(postgres::PostgresTurn),
+    /// One process, appends under one lock: nothing to hold.
+    Memory(MemoryLog),
+}
+
+impl WriteTurn {
+    /// Appends like [`EventLog::append_batch`], within the turn, and ends it.
+    pub async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::Store(PersistenceError::UnknownError(
+                "an empty batch has no position".into(),
+            )));
+        }
+        match self {
+            Self::Postgres(turn) => turn.append_batch(events).await,
+            Self::Memory(log) => log.append_batch(events),
+        }
+    }
+}
+
 /// Why a batch was not appended. Nothing of it was written.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -83,6 +106,17 @@ impl EventLog {
         match self {
             Self::Postgres(log) => log.append_batch(events).await,
             Self::Memory(log) => log.append_batch(events),
+        }
+    }
+
+    /// A turn to write alone: waits for the appends in flight (of every instance) and
+    /// holds back new ones until [`WriteTurn::append_batch`] commits or the turn is dropped.
+    /// For a writer that keeps losing races to another instance: with the turn, what it
+    /// reads is the latest and its append cannot be overtaken.
+    pub async fn write_turn(&self) -> Result<WriteTurn, AppendError> {
+        match self {
+            Self::Postgres(log) => Ok(WriteTurn::Postgres(log.write_turn().await?)),
+            Self::Memory(log) => Ok(WriteTurn::Memory(log.clone())),
         }
     }
 

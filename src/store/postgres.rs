@@ -85,6 +85,24 @@ impl PostgresLog {
         }
     }
 
+    /// Waits for every append in flight to commit and holds back all others (the row lock
+    /// on `log_head` that every append takes) until the turn's own append commits or the
+    /// turn is dropped. What is read meanwhile (on any connection) is the whole log.
+    pub(super) async fn write_turn(&self) -> Result<PostgresTurn, AppendError> {
+        let store = |e| AppendError::Store(db_error(e));
+        let mut tx = self.pool.begin().await.map_err(|error| match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                AppendError::NotSent(db_error(error))
+            }
+            error => store(error),
+        })?;
+        sqlx::query("SELECT 1 FROM log_head FOR UPDATE")
+            .execute(&mut *tx)
+            .await
+            .map_err(store)?;
+        Ok(PostgresTurn { tx })
+    }
+
     async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
         let store = |e| AppendError::Store(db_error(e));
         let mut tx = self.pool.begin().await.map_err(store)?;
@@ -379,4 +397,42 @@ impl BatchColumns {
 /// A unique index or key refused a row (SQLSTATE 23505).
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+}
+
+/// A turn to write alone (see [`PostgresLog::write_turn`]).
+pub struct PostgresTurn {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl std::fmt::Debug for PostgresTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTurn").finish_non_exhaustive()
+    }
+}
+
+impl PostgresTurn {
+    /// Appends the batch in the turn's transaction and commits it, or rolls back and names
+    /// the colliding events (with the log held, only a unique key can collide).
+    pub(super) async fn append_batch(
+        mut self,
+        events: &[SerializedEvent],
+    ) -> Result<i64, AppendError> {
+        let store = |e| AppendError::Store(db_error(e));
+        let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
+        let (first, inserted): (i64, Vec<i64>) = columns
+            .bind(sqlx::query_as(PROBE))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(store)?;
+        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+        let colliding: Vec<usize> = (0..columns.len())
+            .filter(|&i| !inserted.contains(&(first + i as i64)))
+            .collect();
+        if colliding.is_empty() {
+            self.tx.commit().await.map_err(store)?;
+            return Ok(first);
+        }
+        self.tx.rollback().await.map_err(store)?;
+        Err(AppendError::Conflict(colliding))
+    }
 }

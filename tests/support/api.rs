@@ -500,3 +500,62 @@ impl WsClient {
         u16::from(code)
     }
 }
+
+/// Which of two instances reaches Redis through the test's proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proxied {
+    A,
+    B,
+}
+
+/// Instances A and B over one fresh database and one Redis prefix, one of them reaching
+/// Redis through a proxy the test can cut (A starts first and runs the projector).
+/// `relay_buffer`: the relays' buffer per channel (`None`: the default).
+pub async fn a_and_b_behind_a_proxy(
+    proxied: Proxied,
+    relay_buffer: Option<usize>,
+) -> (TestServer, TestServer, super::redis::FaultyProxy) {
+    use super::redis::{redis_url, unique_prefix, upstream_of, url_via, FaultyProxy};
+    parley::telemetry::init();
+    let db = TestDb::new().await;
+    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let prefix = unique_prefix();
+    let url = redis_url();
+    let proxy = FaultyProxy::start(upstream_of(&url)).await;
+    let url_for = |instance: Proxied| {
+        if instance == proxied {
+            url_via(&url, proxy.addr)
+        } else {
+            url.clone()
+        }
+    };
+    let options = |url: String| {
+        let prefix = prefix.clone();
+        async move {
+            let mut options = redis_options(&url, &prefix, Duration::from_secs(2)).await;
+            if let Some(buffer) = relay_buffer {
+                let config = RelayConfig {
+                    buffer,
+                    ..RelayConfig::with_prefix(&prefix)
+                };
+                options.relay = Relay::redis(&url, config).await.expect("Redis relay");
+            }
+            options
+        }
+    };
+    let a = TestServer::on_log(
+        log.clone(),
+        Some(db),
+        options(url_for(Proxied::A)).await,
+        WsConfig::default(),
+    )
+    .await;
+    let b = TestServer::on_log(
+        log,
+        None,
+        options(url_for(Proxied::B)).await,
+        WsConfig::default(),
+    )
+    .await;
+    (a, b, proxy)
+}
