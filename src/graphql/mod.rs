@@ -11,6 +11,7 @@ mod subscription;
 mod timestamp;
 mod transport;
 mod types;
+mod ws;
 
 use async_graphql::extensions::apollo_persisted_queries::{
     ApolloPersistedQueries, LruCacheStorage,
@@ -24,7 +25,8 @@ pub use loaders::UserLoader;
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::{Subscription, TYPING_TTL};
-pub use transport::{routes, WsConfig, MAX_BODY};
+pub use transport::{routes, MAX_BODY};
+pub use ws::WsConfig;
 
 use crate::app::App;
 
