@@ -30,6 +30,16 @@ pub enum EventLog {
     Memory(MemoryLog),
 }
 
+/// A batch must hold at least one event (its first position is the answer).
+fn refuse_empty(events: &[SerializedEvent]) -> Result<(), AppendError> {
+    if events.is_empty() {
+        return Err(AppendError::Store(PersistenceError::UnknownError(
+            "an empty batch has no position".into(),
+        )));
+    }
+    Ok(())
+}
+
 /// See [`EventLog::write_turn`].
 #[derive(Debug)]
 pub enum WriteTurn {
@@ -41,11 +51,7 @@ pub enum WriteTurn {
 impl WriteTurn {
     /// Appends like [`EventLog::append_batch`], within the turn, and ends it.
     pub async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::Store(PersistenceError::UnknownError(
-                "an empty batch has no position".into(),
-            )));
-        }
+        refuse_empty(events)?;
         match self {
             Self::Postgres(turn) => turn.append_batch(events).await,
             Self::Memory(log) => log.append_batch(events),
@@ -98,11 +104,7 @@ impl EventLog {
     /// event at positions `first ..` in the given order, or none of them and
     /// [`AppendError::Conflict`] naming the events that collide.
     pub async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::Store(PersistenceError::UnknownError(
-                "an empty batch has no position".into(),
-            )));
-        }
+        refuse_empty(events)?;
         match self {
             Self::Postgres(log) => log.append_batch(events).await,
             Self::Memory(log) => log.append_batch(events),

@@ -104,23 +104,12 @@ impl PostgresLog {
     }
 
     async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
-        let store = |e| AppendError::Store(db_error(e));
-        let mut tx = self.pool.begin().await.map_err(store)?;
-        let (first, inserted): (i64, Vec<i64>) = columns
-            .bind(sqlx::query_as(PROBE))
-            .fetch_one(&mut *tx)
+        let tx = self
+            .pool
+            .begin()
             .await
-            .map_err(store)?;
-        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
-        let colliding: Vec<usize> = (0..columns.len())
-            .filter(|&i| !inserted.contains(&(first + i as i64)))
-            .collect();
-        if colliding.is_empty() {
-            tx.commit().await.map_err(store)?;
-            return Ok(first);
-        }
-        tx.rollback().await.map_err(store)?;
-        Err(AppendError::Conflict(colliding))
+            .map_err(|e| AppendError::Store(db_error(e)))?;
+        probe_and_commit(tx, columns).await
     }
 
     /// The position of `event` if it is stored as given (same aggregate, sequence, payload
@@ -413,26 +402,32 @@ impl std::fmt::Debug for PostgresTurn {
 impl PostgresTurn {
     /// Appends the batch in the turn's transaction and commits it, or rolls back and names
     /// the colliding events (with the log held, only a unique key can collide).
-    pub(super) async fn append_batch(
-        mut self,
-        events: &[SerializedEvent],
-    ) -> Result<i64, AppendError> {
-        let store = |e| AppendError::Store(db_error(e));
+    pub(super) async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
-        let (first, inserted): (i64, Vec<i64>) = columns
-            .bind(sqlx::query_as(PROBE))
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(store)?;
-        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
-        let colliding: Vec<usize> = (0..columns.len())
-            .filter(|&i| !inserted.contains(&(first + i as i64)))
-            .collect();
-        if colliding.is_empty() {
-            self.tx.commit().await.map_err(store)?;
-            return Ok(first);
-        }
-        self.tx.rollback().await.map_err(store)?;
-        Err(AppendError::Conflict(colliding))
+        probe_and_commit(self.tx, &columns).await
     }
+}
+
+/// Inserts the batch in `tx` with `ON CONFLICT DO NOTHING`: commits and returns the first
+/// position if every event went in, else rolls back and names the events that collide.
+async fn probe_and_commit(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    columns: &BatchColumns,
+) -> Result<i64, AppendError> {
+    let store = |e| AppendError::Store(db_error(e));
+    let (first, inserted): (i64, Vec<i64>) = columns
+        .bind(sqlx::query_as(PROBE))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(store)?;
+    let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+    let colliding: Vec<usize> = (0..columns.len())
+        .filter(|&i| !inserted.contains(&(first + i as i64)))
+        .collect();
+    if colliding.is_empty() {
+        tx.commit().await.map_err(store)?;
+        return Ok(first);
+    }
+    tx.rollback().await.map_err(store)?;
+    Err(AppendError::Conflict(colliding))
 }
