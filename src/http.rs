@@ -73,6 +73,10 @@ fn describe() {
         "parley_command_conflicts_total",
         "Optimistic-concurrency conflicts retried, by aggregate type"
     );
+    describe_counter!(
+        "parley_write_turns_total",
+        "Batches written alone (holding the log) after losing two races, by aggregate type"
+    );
     describe_gauge!(
         "parley_active_subscriptions",
         "GraphQL subscriptions running now"

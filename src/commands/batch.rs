@@ -198,6 +198,7 @@ where
             // appends before anyone else can. Without it, one instance could lose every
             // round to another that appends back to back.
             let turn = if round >= ALONE_AFTER_ROUNDS {
+                metrics::counter!("parley_write_turns_total", "aggregate" => A::TYPE).increment(1);
                 match self.log.write_turn().await {
                     Ok(turn) => Some(turn),
                     Err(error) => {
