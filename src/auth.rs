@@ -228,21 +228,30 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs argon2 (`algorithm`, `version`, `params`) over `password` and `salt` into `out`,
-/// in this thread's reused working memory.
-fn argon2_into(
+/// The argon2 output (`len` bytes) of `password` with `salt`, computed with `argon2`'s
+/// parameters in this thread's reused working memory.
+fn argon2_output(
     argon2: &Argon2<'_>,
-    blocks: usize,
     password: &[u8],
-    salt: &[u8],
-    out: &mut [u8],
-) -> argon2::Result<()> {
-    ARGON2_MEMORY.with(|memory| {
-        let mut memory = memory.borrow_mut();
-        if memory.len() < blocks {
-            memory.resize(blocks, argon2::Block::default());
-        }
-        argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
+    salt: password_hash::Salt<'_>,
+    len: usize,
+) -> password_hash::Result<password_hash::Output> {
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    let blocks = argon2.params().block_count();
+    password_hash::Output::init_with(len, |out| {
+        ARGON2_MEMORY.with(|memory| {
+            let mut memory = memory.borrow_mut();
+            if memory.len() < blocks {
+                memory.resize(blocks, argon2::Block::default());
+            }
+            Ok(argon2.hash_password_into_with_memory(
+                password,
+                salt_bytes,
+                out,
+                &mut memory[..blocks],
+            )?)
+        })
     })
 }
 
@@ -256,20 +265,10 @@ fn argon2id_phc(password: &[u8], salt: &SaltString) -> password_hash::Result<Str
         params.clone(),
     );
     let salt = salt.as_salt();
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
     let output_len = params
         .output_len()
         .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN);
-    let hash = password_hash::Output::init_with(output_len, |out| {
-        Ok(argon2_into(
-            &argon2,
-            params.block_count(),
-            password,
-            salt_bytes,
-            out,
-        )?)
-    })?;
+    let hash = argon2_output(&argon2, password, salt, output_len)?;
     let phc = PasswordHash {
         algorithm: argon2::Algorithm::Argon2id.ident(),
         version: Some(argon2::Version::V0x13.into()),
@@ -293,18 +292,8 @@ fn matches_phc(password: &[u8], stored: &PasswordHash<'_>) -> password_hash::Res
     let (Some(salt), Some(expected)) = (stored.salt, stored.hash) else {
         return Ok(false);
     };
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
-    let argon2 = Argon2::new(algorithm, version, params.clone());
-    let computed = password_hash::Output::init_with(expected.len(), |out| {
-        Ok(argon2_into(
-            &argon2,
-            params.block_count(),
-            password,
-            salt_bytes,
-            out,
-        )?)
-    })?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let computed = argon2_output(&argon2, password, salt, expected.len())?;
     // `Output`'s equality is constant-time.
     Ok(computed == expected)
 }
