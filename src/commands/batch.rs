@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::SerializedEvent;
-use cqrs_es::{Aggregate, AggregateContext, EventEnvelope};
+use cqrs_es::{Aggregate, AggregateContext, EventEnvelope, EventStore};
 use tokio::sync::{mpsc, oneshot};
 
 use super::CommandError;
@@ -260,7 +260,7 @@ where
         current: bool,
     ) -> Option<Group<A>> {
         let loaded = if current {
-            self.store.load_current(&aggregate_id).await
+            self.store.load_aggregate(&aggregate_id).await
         } else {
             self.store.load_for_write(&aggregate_id).await
         };
@@ -278,8 +278,9 @@ where
             // refusal is answered without touching the store. So before refusing, catch up
             // with the log (a read of the events after the cached sequence, usually none)
             // and, if there were any, run the whole group again on the current state.
-            (loaded, outcomes) if outcomes.iter().any(Outcome::is_refused) => {
-                let current = match self.store.load_current(&aggregate_id).await {
+            // (A group run in a write turn was loaded current already.)
+            (loaded, outcomes) if !current && outcomes.iter().any(Outcome::is_refused) => {
+                let current = match self.store.load_aggregate(&aggregate_id).await {
                     Ok(current) => current,
                     Err(error) => {
                         let message = format!("loading the aggregate: {error}");
@@ -463,7 +464,7 @@ where
             // it up with the events after it (one read of a few rows) rather than rebuild it
             // from the snapshot. A slow rebuild made an instance lose every race for a room
             // another instance kept writing, until its commands ran out of rounds.
-            let reloaded = match self.store.load_current(&id).await {
+            let reloaded = match self.store.load_aggregate(&id).await {
                 Ok(reloaded) => reloaded,
                 Err(error) => {
                     let jobs = group.accepted.into_iter().map(|(job, _)| job);

@@ -164,15 +164,6 @@ where
         self.load_aggregate(aggregate_id).await
     }
 
-    /// The aggregate as the log has it now: the cached state (or snapshot) caught up with
-    /// the events written after it, by this instance or any other.
-    pub async fn load_current(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<LoadedAggregate<A>, AggregateError<A::Error>> {
-        self.load_aggregate(aggregate_id).await
-    }
-
     /// Records a committed state (the batch writer's, after its append): it becomes the
     /// cached state unless the cache already holds a newer one, and a snapshot is written
     /// first once enough events have accrued.
