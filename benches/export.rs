@@ -20,7 +20,10 @@
 //! 3. `parley projections rebuild` (all projections, shadow tables and swap): events/s, RSS;
 //! 4. GraphQL `events` pages of 1,000 events over HTTP (an analyst's token) at random
 //!    positions: p50/p99 against the same page read by a plain SQL statement in the same run;
-//! 5. (bulk only) the JSONL export again after the stored JSON is rewritten in another form
+//! 5. (bulk only) the cost of erasable message text: the JSONL export of the log as written
+//!    (text beside each payload) against the same log with the text moved back inline (the
+//!    layout before erasure existed), same bytes out;
+//! 6. (bulk only) the JSONL export again after the stored JSON is rewritten in another form
 //!    (as another tool might write it), which takes the re-serializing path.
 //!
 //! Export and COPY run twice each, alternating, and the faster run counts (the first warms the
@@ -126,16 +129,16 @@ async fn seed_bulk(pool: &PgPool, n: i64) -> i64 {
     .expect("seeding rooms");
     let per_room = (n - 2 * ROOMS).max(0) / ROOMS;
     sqlx::query(
-        r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+        r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, erasable)
            SELECT 'Room', r.aggregate_id, 1 + g, 'MessageSent', '1.0',
-                  format('{"MessageSent":{"body":%s,"client_msg_id":%s,"message_id":%s,"sender":%s,"sent_at":%s,"seq":%s}}',
-                         to_json('benchmark message number ' || g || ', with "some" words to make it typical'),
+                  format('{"MessageSent":{"body":"","client_msg_id":%s,"message_id":%s,"sender":%s,"sent_at":%s,"seq":%s}}',
                          to_json('c' || g), to_json(gen_random_uuid()::text),
                          to_json(r.payload -> 'RoomCreated' ->> 'host'),
                          to_json('2026-11-20T00:00:00.123456789Z'::text), g)::json,
                   format('{"actor":%s,"request_id":%s,"timestamp":%s}',
                          to_json(r.payload -> 'RoomCreated' ->> 'host'), to_json('req-' || g),
-                         to_json('2026-11-20T00:00:00.123456789+00:00'::text))::json
+                         to_json('2026-11-20T00:00:00.123456789+00:00'::text))::json,
+                  'benchmark message number ' || g || ', with "some" words to make it typical'
              FROM events r, generate_series(1, $1::bigint) AS g
             WHERE r.event_type = 'RoomCreated'
             ORDER BY g, r.aggregate_id"#,
@@ -505,10 +508,12 @@ fn count_lines(path: &Path) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
+/// The same rows and columns as an export, the payload as every reader sees it (the text
+/// put back: see the migration `erasable_text`).
 const COPY_SQL: &str =
     "COPY (SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
-                        event_version, payload, metadata, recorded_at FROM events \
-                        ORDER BY position) TO STDOUT";
+                        event_version, event_payload(payload, erasable), metadata, recorded_at \
+                        FROM events ORDER BY position) TO STDOUT";
 
 fn copy_run(db: &Db, file: &Path) -> Run {
     let out = std::fs::File::create(file).expect("copy file");
@@ -675,6 +680,47 @@ async fn measure_layout(db: &Db, total: i64, layout: &str, dir: &Path) {
     graphql_pages(db, total, layout).await;
 }
 
+/// The cost of erasable text: the same export on the same log with every message's text
+/// moved back into its payload, the layout before erasure existed (changes the log: only on
+/// the throw-away bulk database).
+async fn text_inline(db: &Db, total: i64, dir: &Path) {
+    let file = dir.join("events-erasable.jsonl");
+    let erasable = faster(
+        export_run(db, "jsonl", &file),
+        export_run(db, "jsonl", &file),
+    );
+    sqlx::query(
+        "UPDATE events SET payload = event_payload(payload, erasable), erasable = NULL
+          WHERE erasable IS NOT NULL",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("moving text inline");
+    sqlx::query("VACUUM ANALYZE events")
+        .execute(&db.pool)
+        .await
+        .expect("vacuum");
+    let inline_file = dir.join("events-inline.jsonl");
+    let inline = faster(
+        export_run(db, "jsonl", &inline_file),
+        export_run(db, "jsonl", &inline_file),
+    );
+    let same =
+        std::fs::read(&file).expect("export") == std::fs::read(&inline_file).expect("export");
+    assert!(same, "both layouts export the same bytes");
+    std::fs::remove_file(&file).expect("cleanup");
+    std::fs::remove_file(&inline_file).expect("cleanup");
+    println!(
+        "[bulk] parley events export --format jsonl, text erasable (beside the payload): {:.2} s, {:.0} events/s; \
+         text inline (the layout before erasure): {:.2} s, {:.0} events/s; ratio {:.2}",
+        erasable.wall.as_secs_f64(),
+        rate(total as f64, erasable.wall),
+        inline.wall.as_secs_f64(),
+        rate(total as f64, inline.wall),
+        inline.wall.as_secs_f64() / erasable.wall.as_secs_f64(),
+    );
+}
+
 /// JSON written by other tools (spaces, another key order) is re-serialized on the way out
 /// instead of copied: the slower path, measured on the same rows (changes the log: only on
 /// the throw-away bulk database).
@@ -723,6 +769,7 @@ async fn main() {
                     pool: test_db.pool.clone(),
                 };
                 measure_layout(&db, total, "bulk", &dir).await;
+                text_inline(&db, total, &dir).await;
                 other_writers(&db, total, &dir).await;
             }
             "live" => {

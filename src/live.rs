@@ -40,6 +40,23 @@ pub struct LiveMessage {
     pub client_msg_id: String,
     pub sent_at: DateTime<Utc>,
     pub position: i64,
+    /// The message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
+    // The state of a changed message (a fresh one relays without these fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<LiveReaction>,
+}
+
+/// One emoji's reactions to a message, with who gave them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveReaction {
+    pub emoji: String,
+    pub users: Vec<UserId>,
 }
 
 impl From<MessageView> for LiveMessage {
@@ -53,6 +70,17 @@ impl From<MessageView> for LiveMessage {
             client_msg_id: m.client_msg_id,
             sent_at: m.sent_at,
             position: m.position.0,
+            reply_to: m.reply_to,
+            edited_at: m.edited_at,
+            deleted: m.deleted,
+            reactions: m
+                .reactions
+                .into_iter()
+                .map(|r| LiveReaction {
+                    emoji: r.emoji,
+                    users: r.users,
+                })
+                .collect(),
         }
     }
 }
@@ -84,6 +112,14 @@ pub enum LiveEvent {
         sequence: Option<i64>,
         notice: LiveNotice,
     },
+    /// A stored message was edited, deleted or reacted to: which one, and the change's
+    /// position. Subscribers read the message as it now is from the read model.
+    MessageChanged {
+        sequence: i64,
+        room_id: RoomId,
+        seq: i64,
+        position: i64,
+    },
     /// Someone is typing (ephemeral; never stored).
     Typing {
         room_id: RoomId,
@@ -98,6 +134,7 @@ impl LiveEvent {
         match self {
             Self::Message { sequence, .. } => Some(*sequence),
             Self::Notice { sequence, .. } => *sequence,
+            Self::MessageChanged { sequence, .. } => Some(*sequence),
             Self::Typing { .. } => None,
         }
     }
@@ -198,6 +235,18 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
                 log,
             ))]
         }
+        RoomEvent::MessageEdited { seq, .. }
+        | RoomEvent::MessageDeleted { seq, .. }
+        | RoomEvent::ReactionAdded { seq, .. }
+        | RoomEvent::ReactionRemoved { seq, .. } => vec![(
+            Channel::Room(room),
+            LiveEvent::MessageChanged {
+                sequence: log.sequence,
+                room_id: room,
+                seq: seq.0 as i64,
+                position: log.position.0,
+            },
+        )],
         RoomEvent::MessageSent {
             message_id,
             seq,
@@ -205,6 +254,7 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             body,
             client_msg_id,
             sent_at,
+            reply_to,
         } => vec![(
             Channel::Room(room),
             LiveEvent::Message {
@@ -218,6 +268,10 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
                     client_msg_id: client_msg_id.as_str().to_owned(),
                     sent_at: *sent_at,
                     position: log.position.0,
+                    reply_to: reply_to.map(|seq| seq.0 as i64),
+                    edited_at: None,
+                    deleted: false,
+                    reactions: Vec::new(),
                 },
             },
         )],

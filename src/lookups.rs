@@ -1,7 +1,9 @@
 //! The domain's service traits, answered from the event store's unique-key indexes.
 
 use async_trait::async_trait;
-use parley_domain::{RoomServices, ServiceError, UserId, UserServices, Username};
+use parley_domain::{
+    MessageFacts, MessageSeq, RoomId, RoomServices, ServiceError, UserId, UserServices, Username,
+};
 
 use crate::store::EventLog;
 
@@ -37,5 +39,16 @@ impl UserServices for StoreLookups {
 impl RoomServices for StoreLookups {
     async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError> {
         self.log.user_exists(user).await.map_err(service_error)
+    }
+
+    async fn message_sender(
+        &self,
+        room: RoomId,
+        seq: MessageSeq,
+    ) -> Result<Option<MessageFacts>, ServiceError> {
+        let sender = self.log.message_sender(room, seq.0).await;
+        Ok(sender
+            .map_err(service_error)?
+            .map(|sender| MessageFacts { sender }))
     }
 }

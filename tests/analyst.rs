@@ -246,7 +246,7 @@ async fn seed_history(app: &App, db: &TestDb, bulk: i64) -> History {
 async fn stored_lines(pool: &PgPool) -> Vec<Value> {
     let rows = sqlx::query(
         "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload, metadata, recorded_at
+                event_payload(payload, erasable) AS payload, metadata, recorded_at
            FROM events ORDER BY position",
     )
     .fetch_all(pool)

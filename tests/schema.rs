@@ -50,6 +50,21 @@ fn the_schema_keeps_every_name_api_md_fixes() {
         "hasMore: Boolean!",
         "clientMsgId: String!",
         "isTyping: Boolean!",
+        // Message lifecycle (API.md "message lifecycle, rooms, moderation, search").
+        "replyTo: Int",
+        "editMessage(",
+        "deleteMessage(",
+        "react(",
+        "unreact(",
+        "messageUpdates(",
+        "editedAt: DateTime",
+        "deleted: Boolean!",
+        "replyTo: Message",
+        "reactions: [Reaction!]!",
+        "type Reaction",
+        "count: Int!",
+        "mine: Boolean!",
+        "position: Int!",
     ] {
         assert!(sdl.contains(name), "the schema lost {name:?}");
     }

@@ -14,11 +14,11 @@ pub mod values;
 
 pub use ids::{MessageId, MessageSeq, RoomId, UserId};
 pub use room::{Room, RoomCommand, RoomError, RoomEvent};
-pub use services::{RoomServices, ServiceError, UserServices};
+pub use services::{MessageFacts, RoomServices, ServiceError, UserServices};
 pub use upcasting::upcasters;
 pub use user::{Role, User, UserCommand, UserError, UserEvent};
 pub use values::{
-    AnnouncementText, ClientMsgId, MessageBody, Password, RoomName, Username, ValueError,
+    AnnouncementText, ClientMsgId, Emoji, MessageBody, Password, RoomName, Username, ValueError,
 };
 
 /// The version every event type carries today. Bump it (and add an upcaster) whenever an

@@ -1,8 +1,10 @@
-//! The `Room` aggregate: creation, membership and messages.
+//! The `Room` aggregate: creation, membership, messages and their changes (edits, deletions,
+//! reactions).
 //!
-//! State stays small whatever a room's history: the member and invitee sets, the last `seq`
-//! and a bounded window of recent `(sender, clientMsgId)` pairs. Message bodies live only in
-//! events and read models. A `clientMsgId` older than the window is new as far as the room
+//! State stays small whatever a room's history: the member and invitee sets, the last `seq`,
+//! a bounded window of recent `(sender, clientMsgId)` pairs, the seqs of deleted messages and
+//! the reactions that stand. Message bodies live only in events and read models; the sender
+//! of a message older than the window comes from [`RoomServices::message_sender`]. A `clientMsgId` older than the window is new as far as the room
 //! knows: the event store's unique key on (room, sender, clientMsgId) refuses the second
 //! message, and the command layer answers with the original, so "one message per
 //! clientMsgId" holds forever without a lookup on every send.
@@ -16,8 +18,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, MessageSeq, RoomId, UserId};
+use crate::services::MessageFacts;
 use crate::services::{RoomServices, ServiceError};
-use crate::values::{ClientMsgId, MessageBody, RoomName, ValueError};
+use crate::values::{ClientMsgId, Emoji, MessageBody, RoomName, ValueError};
 use crate::EVENT_VERSION;
 
 /// How many recent `(sender, clientMsgId)` pairs a room remembers in its own state.
@@ -48,7 +51,34 @@ pub enum RoomCommand {
         sender: UserId,
         body: String,
         client_msg_id: String,
+        /// The seq of an earlier message of this room this one answers.
+        reply_to: Option<u64>,
         sent_at: DateTime<Utc>,
+    },
+    /// `editor` replaces the body of their own message `seq`.
+    EditMessage {
+        editor: UserId,
+        seq: u64,
+        body: String,
+        edited_at: DateTime<Utc>,
+    },
+    /// `by` deletes message `seq`: its sender, or the room's host. The text is erased.
+    DeleteMessage {
+        by: UserId,
+        seq: u64,
+        deleted_at: DateTime<Utc>,
+    },
+    /// Member `user` reacts to message `seq` with `emoji`; a repeat is a no-op.
+    React {
+        user: UserId,
+        seq: u64,
+        emoji: String,
+    },
+    /// `user` takes back a reaction; taking back one they never gave is a no-op.
+    Unreact {
+        user: UserId,
+        seq: u64,
+        emoji: String,
     },
 }
 
@@ -78,6 +108,36 @@ pub enum RoomEvent {
         body: MessageBody,
         client_msg_id: ClientMsgId,
         sent_at: DateTime<Utc>,
+        /// The message this one answers (added in 1.0 without a version bump: absent means
+        /// none, and an event without a reply serializes exactly as before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageSeq>,
+    },
+    /// The sender replaced a message's body. v1.0.
+    MessageEdited {
+        seq: MessageSeq,
+        editor: UserId,
+        body: MessageBody,
+        edited_at: DateTime<Utc>,
+    },
+    /// A message was deleted, by its sender or the host; its text (and every edit's) is
+    /// erased from the store when this is written. v1.0.
+    MessageDeleted {
+        seq: MessageSeq,
+        deleted_by: UserId,
+        deleted_at: DateTime<Utc>,
+    },
+    /// A member reacted to a message. v1.0.
+    ReactionAdded {
+        seq: MessageSeq,
+        user_id: UserId,
+        emoji: Emoji,
+    },
+    /// A member took back a reaction. v1.0.
+    ReactionRemoved {
+        seq: MessageSeq,
+        user_id: UserId,
+        emoji: Emoji,
     },
 }
 
@@ -89,6 +149,10 @@ impl DomainEvent for RoomEvent {
             Self::MemberJoined { .. } => "MemberJoined",
             Self::MemberLeft { .. } => "MemberLeft",
             Self::MessageSent { .. } => "MessageSent",
+            Self::MessageEdited { .. } => "MessageEdited",
+            Self::MessageDeleted { .. } => "MessageDeleted",
+            Self::ReactionAdded { .. } => "ReactionAdded",
+            Self::ReactionRemoved { .. } => "ReactionRemoved",
         }
         .to_owned()
     }
@@ -128,6 +192,24 @@ pub enum RoomError {
     /// `LeaveRoom` or `SendMessage` by someone who is not a member.
     #[error("not a member of this room")]
     NotMember,
+    /// The emoji breaks a rule.
+    #[error("{0}")]
+    InvalidEmoji(ValueError),
+    /// No message with this seq in this room.
+    #[error("no message {0} in this room")]
+    UnknownMessage(u64),
+    /// `replyTo` names no earlier message of this room.
+    #[error("replyTo {0} is not a message of this room")]
+    InvalidReplyTo(u64),
+    /// Editing someone else's message.
+    #[error("only the sender may edit a message")]
+    NotSender,
+    /// Deleting someone else's message without being the room's host.
+    #[error("only the sender or the room's host may delete a message")]
+    NotAllowed,
+    /// Editing, deleting or reacting to a deleted message.
+    #[error("message {0} was deleted")]
+    MessageDeleted(u64),
     /// A lookup the rule needs failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -158,6 +240,12 @@ pub struct Room {
     invited: BTreeSet<UserId>,
     last_seq: u64,
     recent: VecDeque<RecentMessage>,
+    /// Seqs of deleted messages (snapshots older than the field load it empty; replay fills it).
+    #[serde(default)]
+    deleted: BTreeSet<u64>,
+    /// The reactions that stand: (seq, user, emoji).
+    #[serde(default)]
+    reactions: BTreeSet<(u64, UserId, Emoji)>,
 }
 
 impl Room {
@@ -209,8 +297,124 @@ impl Room {
             .find(|m| m.sender == sender && &m.client_msg_id == client_msg_id)
     }
 
+    /// Whether message `seq` was deleted.
+    pub fn is_deleted(&self, seq: MessageSeq) -> bool {
+        self.deleted.contains(&seq.0)
+    }
+
     fn require_created(&self) -> Result<RoomId, RoomError> {
         self.id.ok_or(RoomError::UnknownRoom)
+    }
+
+    fn require_member(&self, user: UserId) -> Result<RoomId, RoomError> {
+        let id = self.require_created()?;
+        if !self.members.contains(&user) {
+            return Err(RoomError::NotMember);
+        }
+        Ok(id)
+    }
+
+    /// Message `seq` exists and is not deleted.
+    fn require_live_message(&self, seq: u64) -> Result<MessageSeq, RoomError> {
+        if seq == 0 || seq > self.last_seq {
+            return Err(RoomError::UnknownMessage(seq));
+        }
+        if self.deleted.contains(&seq) {
+            return Err(RoomError::MessageDeleted(seq));
+        }
+        Ok(MessageSeq(seq))
+    }
+
+    /// Who sent message `seq` (which exists): from the recent window, else from the store.
+    async fn sender_of(
+        &self,
+        services: &dyn RoomServices,
+        room: RoomId,
+        seq: MessageSeq,
+    ) -> Result<UserId, RoomError> {
+        if let Some(recent) = self.recent.iter().rev().find(|m| m.seq == seq) {
+            return Ok(recent.sender);
+        }
+        match services.message_sender(room, seq).await? {
+            Some(MessageFacts { sender }) => Ok(sender),
+            None => Err(RoomError::Service(ServiceError(format!(
+                "message {seq} is not readable yet; retry"
+            )))),
+        }
+    }
+
+    async fn edit(
+        &self,
+        services: &dyn RoomServices,
+        editor: UserId,
+        seq: u64,
+        body: &str,
+        edited_at: DateTime<Utc>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        let room = self.require_member(editor)?;
+        let seq = self.require_live_message(seq)?;
+        let body = MessageBody::parse(body).map_err(RoomError::InvalidBody)?;
+        if self.sender_of(services, room, seq).await? != editor {
+            return Err(RoomError::NotSender);
+        }
+        Ok(vec![RoomEvent::MessageEdited {
+            seq,
+            editor,
+            body,
+            edited_at,
+        }])
+    }
+
+    async fn delete(
+        &self,
+        services: &dyn RoomServices,
+        by: UserId,
+        seq: u64,
+        deleted_at: DateTime<Utc>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        let room = self.require_created()?;
+        let seq = self.require_live_message(seq)?;
+        // The sender may delete their message even after leaving (an erasure right); the
+        // host only while a member.
+        let is_host = self.host == Some(by) && self.members.contains(&by);
+        if !is_host && self.sender_of(services, room, seq).await? != by {
+            return Err(RoomError::NotAllowed);
+        }
+        Ok(vec![RoomEvent::MessageDeleted {
+            seq,
+            deleted_by: by,
+            deleted_at,
+        }])
+    }
+
+    fn react(
+        &self,
+        user: UserId,
+        seq: u64,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_member(user)?;
+        let seq = self.require_live_message(seq)?;
+        let emoji = Emoji::parse(emoji).map_err(RoomError::InvalidEmoji)?;
+        let key = (seq.0, user, emoji);
+        if self.reactions.contains(&key) == add {
+            return Ok(Vec::new());
+        }
+        let (_, user_id, emoji) = key;
+        Ok(vec![if add {
+            RoomEvent::ReactionAdded {
+                seq,
+                user_id,
+                emoji,
+            }
+        } else {
+            RoomEvent::ReactionRemoved {
+                seq,
+                user_id,
+                emoji,
+            }
+        }])
     }
 
     /// Decides the events of a `CreateRoom`.
@@ -265,6 +469,7 @@ impl Room {
         sender: UserId,
         body: &str,
         client_msg_id: &str,
+        reply_to: Option<u64>,
         sent_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
         self.require_created()?;
@@ -277,6 +482,12 @@ impl Room {
         if self.recent_message(sender, &client_msg_id).is_some() {
             return Ok(Vec::new());
         }
+        let reply_to = match reply_to {
+            Some(seq) if seq == 0 || seq > self.last_seq => {
+                return Err(RoomError::InvalidReplyTo(seq))
+            }
+            other => other.map(MessageSeq),
+        };
         Ok(vec![RoomEvent::MessageSent {
             message_id,
             seq: MessageSeq(self.last_seq).next(),
@@ -284,6 +495,7 @@ impl Room {
             body,
             client_msg_id,
             sent_at,
+            reply_to,
         }])
     }
 }
@@ -338,8 +550,25 @@ impl Aggregate for Room {
                 sender,
                 body,
                 client_msg_id,
+                reply_to,
                 sent_at,
-            } => self.send(message_id, sender, &body, &client_msg_id, sent_at)?,
+            } => self.send(message_id, sender, &body, &client_msg_id, reply_to, sent_at)?,
+            RoomCommand::EditMessage {
+                editor,
+                seq,
+                body,
+                edited_at,
+            } => {
+                self.edit(services.as_ref(), editor, seq, &body, edited_at)
+                    .await?
+            }
+            RoomCommand::DeleteMessage {
+                by,
+                seq,
+                deleted_at,
+            } => self.delete(services.as_ref(), by, seq, deleted_at).await?,
+            RoomCommand::React { user, seq, emoji } => self.react(user, seq, &emoji, true)?,
+            RoomCommand::Unreact { user, seq, emoji } => self.react(user, seq, &emoji, false)?,
         };
         for event in events {
             sink.write(event, self).await;
@@ -388,6 +617,25 @@ impl Aggregate for Room {
                     seq,
                     message_id,
                 });
+            }
+            RoomEvent::MessageEdited { .. } => {}
+            RoomEvent::MessageDeleted { seq, .. } => {
+                self.deleted.insert(seq.0);
+                self.reactions.retain(|(reacted, _, _)| *reacted != seq.0);
+            }
+            RoomEvent::ReactionAdded {
+                seq,
+                user_id,
+                emoji,
+            } => {
+                self.reactions.insert((seq.0, user_id, emoji));
+            }
+            RoomEvent::ReactionRemoved {
+                seq,
+                user_id,
+                emoji,
+            } => {
+                self.reactions.remove(&(seq.0, user_id, emoji));
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use crate::ids::UserId;
+use crate::ids::{MessageSeq, RoomId, UserId};
 use crate::values::Username;
 
 /// A lookup could not be answered (the store was unreachable, say). The command fails and
@@ -28,4 +28,19 @@ pub trait UserServices: Send + Sync {
 pub trait RoomServices: Send + Sync {
     /// Whether this user is registered.
     async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError>;
+
+    /// Who sent message `seq` of `room`, for a message older than the room's own window of
+    /// recent ones (a sender never changes, so a read model may answer). `None` if the
+    /// store has no such message yet.
+    async fn message_sender(
+        &self,
+        room: RoomId,
+        seq: MessageSeq,
+    ) -> Result<Option<MessageFacts>, ServiceError>;
+}
+
+/// What the `Room` aggregate needs to know of an old message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageFacts {
+    pub sender: UserId,
 }

@@ -39,6 +39,10 @@ pub enum ValueError {
     /// Announcement text longer than 1000 characters.
     #[error("announcement text must be at most {max} characters, got {len}")]
     AnnouncementTooLong { max: usize, len: usize },
+    /// Reaction emoji empty, longer than 16 characters, or holding whitespace or a control
+    /// character.
+    #[error("emoji must be {min} to {max} characters without spaces, got {got:?}")]
+    Emoji { min: usize, max: usize, got: String },
     /// `clientMsgId` empty or longer than 64 characters.
     #[error("clientMsgId must be {min} to {max} characters long, got {len}")]
     ClientMsgIdLength { min: usize, max: usize, len: usize },
@@ -218,6 +222,35 @@ impl AnnouncementText {
             return Err(ValueError::AnnouncementTooLong {
                 max: Self::MAX,
                 len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A reaction: 1–16 Unicode scalar values (an emoji with its modifiers, or a short code like
+/// `:+1:`), none of them whitespace or a control character.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Emoji(String);
+
+impl Emoji {
+    pub const MIN: usize = 1;
+    pub const MAX: usize = 16;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if !(Self::MIN..=Self::MAX).contains(&len)
+            || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ValueError::Emoji {
+                min: Self::MIN,
+                max: Self::MAX,
+                got: s.chars().take(Self::MAX + 1).collect(),
             });
         }
         Ok(Self(s.to_owned()))

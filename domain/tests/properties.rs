@@ -132,6 +132,7 @@ fn send_numbered(index: usize, sender: UserId, text: &str, client_id: &str) -> R
         sender,
         body: text.to_owned(),
         client_msg_id: client_id.to_owned(),
+        reply_to: None,
         sent_at: now(),
     }
 }
@@ -144,6 +145,7 @@ fn expected_message(index: usize, seq: u64, sender: UserId, text: &str, id: &str
         body: body(text),
         client_msg_id: client_msg_id(id),
         sent_at: now(),
+        reply_to: None,
     }
 }
 
@@ -431,8 +433,34 @@ fn room_event() -> impl Strategy<Value = RoomEvent> {
                     body,
                     client_msg_id,
                     sent_at,
+                    reply_to: None,
                 }
             }),
+        1 => (1..1_000u64, user_id(), "[a-z ]{1,20}", timestamp()).prop_map(
+            |(seq, editor, text, edited_at)| RoomEvent::MessageEdited {
+                seq: MessageSeq(seq),
+                editor,
+                body: body(&format!("x{text}")),
+                edited_at,
+            }
+        ),
+        1 => (1..1_000u64, user_id(), timestamp()).prop_map(|(seq, deleted_by, deleted_at)| {
+            RoomEvent::MessageDeleted {
+                seq: MessageSeq(seq),
+                deleted_by,
+                deleted_at,
+            }
+        }),
+        1 => (1..1_000u64, user_id(), "[a-z:+]{1,16}", any::<bool>()).prop_map(
+            |(seq, user_id, e, added)| {
+                let emoji = emoji(&e);
+                if added {
+                    RoomEvent::ReactionAdded { seq: MessageSeq(seq), user_id, emoji }
+                } else {
+                    RoomEvent::ReactionRemoved { seq: MessageSeq(seq), user_id, emoji }
+                }
+            }
+        ),
     ]
 }
 
@@ -451,8 +479,14 @@ fn state_event() -> impl Strategy<Value = RoomEvent> {
                 body: body("hello"),
                 client_msg_id: client_msg_id(&format!("c-{id}")),
                 sent_at,
+                reply_to: None,
             }
         ),
+        2 => (1..1_000u64, 0..6u32).prop_map(|(seq, u)| deleted(seq, user(u))),
+        2 => (1..1_000u64, 0..6u32, 0..3u8, any::<bool>()).prop_map(|(seq, u, e, added)| {
+            let e = ["👍", ":+1:", "🎉"][usize::from(e)];
+            if added { reaction_added(seq, user(u), e) } else { reaction_removed(seq, user(u), e) }
+        }),
     ]
 }
 

@@ -553,3 +553,346 @@ fn a_room_remembers_at_most_a_window_of_recent_messages() {
     let last = format!("bulk-{PAST_THE_WINDOW}");
     assert!(room.recent_message(ALICE, &client_msg_id(&last)).is_some());
 }
+
+// --- Replies ---------------------------------------------------------------------------------
+
+fn room_with_messages() -> Vec<RoomEvent> {
+    let mut given = room_with_alice_and_bob();
+    given.extend([message_sent(1, ALICE, "a-1"), message_sent(2, BOB, "b-1")]);
+    given
+}
+
+#[test]
+fn a_reply_names_an_earlier_message_of_the_room() {
+    let RoomEvent::MessageSent {
+        message_id,
+        sender,
+        body,
+        client_msg_id,
+        sent_at,
+        ..
+    } = sent_now(3, BOB, "yes", "b-2")
+    else {
+        unreachable!("sent_now builds a MessageSent")
+    };
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(reply(BOB, "yes", "b-2", 1))
+        .then_expect_events(vec![RoomEvent::MessageSent {
+            message_id,
+            seq: MessageSeq(3),
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+            reply_to: Some(MessageSeq(1)),
+        }]);
+}
+
+#[test]
+fn a_reply_to_a_seq_the_room_has_not_reached_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(reply(BOB, "yes", "b-2", 3))
+        .then_expect_error(RoomError::InvalidReplyTo(3));
+}
+
+#[test]
+fn a_reply_to_seq_0_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(reply(BOB, "yes", "b-2", 0))
+        .then_expect_error(RoomError::InvalidReplyTo(0));
+}
+
+// --- EditMessage -----------------------------------------------------------------------------
+
+#[test]
+fn the_sender_may_edit_their_message() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(edit(BOB, 2, "fixed"))
+        .then_expect_events(vec![edited(2, BOB, "fixed")]);
+}
+
+#[test]
+fn editing_someone_elses_message_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(edit(BOB, 1, "mine now"))
+        .then_expect_error(RoomError::NotSender);
+}
+
+#[test]
+fn the_host_may_not_edit_a_members_message() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(edit(ALICE, 2, "rewritten"))
+        .then_expect_error(RoomError::NotSender);
+}
+
+#[test]
+fn an_edit_follows_the_body_rules() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(edit(BOB, 2, "   "))
+        .then_expect_error(RoomError::InvalidBody(ValueError::BodyBlank));
+}
+
+#[test]
+fn editing_a_deleted_message_is_refused() {
+    let mut given = room_with_messages();
+    given.push(deleted(2, BOB));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(edit(BOB, 2, "back"))
+        .then_expect_error(RoomError::MessageDeleted(2));
+}
+
+#[test]
+fn editing_a_message_that_does_not_exist_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(edit(BOB, 3, "ghost"))
+        .then_expect_error(RoomError::UnknownMessage(3));
+}
+
+#[test]
+fn a_sender_who_left_cannot_edit() {
+    let mut given = room_with_messages();
+    given.push(member_left(BOB));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(edit(BOB, 2, "late"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn the_sender_of_a_message_older_than_the_window_comes_from_the_store() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, PAST_THE_WINDOW, ALICE));
+    with(FakeDirectory::with_cast().with_message(1, BOB))
+        .given(given.clone())
+        .when(edit(BOB, 1, "still mine"))
+        .then_expect_events(vec![edited(1, BOB, "still mine")]);
+    with(FakeDirectory::with_cast().with_message(1, BOB))
+        .given(given)
+        .when(edit(ALICE, 1, "not hers"))
+        .then_expect_error(RoomError::NotSender);
+}
+
+#[test]
+fn an_old_message_the_store_cannot_name_yet_is_a_service_error() {
+    let mut given = room_with_alice_and_bob();
+    given.push(message_sent(1, BOB, "old"));
+    given.extend(bulk_messages(2, PAST_THE_WINDOW, ALICE));
+    let result = with(FakeDirectory::with_cast())
+        .given(given)
+        .when(edit(BOB, 1, "x"))
+        .inspect_result();
+    assert!(matches!(result, Err(RoomError::Service(_))), "{result:?}");
+}
+
+// --- DeleteMessage ---------------------------------------------------------------------------
+
+#[test]
+fn the_sender_may_delete_their_message() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(delete(BOB, 2))
+        .then_expect_events(vec![deleted(2, BOB)]);
+}
+
+#[test]
+fn the_host_may_delete_any_message() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(delete(ALICE, 2))
+        .then_expect_events(vec![deleted(2, ALICE)]);
+}
+
+#[test]
+fn a_member_may_not_delete_someone_elses_message() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(delete(BOB, 1))
+        .then_expect_error(RoomError::NotAllowed);
+}
+
+#[test]
+fn a_host_who_left_may_not_delete_others_messages() {
+    let mut given = room_with_messages();
+    given.push(member_left(ALICE));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(delete(ALICE, 2))
+        .then_expect_error(RoomError::NotAllowed);
+}
+
+#[test]
+fn a_sender_who_left_may_still_delete_their_message() {
+    let mut given = room_with_messages();
+    given.push(member_left(BOB));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(delete(BOB, 2))
+        .then_expect_events(vec![deleted(2, BOB)]);
+}
+
+#[test]
+fn deleting_twice_is_refused() {
+    let mut given = room_with_messages();
+    given.push(deleted(2, BOB));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(delete(BOB, 2))
+        .then_expect_error(RoomError::MessageDeleted(2));
+}
+
+#[test]
+fn deleting_a_message_that_does_not_exist_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(delete(ALICE, 0))
+        .then_expect_error(RoomError::UnknownMessage(0));
+}
+
+#[test]
+fn deleting_in_a_room_that_was_never_created_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given_no_previous_events()
+        .when(delete(ALICE, 1))
+        .then_expect_error(RoomError::UnknownRoom);
+}
+
+// --- Reactions -------------------------------------------------------------------------------
+
+#[test]
+fn a_member_may_react() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(react(BOB, 1, "👍"))
+        .then_expect_events(vec![reaction_added(1, BOB, "👍")]);
+}
+
+#[test]
+fn reacting_twice_with_the_same_emoji_is_a_no_op() {
+    let mut given = room_with_messages();
+    given.push(reaction_added(1, BOB, "👍"));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(react(BOB, 1, "👍"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn another_member_may_add_the_same_emoji() {
+    let mut given = room_with_messages();
+    given.push(reaction_added(1, BOB, "👍"));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(react(ALICE, 1, "👍"))
+        .then_expect_events(vec![reaction_added(1, ALICE, "👍")]);
+}
+
+#[test]
+fn taking_back_a_reaction_records_reaction_removed() {
+    let mut given = room_with_messages();
+    given.push(reaction_added(1, BOB, "🎉"));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(unreact(BOB, 1, "🎉"))
+        .then_expect_events(vec![reaction_removed(1, BOB, "🎉")]);
+}
+
+#[test]
+fn taking_back_a_reaction_never_given_is_a_no_op() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(unreact(BOB, 1, "🎉"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn an_emoji_of_17_characters_is_refused() {
+    let result = with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(react(BOB, 1, &"a".repeat(17)))
+        .inspect_result();
+    assert!(
+        matches!(
+            result,
+            Err(RoomError::InvalidEmoji(ValueError::Emoji { .. }))
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn an_empty_or_spaced_emoji_is_refused() {
+    for bad in ["", "a b", "\n"] {
+        let result = with(FakeDirectory::with_cast())
+            .given(room_with_messages())
+            .when(react(BOB, 1, bad))
+            .inspect_result();
+        assert!(
+            matches!(result, Err(RoomError::InvalidEmoji(_))),
+            "{bad:?}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn an_emoji_of_16_characters_with_modifiers_is_accepted() {
+    let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦"; // 7 scalar values
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(react(BOB, 1, family))
+        .then_expect_events(vec![reaction_added(1, BOB, family)]);
+    let sixteen = "x".repeat(16);
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(react(BOB, 1, &sixteen))
+        .then_expect_events(vec![reaction_added(1, BOB, &sixteen)]);
+}
+
+#[test]
+fn a_non_member_cannot_react() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_messages())
+        .when(react(CAROL, 1, "👍"))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn reacting_to_a_deleted_message_is_refused() {
+    let mut given = room_with_messages();
+    given.push(deleted(1, ALICE));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(react(BOB, 1, "👍"))
+        .then_expect_error(RoomError::MessageDeleted(1));
+}
+
+#[test]
+fn a_deletion_drops_the_messages_reactions_and_is_remembered() {
+    let mut given = room_with_messages();
+    given.extend([reaction_added(1, BOB, "👍"), deleted(1, ALICE)]);
+    let room = replay(given);
+    assert!(room.is_deleted(MessageSeq(1)));
+    assert!(!room.is_deleted(MessageSeq(2)));
+}
+
+#[test]
+fn message_changes_ask_no_lookup_for_recent_messages() {
+    // The failing directory would turn any lookup into a service error.
+    with(FakeDirectory::failing())
+        .given(room_with_messages())
+        .when(edit(BOB, 2, "ok"))
+        .then_expect_events(vec![edited(2, BOB, "ok")]);
+    with(FakeDirectory::failing())
+        .given(room_with_messages())
+        .when(delete(ALICE, 1))
+        .then_expect_events(vec![deleted(1, ALICE)]);
+}

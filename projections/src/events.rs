@@ -44,7 +44,7 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "UserRegistered",
     "RoleGranted",
     "AnnouncementMade",
@@ -53,6 +53,10 @@ pub const EVENT_TYPES: [&str; 8] = [
     "MemberJoined",
     "MemberLeft",
     "MessageSent",
+    "MessageEdited",
+    "MessageDeleted",
+    "ReactionAdded",
+    "ReactionRemoved",
 ];
 
 /// Why a filter or page request was refused. Each is the caller's mistake, not the store's.
@@ -231,7 +235,7 @@ mod tests {
     use chrono::{DateTime, Utc};
     use cqrs_es::DomainEvent;
     use parley_domain::{
-        ClientMsgId, MessageBody, MessageId, MessageSeq, Role, RoomEvent, RoomId, RoomName,
+        ClientMsgId, Emoji, MessageBody, MessageId, MessageSeq, Role, RoomEvent, RoomId, RoomName,
         UserEvent, UserId, Username,
     };
     use serde_json::json;
@@ -262,6 +266,28 @@ mod tests {
                 body: MessageBody::parse("b").expect("valid"),
                 client_msg_id: ClientMsgId::parse("c").expect("valid"),
                 sent_at: now,
+                reply_to: None,
+            },
+            RoomEvent::MessageEdited {
+                seq: MessageSeq(1),
+                editor: user,
+                body: MessageBody::parse("b2").expect("valid"),
+                edited_at: now,
+            },
+            RoomEvent::MessageDeleted {
+                seq: MessageSeq(1),
+                deleted_by: user,
+                deleted_at: now,
+            },
+            RoomEvent::ReactionAdded {
+                seq: MessageSeq(1),
+                user_id: user,
+                emoji: Emoji::parse("👍").expect("valid"),
+            },
+            RoomEvent::ReactionRemoved {
+                seq: MessageSeq(1),
+                user_id: user,
+                emoji: Emoji::parse("👍").expect("valid"),
             },
         ];
         let user_events = [

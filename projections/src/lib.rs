@@ -12,6 +12,7 @@
 //! - [`export`] streams the positioned log to JSONL or CSV (`parley events export`).
 
 mod canonical_json;
+pub mod erasure;
 pub mod events;
 pub mod export;
 pub mod live;
@@ -32,7 +33,8 @@ pub use log::{DecodedEvent, LogEvent, RawLogEvent};
 pub use read_models::{ReadModelError, ReadModels};
 pub use time_travel::RoomAt;
 pub use views::{
-    MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
+    MessagePage, MessageView, PageError, PageRequest, ReactionView, RoomListItem, RoomView,
+    UserView,
 };
 
 /// The projections the projector maintains, each with its own checkpoint.

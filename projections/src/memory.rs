@@ -219,6 +219,7 @@ impl State {
                 body,
                 client_msg_id,
                 sent_at,
+                reply_to,
             } => {
                 let seq = seq.0 as i64;
                 if let Some(room) = self.rooms.get_mut(&id) {
@@ -230,17 +231,30 @@ impl State {
                     .insert((id, *sender, client_msg_id.as_str().to_owned()), seq);
                 self.messages.entry(id).or_default().insert(
                     seq,
-                    MessageView {
-                        id: *message_id,
-                        room_id: id,
+                    MessageView::sent(
+                        *message_id,
+                        id,
                         seq,
-                        sender: *sender,
-                        body: body.as_str().to_owned(),
-                        client_msg_id: client_msg_id.as_str().to_owned(),
-                        sent_at: *sent_at,
-                        position: GlobalPosition(position),
-                    },
+                        *sender,
+                        body.as_str().to_owned(),
+                        client_msg_id.as_str().to_owned(),
+                        *sent_at,
+                        GlobalPosition(position),
+                        reply_to.map(|seq| seq.0 as i64),
+                    ),
                 );
+            }
+            RoomEvent::MessageEdited { seq, .. }
+            | RoomEvent::MessageDeleted { seq, .. }
+            | RoomEvent::ReactionAdded { seq, .. }
+            | RoomEvent::ReactionRemoved { seq, .. } => {
+                let message = self
+                    .messages
+                    .get_mut(&id)
+                    .and_then(|messages| messages.get_mut(&(seq.0 as i64)));
+                if let Some(message) = message {
+                    message.apply(event, GlobalPosition(position));
+                }
             }
         }
     }
@@ -439,6 +453,29 @@ impl MemoryReadModels {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    pub fn changed_messages(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let state = self.read();
+        let mut changed: Vec<MessageView> = state
+            .messages
+            .get(&room)
+            .map(|history| {
+                history
+                    .values()
+                    .filter(|m| m.changed && m.position.0 > after)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        changed.sort_by_key(|m| m.position);
+        changed.truncate(limit.max(0) as usize);
+        Ok(changed)
     }
 
     pub fn message_by_client_id(

@@ -101,6 +101,17 @@ impl ReadModels {
         dispatch!(self, messages_between(room, after, up_to, limit))
     }
 
+    /// Messages of `room` edited, deleted or reacted to, whose newest change is after
+    /// position `after`, oldest change first.
+    pub async fn changed_messages(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        dispatch!(self, changed_messages(room, after, limit))
+    }
+
     pub async fn message_by_client_id(
         &self,
         room: RoomId,

@@ -72,18 +72,22 @@ impl RoomReplay {
             body,
             client_msg_id,
             sent_at,
+            reply_to,
         } = &decoded
         {
-            self.last_message = Some(MessageView {
-                id: *message_id,
+            self.last_message = Some(MessageView::sent(
+                *message_id,
                 room_id,
-                seq: seq.0 as i64,
-                sender: *sender,
-                body: body.as_str().to_owned(),
-                client_msg_id: client_msg_id.as_str().to_owned(),
-                sent_at: sent_at.trunc_subsecs(6),
-                position: event.position,
-            });
+                seq.0 as i64,
+                *sender,
+                body.as_str().to_owned(),
+                client_msg_id.as_str().to_owned(),
+                sent_at.trunc_subsecs(6),
+                event.position,
+                reply_to.map(|seq| seq.0 as i64),
+            ));
+        } else if let Some(last) = &mut self.last_message {
+            last.apply(&decoded, event.position);
         }
         self.room.apply(decoded);
     }

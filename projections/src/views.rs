@@ -47,7 +47,122 @@ pub struct MessageView {
     pub body: String,
     pub client_msg_id: String,
     pub sent_at: DateTime<Utc>,
+    /// The newest change's position (sent, edited, deleted, reacted to).
     pub position: GlobalPosition,
+    /// When the body was last edited.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// A deleted message keeps its seq; its body is `""` and its text erased.
+    pub deleted: bool,
+    /// The seq of the message this one answers.
+    pub reply_to: Option<i64>,
+    /// The reactions that stand, by emoji (in emoji order), each with who gave it in order.
+    pub reactions: Vec<ReactionView>,
+    /// Edited, deleted or reacted to at least once since it was sent.
+    pub changed: bool,
+}
+
+/// One emoji's reactions to a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReactionView {
+    pub emoji: String,
+    pub users: Vec<UserId>,
+}
+
+impl MessageView {
+    /// A message as it was sent: not edited, deleted or reacted to.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sent(
+        id: MessageId,
+        room_id: RoomId,
+        seq: i64,
+        sender: UserId,
+        body: String,
+        client_msg_id: String,
+        sent_at: DateTime<Utc>,
+        position: GlobalPosition,
+        reply_to: Option<i64>,
+    ) -> Self {
+        Self {
+            id,
+            room_id,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+            position,
+            edited_at: None,
+            deleted: false,
+            reply_to,
+            reactions: Vec::new(),
+            changed: false,
+        }
+    }
+
+    /// Applies a change of this message (events about other messages are ignored).
+    pub fn apply(&mut self, event: &parley_domain::RoomEvent, position: GlobalPosition) {
+        use parley_domain::RoomEvent;
+        match event {
+            RoomEvent::MessageEdited {
+                seq,
+                body,
+                edited_at,
+                ..
+            } if seq.0 as i64 == self.seq && !self.deleted => {
+                self.body = body.as_str().to_owned();
+                self.edited_at = Some(*edited_at);
+            }
+            RoomEvent::MessageDeleted { seq, .. } if seq.0 as i64 == self.seq => {
+                self.body = String::new();
+                self.deleted = true;
+                self.reactions.clear();
+            }
+            RoomEvent::ReactionAdded {
+                seq,
+                user_id,
+                emoji,
+            } if seq.0 as i64 == self.seq => {
+                let at = match self
+                    .reactions
+                    .binary_search_by(|r| r.emoji.as_str().cmp(emoji.as_str()))
+                {
+                    Ok(at) => at,
+                    Err(at) => {
+                        self.reactions.insert(
+                            at,
+                            ReactionView {
+                                emoji: emoji.as_str().to_owned(),
+                                users: Vec::new(),
+                            },
+                        );
+                        at
+                    }
+                };
+                if !self.reactions[at].users.contains(user_id) {
+                    self.reactions[at].users.push(*user_id);
+                }
+            }
+            RoomEvent::ReactionRemoved {
+                seq,
+                user_id,
+                emoji,
+            } if seq.0 as i64 == self.seq => {
+                if let Some(at) = self
+                    .reactions
+                    .iter()
+                    .position(|r| r.emoji == emoji.as_str())
+                {
+                    self.reactions[at].users.retain(|u| u != user_id);
+                    if self.reactions[at].users.is_empty() {
+                        self.reactions.remove(at);
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.position = position;
+        self.changed = true;
+    }
 }
 
 /// One entry of a member's rooms list.

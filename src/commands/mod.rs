@@ -86,6 +86,8 @@ pub struct SentMessage {
     pub sent_at: DateTime<Utc>,
     /// The message's global log position.
     pub position: i64,
+    /// The message it answers.
+    pub reply_to: Option<MessageSeq>,
     /// True when this was a repeat of an earlier `clientMsgId`: nothing new was stored.
     pub repeated: bool,
 }

@@ -1,4 +1,4 @@
-//! Room commands: create, join, leave, send a message.
+//! Room commands: create, join, leave, send, edit, delete and react to messages.
 
 use chrono::Utc;
 use cqrs_es::EventEnvelope;
@@ -75,12 +75,27 @@ impl CommandBus {
         client_msg_id: &str,
         meta: &CommandMeta,
     ) -> Result<SentMessage, CommandError<RoomError>> {
+        self.send_reply(room, sender, body, client_msg_id, None, meta)
+            .await
+    }
+
+    /// [`Self::send_message`], answering message `reply_to` of the same room.
+    pub async fn send_reply(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        body: &str,
+        client_msg_id: &str,
+        reply_to: Option<u64>,
+        meta: &CommandMeta,
+    ) -> Result<SentMessage, CommandError<RoomError>> {
         let message_id = MessageId::new();
         let command = RoomCommand::SendMessage {
             message_id,
             sender,
             body: body.to_owned(),
             client_msg_id: client_msg_id.to_owned(),
+            reply_to,
             sent_at: Utc::now(),
         };
         let committed = execute(&self.rooms, room.to_string(), command, meta).await?;
@@ -107,6 +122,73 @@ impl CommandBus {
     }
 }
 
+impl CommandBus {
+    /// Replaces the body of `editor`'s message `seq`. Returns the change's position.
+    pub async fn edit_message(
+        &self,
+        room: RoomId,
+        editor: UserId,
+        seq: u64,
+        body: &str,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        let command = RoomCommand::EditMessage {
+            editor,
+            seq,
+            body: body.to_owned(),
+            edited_at: Utc::now(),
+        };
+        self.change_message(room, command, meta).await
+    }
+
+    /// Deletes message `seq` and erases its text. Returns the change's position.
+    pub async fn delete_message(
+        &self,
+        room: RoomId,
+        by: UserId,
+        seq: u64,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        let command = RoomCommand::DeleteMessage {
+            by,
+            seq,
+            deleted_at: Utc::now(),
+        };
+        self.change_message(room, command, meta).await
+    }
+
+    /// Adds (`add`) or takes back `user`'s reaction `emoji` to message `seq`. Returns the
+    /// change's position, 0 when it changed nothing (a repeat).
+    pub async fn react(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: u64,
+        emoji: &str,
+        add: bool,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        let emoji = emoji.to_owned();
+        let command = if add {
+            RoomCommand::React { user, seq, emoji }
+        } else {
+            RoomCommand::Unreact { user, seq, emoji }
+        };
+        self.change_message(room, command, meta).await
+    }
+
+    async fn change_message(
+        &self,
+        room: RoomId,
+        command: RoomCommand,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        Ok(execute(&self.rooms, room.to_string(), command, meta)
+            .await?
+            .position)
+    }
+}
+
 /// The message a stored event holds.
 fn sent_message(
     room_id: RoomId,
@@ -122,6 +204,7 @@ fn sent_message(
             body,
             client_msg_id,
             sent_at,
+            reply_to,
         } => Some(SentMessage {
             room_id,
             message_id,
@@ -132,6 +215,7 @@ fn sent_message(
             sent_at,
             position,
             repeated,
+            reply_to,
         }),
         _ => None,
     }

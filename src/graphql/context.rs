@@ -7,12 +7,14 @@ use std::time::Duration;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID};
 use parley_domain::{RoomId, UserId};
-use parley_projections::RoomView;
+use parley_projections::{MessageView, RoomView};
 
 use super::error::{ApiError, ApiResult};
 use super::loaders::UserLoader;
+use super::types::Message;
 use crate::app::App;
 use crate::commands::CommandMeta;
+use crate::live::LiveMessage;
 
 /// The user a verified token names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,32 +141,67 @@ pub async fn require_member(
     }
 }
 
+/// Message `seq` of `room` as the read model shows it once it reflects the change at
+/// `position` (0: no change was written; read it as it is).
+pub async fn fresh_message(app: &App, room: RoomId, seq: i64, position: i64) -> ApiResult<Message> {
+    let read = || async move {
+        let page = app
+            .read_models
+            .messages_between(room, seq - 1, seq, 1)
+            .await;
+        Ok(page.map_err(ApiError::from)?.into_iter().next())
+    };
+    let view = once_projected(app, "message", read, |view: &MessageView| {
+        view.position.0 >= position
+    })
+    .await?;
+    Ok(Message(LiveMessage::from(view)))
+}
+
 /// The room as the read model shows it once it reflects `ready` (read-your-writes after a
-/// command: the projector is a few milliseconds behind the command). Re-reads only when the
-/// projector announces a new checkpoint.
+/// command: the projector is a few milliseconds behind the command).
 pub async fn fresh_room(
     app: &App,
     room: RoomId,
     ready: impl Fn(&RoomView) -> bool,
 ) -> ApiResult<RoomView> {
+    let read = || async move { Ok(app.read_models.room(room).await.map_err(ApiError::from)?) };
+    once_projected(app, "room", read, ready).await
+}
+
+/// What `read` answers once it is `ready`, re-read only when the projector announces a new
+/// checkpoint; after 5 s (or if the projector follower stopped), what there is.
+async fn once_projected<T, Read, Fut>(
+    app: &App,
+    what: &str,
+    read: Read,
+    ready: impl Fn(&T) -> bool,
+) -> ApiResult<T>
+where
+    Read: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut checkpoints = app.projected.watch();
     loop {
-        let view = app.read_models.room(room).await.map_err(ApiError::from)?;
-        match view {
-            Some(view) if ready(&view) => return Ok(view),
-            view => {
+        match read().await? {
+            Some(found) if ready(&found) => return Ok(found),
+            found => {
                 let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
                 if matches!(moved, Ok(Ok(()))) {
                     continue;
                 }
-                // Timed out (or the projector follower stopped): answer with what there is.
-                return match view {
-                    Some(view) => {
-                        tracing::warn!(%room, "read model still behind after 5 s; answering with it");
-                        Ok(view)
+                return match found {
+                    Some(found) => {
+                        tracing::warn!(
+                            what,
+                            "read model still behind after 5 s; answering with it"
+                        );
+                        Ok(found)
                     }
-                    None => Err(ApiError::internal("room not projected within 5 s").into()),
+                    None => {
+                        Err(ApiError::internal(format!("{what} not projected within 5 s")).into())
+                    }
                 };
             }
         }

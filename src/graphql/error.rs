@@ -148,6 +148,10 @@ impl From<RoomError> for ApiError {
             RoomError::RoomAlreadyExists | RoomError::AlreadyMember => Self::Conflict(message),
             RoomError::UnknownRoom => Self::NotFound("no such room".to_owned()),
             RoomError::NotMember => Self::Forbidden("you are not a member of this room".to_owned()),
+            RoomError::NotSender | RoomError::NotAllowed => Self::Forbidden(message),
+            RoomError::UnknownMessage(_) => Self::NotFound(message),
+            RoomError::MessageDeleted(_) => Self::Conflict(message),
+            RoomError::InvalidEmoji(_) | RoomError::InvalidReplyTo(_) => Self::BadInput(message),
             RoomError::InvalidName(_)
             | RoomError::InvalidBody(_)
             | RoomError::InvalidClientMsgId(_)

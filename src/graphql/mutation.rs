@@ -5,7 +5,8 @@ use parley_domain::{Password, RoomError, UserId, ValueError};
 use parley_projections::UserView;
 
 use super::context::{
-    actor, app, client_ip, fresh_room, meta, require_member, room_id, user_id, within,
+    actor, app, client_ip, fresh_message, fresh_room, meta, require_member, room_id, user_id,
+    within,
 };
 use super::error::{ApiError, ApiResult};
 use super::types::{with_last_message, AuthPayload, Message, Room, User};
@@ -16,6 +17,28 @@ use crate::relay::{Channel, Relay};
 
 #[derive(Debug, Default)]
 pub struct Mutation;
+
+/// A message seq from the API: one below 1 names no message (the room answers NOT_FOUND).
+fn message_seq(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+async fn react(
+    ctx: &Context<'_>,
+    room_id: ID,
+    seq: i64,
+    emoji: String,
+    add: bool,
+) -> ApiResult<Message> {
+    let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
+    within(app.limits.send(me))?;
+    let position = app
+        .commands
+        .react(room, me, message_seq(seq), &emoji, add, &meta(ctx))
+        .await
+        .map_err(ApiError::from)?;
+    fresh_message(app, room, seq, position).await
+}
 
 fn password(raw: &str) -> ApiResult<Password> {
     Password::parse(raw).map_err(|e: ValueError| ApiError::BadInput(e.to_string()).into())
@@ -197,21 +220,25 @@ impl Mutation {
     }
 
     /// Sends a message; returns it once it is durable. Repeating a `clientMsgId` returns the
-    /// original message and stores nothing.
+    /// original message and stores nothing. `replyTo`: the seq of an earlier message of the
+    /// same room this one answers.
     async fn send_message(
         &self,
         ctx: &Context<'_>,
         room_id: ID,
         body: String,
         client_msg_id: String,
+        reply_to: Option<i64>,
     ) -> ApiResult<Message> {
         let me = actor(ctx)?;
         let room = super::context::room_id(&room_id)?;
         let app = app(ctx);
         within(app.limits.send(me))?;
+        // A seq below 1 names no message: the room refuses it like any unknown one.
+        let reply_to = reply_to.map(|seq| u64::try_from(seq).unwrap_or(0));
         let sent = app
             .commands
-            .send_message(room, me, &body, &client_msg_id, &meta(ctx))
+            .send_reply(room, me, &body, &client_msg_id, reply_to, &meta(ctx))
             .await
             .map_err(ApiError::from)?;
         if !sent.repeated && app.typing.stopped(room, me) {
@@ -227,8 +254,66 @@ impl Mutation {
             body: sent.body.as_str().to_owned(),
             client_msg_id: sent.client_msg_id.as_str().to_owned(),
             sent_at: sent.sent_at,
-            position: 0,
+            position: sent.position,
+            reply_to: sent.reply_to.map(|seq| seq.0 as i64),
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         }))
+    }
+
+    /// Replaces the body of one of the caller's messages (same rules as `sendMessage`); not
+    /// a deleted one. Returns the message as it now is.
+    async fn edit_message(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        seq: i64,
+        body: String,
+    ) -> ApiResult<Message> {
+        let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
+        within(app.limits.send(me))?;
+        let position = app
+            .commands
+            .edit_message(room, me, message_seq(seq), &body, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        fresh_message(app, room, seq, position).await
+    }
+
+    /// Deletes a message (the sender, or the room's host): its text is erased everywhere;
+    /// it keeps its seq, with body "" and `deleted: true`.
+    async fn delete_message(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Message> {
+        let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
+        within(app.limits.send(me))?;
+        let position = app
+            .commands
+            .delete_message(room, me, message_seq(seq), &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        fresh_message(app, room, seq, position).await
+    }
+
+    /// Reacts to a message with an emoji (1–16 characters); the same emoji twice is a no-op.
+    async fn react(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        seq: i64,
+        emoji: String,
+    ) -> ApiResult<Message> {
+        react(ctx, room_id, seq, emoji, true).await
+    }
+
+    /// Takes back a reaction; taking back one never given is a no-op.
+    async fn unreact(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        seq: i64,
+        emoji: String,
+    ) -> ApiResult<Message> {
+        react(ctx, room_id, seq, emoji, false).await
     }
 
     /// Tells the room the caller is typing; it shows for about 5 s unless repeated.

@@ -1,4 +1,4 @@
-//! `Subscription`: live messages, typing and notices, over the relay.
+//! `Subscription`: live messages, message changes, typing and notices, over the relay.
 //!
 //! Each subscription subscribes to its relay channel *first* and only then reads what it
 //! must replay, so nothing falls between the two. From then on it keeps a cursor — the
@@ -170,6 +170,90 @@ impl Subscription {
                     yield Ok(Message(message.clone()));
                 } else {
                     tracing::error!(%room, expected = last + 1, got = message.seq, "message gap could not be filled");
+                }
+            }
+        })
+    }
+
+    /// Changes of a room's messages — edits, deletions, reactions — as the changed message
+    /// in its current state. With `after` (a global position): first every message whose
+    /// newest change is after it, oldest change first, then live. Without: live only.
+    /// Members only; ends when the caller leaves. Gaps (a change the relay lost) and relay
+    /// resyncs are filled from the read model, by position.
+    async fn message_updates(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        after: Option<i64>,
+    ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        if after.is_some_and(|a| a < 0) {
+            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
+        }
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        // Subscribe first: a change projected after this is relayed; one projected before
+        // is in the read model the replay reads.
+        let mut live = subscribe(&app, Channel::Room(room)).await?;
+        require_member(&app, room, me).await?;
+        // The position up to which the caller has every change.
+        let mut cursor = after.unwrap_or_else(|| app.projected.now());
+        Ok(stream! {
+            let _slot = slot;
+            let mut catch_up = after.is_some();
+            // The room's aggregate sequence of the newest relayed event, to see gaps.
+            let mut last_sequence: Option<i64> = None;
+            loop {
+                while catch_up {
+                    let page = match app.read_models.changed_messages(room, cursor, PAGE).await {
+                        Ok(page) => page,
+                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                    };
+                    catch_up = page.len() as i64 == PAGE;
+                    for message in page {
+                        cursor = cursor.max(message.position.0);
+                        yield Ok(Message(LiveMessage::from(message)));
+                    }
+                }
+                let Some(item) = live.recv().await else { return };
+                let relayed = match item {
+                    RelayItem::Message(relayed) => relayed,
+                    RelayItem::Resync | RelayItem::Lagged(_) => {
+                        match app.commands.membership(room, me).await {
+                            Ok(Some(true)) => {}
+                            Ok(_) => return,
+                            Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                        }
+                        catch_up = true;
+                        last_sequence = None;
+                        continue;
+                    }
+                };
+                let Some(event) = decode(&relayed) else { continue };
+                if left(event, me) {
+                    return;
+                }
+                let Some(sequence) = event.sequence() else { continue };
+                let gap = last_sequence.is_some_and(|last| sequence > last + 1);
+                last_sequence = Some(last_sequence.map_or(sequence, |last| last.max(sequence)));
+                if gap {
+                    catch_up = true;
+                    continue;
+                }
+                let &LiveEvent::MessageChanged { seq, position, .. } = event else { continue };
+                if position <= cursor {
+                    continue;
+                }
+                let found = app.read_models.messages_between(room, seq - 1, seq, 1).await;
+                match found {
+                    Ok(found) => {
+                        cursor = position;
+                        if let Some(message) = found.into_iter().next() {
+                            yield Ok(Message(LiveMessage::from(message)));
+                        }
+                    }
+                    Err(error) => { yield Err(ApiError::from(error).into()); return; }
                 }
             }
         })

@@ -215,6 +215,61 @@ impl Message {
     async fn sent_at(&self) -> Timestamp {
         self.0.sent_at.into()
     }
+
+    /// When the body was last edited; null if never.
+    async fn edited_at(&self) -> Option<Timestamp> {
+        self.0.edited_at.map(Timestamp::from)
+    }
+
+    /// A deleted message keeps its seq; its body is "" and its text is erased everywhere.
+    async fn deleted(&self) -> bool {
+        self.0.deleted
+    }
+
+    /// The message this one answers (null if none, or if it is not readable yet).
+    async fn reply_to(&self, ctx: &Context<'_>) -> ApiResult<Option<Message>> {
+        let Some(seq) = self.0.reply_to else {
+            return Ok(None);
+        };
+        let page = app(ctx)
+            .read_models
+            .messages_between(self.0.room_id, seq - 1, seq, 1)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(page
+            .into_iter()
+            .next()
+            .map(|m| Message(LiveMessage::from(m))))
+    }
+
+    /// The reactions that stand, one entry per emoji.
+    async fn reactions(&self, ctx: &Context<'_>) -> Vec<Reaction> {
+        let me = actor(ctx).ok();
+        self.0
+            .reactions
+            .iter()
+            .map(|r| Reaction {
+                emoji: r.emoji.clone(),
+                count: r.users.len() as i64,
+                mine: me.is_some_and(|me| r.users.contains(&me)),
+            })
+            .collect()
+    }
+
+    /// The global log position of the message's newest change (its send, edit, deletion or
+    /// reaction).
+    async fn position(&self) -> i64 {
+        self.0.position
+    }
+}
+
+/// One emoji's reactions to a message.
+#[derive(SimpleObject, Debug)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: i64,
+    /// Whether the caller is among those who reacted.
+    pub mine: bool,
 }
 
 /// A page of history, oldest first.

@@ -14,6 +14,8 @@ use parley_projections::memory::EmbeddedLog;
 use parley_projections::{GlobalPosition, LogEvent};
 use tokio::sync::watch;
 
+use parley_projections::erasure;
+
 use super::{registered_username, AppendError, MessageKey, Snapshot};
 
 /// One event in the global log, with what Postgres adds on insert.
@@ -48,7 +50,31 @@ struct Inner {
     streams: HashMap<(String, String), Vec<usize>>,
     usernames: HashSet<String>,
     messages: HashMap<MessageKey, usize>,
+    /// (room, seq) of each `MessageSent`: its sender.
+    senders: HashMap<(String, u64), String>,
     snapshots: HashMap<(String, String), Snapshot>,
+}
+
+impl Inner {
+    /// Erases the text of every event of the message a `MessageDeleted` payload names (see
+    /// `parley_projections::erasure`): the embedded log keeps no text apart, so the payload
+    /// itself gets the placeholder.
+    fn erase_message(&mut self, room: &str, deleted: &serde_json::Value) {
+        let Some(seq) = erasure::message_seq("MessageDeleted", deleted) else {
+            return;
+        };
+        let Some(stream) = self.streams.get(&("Room".to_owned(), room.to_owned())) else {
+            return;
+        };
+        for &index in stream {
+            let event = &mut self.log[index].event;
+            if erasure::carries_text(&event.aggregate_type, &event.event_type)
+                && erasure::message_seq(&event.event_type, &event.payload) == Some(seq)
+            {
+                erasure::take_text(&event.aggregate_type, &event.event_type, &mut event.payload);
+            }
+        }
+    }
 }
 
 impl MemoryLog {
@@ -121,6 +147,13 @@ impl MemoryLog {
             }
             if let Some(message) = MessageKey::of_event(event) {
                 inner.messages.insert(message, index);
+                let body = &event.payload["MessageSent"];
+                if let (Some(seq), Some(sender)) = (body["seq"].as_u64(), body["sender"].as_str()) {
+                    let sender = sender.to_owned();
+                    inner
+                        .senders
+                        .insert((event.aggregate_id.clone(), seq), sender);
+                }
             }
             inner
                 .streams
@@ -132,6 +165,9 @@ impl MemoryLog {
                 event: event.clone(),
                 recorded_at,
             });
+            if event.aggregate_type == "Room" && event.event_type == "MessageDeleted" {
+                inner.erase_message(&event.aggregate_id, &event.payload);
+            }
         }
         let head = inner.log.len() as i64;
         drop(inner);
@@ -195,6 +231,10 @@ impl MemoryLog {
             .messages
             .get(key)
             .map(|&i| (inner.log[i].event.clone(), inner.log[i].id as i64))
+    }
+
+    pub(super) fn message_sender(&self, room: &str, seq: u64) -> Option<String> {
+        self.lock().senders.get(&(room.to_owned(), seq)).cloned()
     }
 
     pub(super) fn room_events(&self, room: &str, after: i64, up_to: i64) -> Vec<LogEvent> {

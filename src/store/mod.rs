@@ -194,6 +194,19 @@ impl EventLog {
         }
     }
 
+    /// Who sent message `seq` of `room`, if the log holds it (and its text is not erased).
+    pub async fn message_sender(
+        &self,
+        room: RoomId,
+        seq: u64,
+    ) -> Result<Option<UserId>, PersistenceError> {
+        let sender = match self {
+            Self::Postgres(log) => log.message_sender(&room.to_string(), seq).await?,
+            Self::Memory(log) => log.message_sender(&room.to_string(), seq),
+        };
+        Ok(sender.and_then(|s| UserId::parse(&s).ok()))
+    }
+
     /// Positioned events of one room with `after < sequence <= up_to`, in sequence order:
     /// what a live subscriber re-reads to fill a gap it detected.
     pub async fn room_events(

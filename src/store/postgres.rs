@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use parley_domain::Username;
+use parley_projections::erasure;
 use parley_projections::postgres::log_event;
 use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
@@ -129,7 +130,7 @@ impl PostgresLog {
         .bind(&event.aggregate_type)
         .bind(&event.aggregate_id)
         .bind(sequence)
-        .bind(event.payload.to_string())
+        .bind(stored_payload(event).0)
         .bind(event.metadata.to_string())
         .fetch_optional(&self.pool)
         .await
@@ -218,7 +219,8 @@ impl PostgresLog {
         key: &MessageKey,
     ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
         let row = sqlx::query(
-            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata, position
+            "SELECT aggregate_id, sequence, event_type, event_version,
+                    event_payload(payload, erasable) AS payload, metadata, position
                FROM events
               WHERE aggregate_type = 'Room' AND event_type = 'MessageSent'
                 AND aggregate_id = $1
@@ -245,6 +247,26 @@ impl PostgresLog {
         }))
     }
 
+    pub(super) async fn message_sender(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Result<Option<String>, PersistenceError> {
+        let seq = i64::try_from(seq).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        // Served by the index `events_erasable_by_message`.
+        sqlx::query_scalar(
+            "SELECT payload -> 'MessageSent' ->> 'sender' FROM events
+              WHERE aggregate_id = $1 AND (payload -> event_type ->> 'seq')::bigint = $2
+                AND erasable IS NOT NULL
+                AND aggregate_type = 'Room' AND event_type = 'MessageSent'",
+        )
+        .bind(room)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
     pub(super) async fn room_events(
         &self,
         room: &str,
@@ -253,7 +275,7 @@ impl PostgresLog {
     ) -> Result<Vec<LogEvent>, PersistenceError> {
         let rows = sqlx::query(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    payload, metadata, recorded_at
+                    event_payload(payload, erasable) AS payload, metadata, recorded_at
                FROM events
               WHERE aggregate_type = 'Room' AND aggregate_id = $1
                 AND sequence > $2 AND sequence <= $3 AND position IS NOT NULL
@@ -285,24 +307,34 @@ impl PostgresLog {
 }
 
 /// The batch statement: `n` positions from `log_head`, then every event in one INSERT with
-/// its position (`$1`…`$7` are the parallel arrays of [`BatchColumns`]); `$conflict` and
-/// `$returning` finish the INSERT, `$select` is what the statement returns.
+/// its position (`$1`…`$8` are the parallel arrays of [`BatchColumns`]); `$conflict` and
+/// `$returning` finish the INSERT, `$select` is what the statement returns. The batch's
+/// deletions (`$9`, `$10`: room, seq) erase the text of the messages' earlier events in the
+/// same statement (see the migration `erasable_text`).
 macro_rules! batch_statement {
     ($conflict:literal, $returning:literal, $select:literal) => {
         concat!(
             "WITH head AS (
                  UPDATE log_head SET position = position + cardinality($1::text[])
                  RETURNING position - cardinality($1::text[]) AS base
+             ), erased AS (
+                 UPDATE events SET erasable = NULL
+                   FROM unnest($9::text[], $10::bigint[]) AS d(room, seq)
+                  WHERE events.erasable IS NOT NULL AND events.aggregate_id = d.room
+                    AND (events.payload -> events.event_type ->> 'seq')::bigint = d.seq
+                    AND events.aggregate_type = 'Room'
              ), appended AS (
                  INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                     event_version, payload, metadata, position)
+                                     event_version, payload, metadata, position, erasable)
                  SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
-                        e.event_version, e.payload::json, e.metadata::json, head.base + e.n
+                        e.event_version, e.payload::json, e.metadata::json, head.base + e.n,
+                        e.erasable
                    FROM head,
                         unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                               $6::text[], $7::text[])
+                               $6::text[], $7::text[], $8::text[])
                         WITH ORDINALITY AS e(aggregate_type, aggregate_id, sequence,
-                                             event_type, event_version, payload, metadata, n) ",
+                                             event_type, event_version, payload, metadata,
+                                             erasable, n) ",
             $conflict,
             " RETURNING ",
             $returning,
@@ -326,8 +358,9 @@ const PROBE: &str = batch_statement!(
     "SELECT head.base + 1, coalesce((SELECT array_agg(position) FROM appended), '{}') FROM head"
 );
 
-/// A batch as the seven parallel arrays [`APPEND`] unnests. JSON goes as text, so the
-/// stored text is serde_json's own (keys sorted), byte for byte.
+/// A batch as the parallel arrays [`APPEND`] unnests. JSON goes as text, so the stored text
+/// is serde_json's own (keys sorted), byte for byte; a message's text goes in `erasables`,
+/// its payload keeps the placeholder.
 struct BatchColumns {
     aggregate_types: Vec<String>,
     aggregate_ids: Vec<String>,
@@ -336,6 +369,10 @@ struct BatchColumns {
     event_versions: Vec<String>,
     payloads: Vec<String>,
     metadata: Vec<String>,
+    erasables: Vec<Option<String>>,
+    /// The messages the batch deletes: (room, seq).
+    erase_rooms: Vec<String>,
+    erase_seqs: Vec<i64>,
 }
 
 impl BatchColumns {
@@ -348,6 +385,9 @@ impl BatchColumns {
             event_versions: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
             metadata: Vec::with_capacity(events.len()),
+            erasables: Vec::with_capacity(events.len()),
+            erase_rooms: Vec::new(),
+            erase_seqs: Vec::new(),
         };
         for event in events {
             columns.aggregate_types.push(event.aggregate_type.clone());
@@ -358,8 +398,27 @@ impl BatchColumns {
             );
             columns.event_types.push(event.event_type.clone());
             columns.event_versions.push(event.event_version.clone());
-            columns.payloads.push(event.payload.to_string());
+            let (payload, text) = stored_payload(event);
+            columns.payloads.push(payload);
+            columns.erasables.push(text);
             columns.metadata.push(event.metadata.to_string());
+            if let Some(seq) = deleted_message(event) {
+                // Earlier events of this batch are not visible to the statement's UPDATE.
+                let earlier = events.iter().zip(columns.erasables.iter_mut());
+                for (other, text) in earlier {
+                    let same_message = other.aggregate_type == "Room"
+                        && other.aggregate_id == event.aggregate_id
+                        && erasure::carries_text(&other.aggregate_type, &other.event_type)
+                        && erasure::message_seq(&other.event_type, &other.payload)
+                            .and_then(|s| i64::try_from(s).ok())
+                            == Some(seq);
+                    if same_message {
+                        *text = None;
+                    }
+                }
+                columns.erase_rooms.push(event.aggregate_id.clone());
+                columns.erase_seqs.push(seq);
+            }
         }
         Ok(columns)
     }
@@ -380,7 +439,28 @@ impl BatchColumns {
             .bind(&self.event_versions)
             .bind(&self.payloads)
             .bind(&self.metadata)
+            .bind(&self.erasables)
+            .bind(&self.erase_rooms)
+            .bind(&self.erase_seqs)
     }
+}
+
+/// The payload as stored (text taken out) and the text, if the event carries any.
+fn stored_payload(event: &SerializedEvent) -> (String, Option<String>) {
+    if !erasure::carries_text(&event.aggregate_type, &event.event_type) {
+        return (event.payload.to_string(), None);
+    }
+    let mut payload = event.payload.clone();
+    let text = erasure::take_text(&event.aggregate_type, &event.event_type, &mut payload);
+    (payload.to_string(), text)
+}
+
+/// The seq of the message a `MessageDeleted` event deletes.
+fn deleted_message(event: &SerializedEvent) -> Option<i64> {
+    if event.aggregate_type != "Room" || event.event_type != "MessageDeleted" {
+        return None;
+    }
+    erasure::message_seq(&event.event_type, &event.payload).and_then(|seq| i64::try_from(seq).ok())
 }
 
 /// A unique index or key refused a row (SQLSTATE 23505).
@@ -430,4 +510,66 @@ async fn probe_and_commit(
     }
     tx.rollback().await.map_err(store)?;
     Err(AppendError::Conflict(colliding))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn room_event(
+        sequence: usize,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> SerializedEvent {
+        SerializedEvent::new(
+            "room-1".to_owned(),
+            sequence,
+            "Room".to_owned(),
+            event_type.to_owned(),
+            "1.0".to_owned(),
+            payload,
+            json!({}),
+        )
+    }
+
+    #[test]
+    fn text_is_stored_beside_the_payload_and_a_deletion_in_the_same_batch_erases_it() {
+        let events = [
+            room_event(
+                1,
+                "MessageSent",
+                json!({"MessageSent": {"seq": 1, "body": "secret"}}),
+            ),
+            room_event(
+                2,
+                "MessageSent",
+                json!({"MessageSent": {"seq": 2, "body": "kept"}}),
+            ),
+            room_event(
+                3,
+                "MessageEdited",
+                json!({"MessageEdited": {"seq": 1, "body": "secret 2"}}),
+            ),
+            room_event(4, "MessageDeleted", json!({"MessageDeleted": {"seq": 1}})),
+        ];
+        let columns = BatchColumns::of(&events).expect("columns");
+        assert_eq!(
+            columns.erasables,
+            [None, Some("kept".to_owned()), None, None]
+        );
+        assert!(columns
+            .payloads
+            .iter()
+            .all(|p| !p.contains("secret") && !p.contains("kept")));
+        assert_eq!(
+            columns.payloads[0],
+            r#"{"MessageSent":{"body":"","seq":1}}"#
+        );
+        assert_eq!(
+            (columns.erase_rooms, columns.erase_seqs),
+            (vec!["room-1".to_owned()], vec![1])
+        );
+    }
 }

@@ -2,15 +2,16 @@
 //! builders. Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parley_domain::room::IDEMPOTENCY_WINDOW;
 use parley_domain::{
-    ClientMsgId, MessageBody, MessageId, MessageSeq, Role, RoomCommand, RoomEvent, RoomId,
-    RoomName, RoomServices, ServiceError, UserCommand, UserEvent, UserId, UserServices, Username,
+    ClientMsgId, Emoji, MessageBody, MessageFacts, MessageId, MessageSeq, Role, RoomCommand,
+    RoomEvent, RoomId, RoomName, RoomServices, ServiceError, UserCommand, UserEvent, UserId,
+    UserServices, Username,
 };
 use uuid::Uuid;
 
@@ -70,6 +71,8 @@ pub fn service_error() -> ServiceError {
 pub struct FakeDirectory {
     pub taken_usernames: HashSet<String>,
     pub users: HashSet<UserId>,
+    /// Senders of old messages of `ROOM` (older than the room's window), by seq.
+    pub senders: HashMap<u64, UserId>,
     /// Every lookup fails with `ServiceError(OUTAGE)`.
     pub fail: bool,
 }
@@ -95,6 +98,12 @@ impl FakeDirectory {
 
     pub fn with_users(mut self, users: impl IntoIterator<Item = UserId>) -> Self {
         self.users.extend(users);
+        self
+    }
+
+    /// The store knows that `sender` sent message `seq` of `ROOM`.
+    pub fn with_message(mut self, seq: u64, sender: UserId) -> Self {
+        self.senders.insert(seq, sender);
         self
     }
 
@@ -134,6 +143,16 @@ impl RoomServices for FakeDirectory {
         self.check()?;
         Ok(self.users.contains(&user))
     }
+
+    async fn message_sender(
+        &self,
+        room: RoomId,
+        seq: MessageSeq,
+    ) -> Result<Option<MessageFacts>, ServiceError> {
+        self.check()?;
+        let sender = (room == ROOM).then(|| self.senders.get(&seq.0)).flatten();
+        Ok(sender.map(|&sender| MessageFacts { sender }))
+    }
 }
 
 /// A directory backed by a growing event log, as the server's is. It also keeps the event
@@ -171,6 +190,14 @@ impl RecordingDirectory {
 impl RoomServices for RecordingDirectory {
     async fn user_exists(&self, _user: UserId) -> Result<bool, ServiceError> {
         Ok(true)
+    }
+
+    async fn message_sender(
+        &self,
+        _room: RoomId,
+        _seq: MessageSeq,
+    ) -> Result<Option<MessageFacts>, ServiceError> {
+        Ok(None)
     }
 }
 
@@ -265,6 +292,7 @@ pub fn message_sent(seq: u64, sender: UserId, client_id: &str) -> RoomEvent {
         body: body("hello"),
         client_msg_id: client_msg_id(client_id),
         sent_at: at(i64::try_from(seq).expect("small seq")),
+        reply_to: None,
     }
 }
 
@@ -277,6 +305,7 @@ pub fn sent_now(seq: u64, sender: UserId, text: &str, client_id: &str) -> RoomEv
         body: body(text),
         client_msg_id: client_msg_id(client_id),
         sent_at: now(),
+        reply_to: None,
     }
 }
 
@@ -320,6 +349,98 @@ pub fn send(sender: UserId, text: &str, client_id: &str) -> RoomCommand {
         sender,
         body: text.to_owned(),
         client_msg_id: client_id.to_owned(),
+        reply_to: None,
         sent_at: now(),
+    }
+}
+
+pub fn emoji(s: &str) -> Emoji {
+    Emoji::parse(s).expect("valid emoji")
+}
+
+pub fn reply(sender: UserId, text: &str, client_id: &str, to: u64) -> RoomCommand {
+    match send(sender, text, client_id) {
+        RoomCommand::SendMessage {
+            message_id,
+            sender,
+            body,
+            client_msg_id,
+            sent_at,
+            ..
+        } => RoomCommand::SendMessage {
+            message_id,
+            sender,
+            body,
+            client_msg_id,
+            reply_to: Some(to),
+            sent_at,
+        },
+        other => other,
+    }
+}
+
+pub fn edit(editor: UserId, seq: u64, text: &str) -> RoomCommand {
+    RoomCommand::EditMessage {
+        editor,
+        seq,
+        body: text.to_owned(),
+        edited_at: now(),
+    }
+}
+
+pub fn edited(seq: u64, editor: UserId, text: &str) -> RoomEvent {
+    RoomEvent::MessageEdited {
+        seq: MessageSeq(seq),
+        editor,
+        body: body(text),
+        edited_at: now(),
+    }
+}
+
+pub fn delete(by: UserId, seq: u64) -> RoomCommand {
+    RoomCommand::DeleteMessage {
+        by,
+        seq,
+        deleted_at: now(),
+    }
+}
+
+pub fn deleted(seq: u64, by: UserId) -> RoomEvent {
+    RoomEvent::MessageDeleted {
+        seq: MessageSeq(seq),
+        deleted_by: by,
+        deleted_at: now(),
+    }
+}
+
+pub fn react(user: UserId, seq: u64, e: &str) -> RoomCommand {
+    RoomCommand::React {
+        user,
+        seq,
+        emoji: e.to_owned(),
+    }
+}
+
+pub fn unreact(user: UserId, seq: u64, e: &str) -> RoomCommand {
+    RoomCommand::Unreact {
+        user,
+        seq,
+        emoji: e.to_owned(),
+    }
+}
+
+pub fn reaction_added(seq: u64, user_id: UserId, e: &str) -> RoomEvent {
+    RoomEvent::ReactionAdded {
+        seq: MessageSeq(seq),
+        user_id,
+        emoji: emoji(e),
+    }
+}
+
+pub fn reaction_removed(seq: u64, user_id: UserId, e: &str) -> RoomEvent {
+    RoomEvent::ReactionRemoved {
+        seq: MessageSeq(seq),
+        user_id,
+        emoji: emoji(e),
     }
 }

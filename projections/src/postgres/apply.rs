@@ -140,6 +140,7 @@ struct MessageRun {
     client_msg_id: Vec<String>,
     sent_at: Vec<DateTime<Utc>>,
     position: Vec<i64>,
+    reply_to: Vec<Option<i64>>,
 }
 
 impl MessageRun {
@@ -164,9 +165,11 @@ pub(crate) async fn apply(
                 body,
                 client_msg_id,
                 sent_at,
+                reply_to,
             },
         ) = decoded
         {
+            run.reply_to.push(reply_to.map(|seq| seq.0 as i64));
             run.room_id.push(room.0);
             run.seq.push(seq.0 as i64);
             run.message_id.push(message_id.0);
@@ -238,9 +241,11 @@ async fn flush(
     if let Some(tables) = targets.messages {
         sqlx::query(&format!(
             "INSERT INTO {messages_view}
-                    (room_id, seq, message_id, sender, body, client_msg_id, sent_at, position)
+                    (room_id, seq, message_id, sender, body, client_msg_id, sent_at, position,
+                     reply_to)
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[],
-                                  $5::text[], $6::text[], $7::timestamptz[], $8::bigint[])",
+                                  $5::text[], $6::text[], $7::timestamptz[], $8::bigint[],
+                                  $9::bigint[])",
             messages_view = tables.messages_view
         ))
         .bind(&run.room_id)
@@ -251,6 +256,7 @@ async fn flush(
         .bind(&run.client_msg_id)
         .bind(&run.sent_at)
         .bind(&run.position)
+        .bind(&run.reply_to)
         .execute(&mut *conn)
         .await?;
     }
@@ -273,6 +279,9 @@ async fn apply_one(
         DecodedEvent::Room(room, event) => {
             if let Some(tables) = targets.rooms {
                 apply_room(conn, tables, *room, event, position).await?;
+            }
+            if let Some(tables) = targets.messages {
+                apply_message_change(conn, tables, *room, event, position).await?;
             }
         }
         DecodedEvent::Unknown => {}
@@ -392,8 +401,101 @@ async fn apply_room(
             .execute(&mut *conn)
             .await?;
         }
-        RoomEvent::MessageSent { .. } => {}
+        RoomEvent::MessageSent { .. }
+        | RoomEvent::MessageEdited { .. }
+        | RoomEvent::MessageDeleted { .. }
+        | RoomEvent::ReactionAdded { .. }
+        | RoomEvent::ReactionRemoved { .. } => {}
     }
+    Ok(())
+}
+
+/// Edits, deletions and reactions of a message already in the history.
+async fn apply_message_change(
+    conn: &mut PgConnection,
+    tables: MessagesTables,
+    room: parley_domain::RoomId,
+    event: &RoomEvent,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    let messages_view = tables.messages_view;
+    // $1 room, $2 seq, $3 position; the rest per change.
+    match event {
+        RoomEvent::MessageEdited {
+            seq,
+            body,
+            edited_at,
+            ..
+        } => {
+            sqlx::query(&format!(
+            "UPDATE {messages_view} SET body = $4, edited_at = $5, position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2 AND NOT deleted"
+        ))
+            .bind(room.0)
+            .bind(seq.0 as i64)
+            .bind(position)
+            .bind(body.as_str())
+            .bind(edited_at)
+            .execute(&mut *conn)
+            .await?
+        }
+        // The text is gone from the log already (erased in the deletion's transaction).
+        RoomEvent::MessageDeleted { seq, .. } => {
+            sqlx::query(&format!(
+                "UPDATE {messages_view}
+                SET body = '', deleted = true, reactions = '{{}}', position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2"
+            ))
+            .bind(room.0)
+            .bind(seq.0 as i64)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?
+        }
+        RoomEvent::ReactionAdded {
+            seq,
+            user_id,
+            emoji,
+        } => {
+            sqlx::query(&format!(
+                "UPDATE {messages_view}
+                SET reactions = jsonb_set(reactions, ARRAY[$4],
+                                          coalesce(reactions -> $4, '[]') || to_jsonb($5::text)),
+                    position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2
+                AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
+            ))
+            .bind(room.0)
+            .bind(seq.0 as i64)
+            .bind(position)
+            .bind(emoji.as_str())
+            .bind(user_id.to_string())
+            .execute(&mut *conn)
+            .await?
+        }
+        RoomEvent::ReactionRemoved {
+            seq,
+            user_id,
+            emoji,
+        } => {
+            sqlx::query(&format!(
+                "UPDATE {messages_view}
+                SET reactions = CASE WHEN (reactions -> $4) - $5 = '[]' THEN reactions - $4
+                                     ELSE jsonb_set(reactions, ARRAY[$4], (reactions -> $4) - $5)
+                                END,
+                    position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
+            ))
+            .bind(room.0)
+            .bind(seq.0 as i64)
+            .bind(position)
+            .bind(emoji.as_str())
+            .bind(user_id.to_string())
+            .execute(&mut *conn)
+            .await?
+        }
+        _ => return Ok(()),
+    };
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::GlobalPosition;
 /// The columns of a row, in order (payload and metadata as text: exactly as stored for
 /// `json`, whatever the column type).
 pub(crate) const COPY_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, \
-    event_type, event_version, payload::text, metadata::text, recorded_at";
+    event_type, event_version, event_payload(payload, erasable)::text, metadata::text, recorded_at";
 
 const FIELDS: i16 = 9;
 

@@ -25,11 +25,12 @@ use crate::GlobalPosition;
 const ROOM_PAGE: i64 = 5000;
 
 const COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type, \
-                       event_version, payload, metadata, recorded_at";
+                       event_version, event_payload(payload, erasable) AS payload, metadata, recorded_at";
 
 /// [`COLUMNS`] with the JSON as text, for [`RawLogEvent`].
 const RAW_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type, \
-                           event_version, payload::text AS payload, metadata::text AS metadata, \
+                           event_version, event_payload(payload, erasable)::text AS payload, \
+                           metadata::text AS metadata, \
                            recorded_at";
 
 /// The positioned log in PostgreSQL. Cheap to clone.

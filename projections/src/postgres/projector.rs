@@ -109,7 +109,7 @@ pub struct ActiveSession {
 }
 
 const EVENT_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, event_type,
-                             event_version, payload, metadata, recorded_at";
+                             event_version, event_payload(payload, erasable) AS payload, metadata, recorded_at";
 
 impl PgProjector {
     pub fn new(pool: PgPool, live: LiveFeed, config: ProjectorConfig) -> Self {

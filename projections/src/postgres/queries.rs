@@ -14,7 +14,8 @@ use super::log_reader::PgEventLog;
 use super::rebuild::{self, RebuildConfig, RebuildProgress, RebuildReport};
 use crate::read_models::ReadModelError;
 use crate::views::{
-    Credentials, MessagePage, MessageView, Page, PageRequest, RoomListItem, RoomView, UserView,
+    Credentials, MessagePage, MessageView, Page, PageRequest, ReactionView, RoomListItem, RoomView,
+    UserView,
 };
 use crate::{GlobalPosition, ProjectionStatus, PROJECTIONS};
 
@@ -32,7 +33,22 @@ const ROOM_COLUMNS: &str = "r.room_id, r.name, r.host, r.created_at, r.last_seq,
            WHERE m.room_id = r.room_id AND m.state = 'invited' ORDER BY user_id) AS invited";
 
 const MESSAGE_COLUMNS: &str =
-    "room_id, seq, message_id, sender, body, client_msg_id, sent_at, position";
+    "room_id, seq, message_id, sender, body, client_msg_id, sent_at, position, edited_at, \
+     deleted, reply_to, reactions, changed";
+
+/// The `reactions` column (`{emoji: [user id, …]}`) in emoji order.
+fn reactions(column: serde_json::Value) -> Vec<ReactionView> {
+    let by_emoji: std::collections::BTreeMap<String, Vec<Uuid>> =
+        serde_json::from_value(column).unwrap_or_default();
+    by_emoji
+        .into_iter()
+        .filter(|(_, users)| !users.is_empty())
+        .map(|(emoji, users)| ReactionView {
+            emoji,
+            users: users.into_iter().map(UserId).collect(),
+        })
+        .collect()
+}
 
 fn user_view(row: &PgRow) -> UserView {
     UserView {
@@ -71,6 +87,11 @@ fn message_view(row: &PgRow) -> MessageView {
         client_msg_id: row.get("client_msg_id"),
         sent_at: row.get("sent_at"),
         position: GlobalPosition(row.get("position")),
+        edited_at: row.get("edited_at"),
+        deleted: row.get("deleted"),
+        reply_to: row.get("reply_to"),
+        reactions: reactions(row.get("reactions")),
+        changed: row.get("changed"),
     }
 }
 
@@ -164,7 +185,10 @@ impl PgReadModels {
                     greatest(r.last_seq - coalesce(c.last_read_seq, 0), 0) AS unread,
                     m.room_id AS m_room_id, m.seq AS m_seq, m.message_id AS m_message_id,
                     m.sender AS m_sender, m.body AS m_body, m.client_msg_id AS m_client_msg_id,
-                    m.sent_at AS m_sent_at, m.position AS m_position
+                    m.sent_at AS m_sent_at, m.position AS m_position,
+                    m.edited_at AS m_edited_at, m.deleted AS m_deleted,
+                    m.reply_to AS m_reply_to, m.reactions AS m_reactions,
+                    m.changed AS m_changed
                FROM room_members rm
                JOIN rooms_view r ON r.room_id = rm.room_id
                LEFT JOIN messages_view m ON m.room_id = r.room_id AND m.seq = r.last_seq
@@ -189,6 +213,11 @@ impl PgReadModels {
                         client_msg_id: row.get("m_client_msg_id"),
                         sent_at: row.get::<DateTime<Utc>, _>("m_sent_at"),
                         position: GlobalPosition(row.get("m_position")),
+                        edited_at: row.get("m_edited_at"),
+                        deleted: row.get("m_deleted"),
+                        reply_to: row.get("m_reply_to"),
+                        reactions: reactions(row.get("m_reactions")),
+                        changed: row.get("m_changed"),
                     });
                 RoomListItem {
                     room: room_view(row),
@@ -282,6 +311,26 @@ impl PgReadModels {
         .bind(room.0)
         .bind(after)
         .bind(up_to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(message_view).collect())
+    }
+
+    /// Messages of `room` changed (edited, deleted, reacted to) with their newest change
+    /// after `after`, in position order.
+    pub async fn changed_messages(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages_view
+              WHERE room_id = $1 AND changed AND position > $2 ORDER BY position LIMIT $3"
+        ))
+        .bind(room.0)
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
