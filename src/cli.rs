@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             projections::rebuild(args).await
         }
         Some(Command::Users(UsersCommand::Grant(args))) => users::grant(args).await,
+        Some(Command::Users(UsersCommand::Erase(args))) => users::erase(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

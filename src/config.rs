@@ -68,6 +68,10 @@ pub enum ProjectionsCommand {
 pub enum UsersCommand {
     /// Give a user a role: analyst (reads the event log) or admin (also announces).
     Grant(GrantArgs),
+    /// An erasure request: the user's username and every message text they wrote become
+    /// unreadable everywhere (read models, exports, `events`, time travel); they can no
+    /// longer sign in. The log keeps that they existed and wrote.
+    Erase(EraseArgs),
 }
 
 /// The store an administrative command works on. Only PostgreSQL keeps anything between
@@ -185,6 +189,21 @@ pub struct GrantArgs {
     pub username: String,
     /// analyst or admin.
     pub role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The user's username.
+    pub username: String,
+}
+
+impl EraseArgs {
+    pub fn validate(self) -> Result<(PgConnectOptions, Username), ConfigError> {
+        let username = Username::parse(&self.username).map_err(ConfigError::Username)?;
+        Ok((self.database.require("users erase")?, username))
+    }
 }
 
 impl GrantArgs {

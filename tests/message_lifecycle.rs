@@ -31,6 +31,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     edits_replies_and_reactions_show_in_history_and_follow_the_rules,
     a_deleted_message_is_erased_from_history_the_log_and_time_travel,
+    an_erased_user_leaves_no_name_and_no_text_anywhere,
     message_updates_replays_after_a_position_then_goes_live,
 );
 
@@ -380,41 +381,8 @@ async fn a_deleted_message_is_erased_from_history_the_log_and_time_travel(store:
     );
 
     if let Some(db) = &server.db {
-        // Every table of the database, row by row as text.
-        let tables = sqlx::query(
-            "SELECT table_name::text FROM information_schema.tables
-              WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-        )
-        .fetch_all(&db.pool)
-        .await
-        .expect("tables");
-        assert!(tables.len() >= 5, "the read models and the log");
-        for table in tables {
-            let table: String = table.get(0);
-            let found: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM \"{table}\" t WHERE t::text LIKE '%' || $1 || '%'"
-            ))
-            .bind(SECRET)
-            .fetch_one(&db.pool)
-            .await
-            .expect("search");
-            assert_eq!(found, 0, "the erased text is still in {table}");
-        }
-        // And the analysts' export, through the real binary.
-        let output = Command::new(env!("CARGO_BIN_EXE_parley"))
-            .args(["events", "export"])
-            .env("DATABASE_URL", db.url())
-            .env_remove("REDIS_URL")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running parley events export");
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{:?}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let export = String::from_utf8(output.stdout).expect("utf-8");
+        nowhere_in_the_database(db, SECRET).await;
+        let export = parley_tool(db, &["events", "export"]);
         assert!(
             export.contains("MessageDeleted"),
             "the deletion is exported"
@@ -423,7 +391,131 @@ async fn a_deleted_message_is_erased_from_history_the_log_and_time_travel(store:
             export.contains("an unrelated message"),
             "other text is exported"
         );
-        assert!(!export.contains(SECRET), "the erased text is not exported");
+
+        // A rebuild from the log reproduces the read models, deletion, edit and reactions.
+        let before = history(&server, &alice, &room).await;
+        parley_tool(db, &["projections", "rebuild"]);
+        assert_eq!(history(&server, &alice, &room).await, before);
+    }
+    server.stop().await;
+}
+
+/// Every table of the database, row by row as text, and the analysts' export: `needle`
+/// appears nowhere.
+async fn nowhere_in_the_database(db: &support::TestDb, needle: &str) {
+    let tables = sqlx::query(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("tables");
+    assert!(tables.len() >= 5, "the read models and the log");
+    for table in tables {
+        let table: String = table.get(0);
+        let found: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{table}\" t WHERE t::text LIKE '%' || $1 || '%'"
+        ))
+        .bind(needle)
+        .fetch_one(&db.pool)
+        .await
+        .expect("search");
+        assert_eq!(found, 0, "{needle:?} is still in {table}");
+    }
+    let export = parley_tool(db, &["events", "export"]);
+    assert!(export.contains("MessageSent"), "the log is exported");
+    assert!(!export.contains(needle), "{needle:?} is exported");
+}
+
+/// Runs the `parley` binary on the test's database; returns its stdout (asserting success).
+fn parley_tool(db: &support::TestDb, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running parley");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "parley {args:?}: {stderr}");
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+async fn an_erased_user_leaves_no_name_and_no_text_anywhere(store: Store) {
+    let server = TestServer::start(store).await;
+    let admin = server.register("admin").await;
+    let meta = parley::commands::CommandMeta::system("test");
+    let admin_id = parley_domain::UserId::parse(&admin.id).expect("id");
+    server
+        .app
+        .commands
+        .grant_role(admin_id, parley_domain::Role::Admin, &meta)
+        .await
+        .expect("grant");
+    let alice = server.register("alice").await;
+    let zed = server.register("zed_the_erased").await;
+    let room = server.create_room(&alice, "general", &[]).await;
+    server.join(&zed, &room).await;
+    server.send(&zed, &room, "zed-wrote-this-once", "z1").await;
+    edit(&server, &zed, &room, 1, "zed-wrote-this-twice").await;
+    server.send(&alice, &room, "alice stays", "a1").await;
+
+    let erase = "mutation($u: ID!) { eraseUser(userId: $u) }";
+    server
+        .fails(
+            Some(&alice.token),
+            erase,
+            json!({ "u": zed.id }),
+            "FORBIDDEN",
+        )
+        .await;
+    let done = server
+        .ok(Some(&admin.token), erase, json!({ "u": zed.id }))
+        .await;
+    assert_eq!(done["eraseUser"], true);
+    let again = server
+        .ok(Some(&admin.token), erase, json!({ "u": zed.id }))
+        .await;
+    assert_eq!(again["eraseUser"], true, "erasing again is a no-op");
+
+    let page = history(&server, &alice, &room).await;
+    assert_eq!(page[0]["body"], "");
+    assert_eq!(page[0]["deleted"], true);
+    assert_eq!(page[1]["body"], "alice stays");
+    let who = "query($u: ID!) { user(id: $u) { username } }";
+    let shown = server
+        .ok(Some(&alice.token), who, json!({ "u": zed.id }))
+        .await;
+    let shown = shown["user"]["username"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    assert!(!shown.contains("zed"), "{shown}");
+    let login =
+        "mutation { login(username: \"zed_the_erased\", password: \"password-123\") { token } }";
+    server
+        .fails(None, login, json!({}), "UNAUTHENTICATED")
+        .await;
+    let (_, body) = server
+        .post(Some(&alice.token), "query($r: ID!, $p: Int) { messages(roomId: $r, atPosition: $p) { messages { body sender { username } } } }", json!({ "r": room, "p": 9 }))
+        .await;
+    assert!(!body.to_string().contains("zed"), "time travel: {body}");
+
+    if let Some(db) = &server.db {
+        for needle in ["zed_the_erased", "zed-wrote-this"] {
+            nowhere_in_the_database(db, needle).await;
+        }
+        // The CLI does the same for an operator, by username.
+        let bob = server.register("bob_by_cli").await;
+        server.join(&bob, &room).await;
+        server.send(&bob, &room, "bob-wrote-this", "b1").await;
+        let said = parley_tool(db, &["users", "erase", "bob_by_cli"]);
+        assert!(said.contains("erased user"), "{said}");
+        for needle in ["bob_by_cli", "bob-wrote-this"] {
+            nowhere_in_the_database(db, needle).await;
+        }
+        // The name is free again.
+        server.register("bob_by_cli").await;
     }
     server.stop().await;
 }

@@ -57,6 +57,7 @@ fn the_schema_keeps_every_name_api_md_fixes() {
         "react(",
         "unreact(",
         "messageUpdates(",
+        "eraseUser(",
         "editedAt: DateTime",
         "deleted: Boolean!",
         "replyTo: Message",

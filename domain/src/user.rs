@@ -65,6 +65,13 @@ pub enum UserCommand {
         text: String,
         made_at: DateTime<Utc>,
     },
+    /// An erasure request: the user's username and every message text they wrote become
+    /// unreadable everywhere. `by`: the admin who asked (`None`: an operator's CLI). The API
+    /// checks that `by` is an admin; erasing an erased user is a no-op.
+    EraseUser {
+        by: Option<UserId>,
+        erased_at: DateTime<Utc>,
+    },
 }
 
 /// Events of the `User` aggregate. A persisted contract: names and fields never change
@@ -86,6 +93,12 @@ pub enum UserEvent {
         text: AnnouncementText,
         made_at: DateTime<Utc>,
     },
+    /// The user was erased: their username and message texts are erased from the store when
+    /// this is written; the user can no longer sign in. v1.0.
+    UserErased {
+        erased_by: Option<UserId>,
+        erased_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -94,6 +107,7 @@ impl DomainEvent for UserEvent {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::RoleGranted { .. } => "RoleGranted",
             Self::AnnouncementMade { .. } => "AnnouncementMade",
+            Self::UserErased { .. } => "UserErased",
         }
         .to_owned()
     }
@@ -141,6 +155,9 @@ pub struct User {
     id: Option<UserId>,
     username: Option<Username>,
     roles: BTreeSet<Role>,
+    /// Snapshots older than the field load it false; replaying the events sets it.
+    #[serde(default)]
+    erased: bool,
 }
 
 impl User {
@@ -154,6 +171,11 @@ impl User {
 
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// Whether the user was erased.
+    pub fn is_erased(&self) -> bool {
+        self.erased
     }
 }
 
@@ -216,6 +238,18 @@ impl Aggregate for User {
                 sink.write(UserEvent::AnnouncementMade { text, made_at }, self)
                     .await;
             }
+            UserCommand::EraseUser { by, erased_at } => {
+                if self.id.is_none() {
+                    return Err(UserError::UnknownUser);
+                }
+                if !self.erased {
+                    let event = UserEvent::UserErased {
+                        erased_by: by,
+                        erased_at,
+                    };
+                    sink.write(event, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -232,6 +266,10 @@ impl Aggregate for User {
                 self.roles.insert(role);
             }
             UserEvent::AnnouncementMade { .. } => {}
+            UserEvent::UserErased { .. } => {
+                self.erased = true;
+                self.username = None;
+            }
         }
     }
 }

@@ -276,3 +276,60 @@ fn an_announcement_leaves_the_user_state_unchanged() {
     });
     assert_eq!(user, before);
 }
+
+// --- EraseUser -------------------------------------------------------------------------------
+
+fn erase(by: Option<parley_domain::UserId>) -> parley_domain::UserCommand {
+    parley_domain::UserCommand::EraseUser {
+        by,
+        erased_at: now(),
+    }
+}
+
+fn user_erased(by: Option<parley_domain::UserId>) -> parley_domain::UserEvent {
+    parley_domain::UserEvent::UserErased {
+        erased_by: by,
+        erased_at: now(),
+    }
+}
+
+#[test]
+fn erasing_a_user_records_user_erased_with_who_asked() {
+    with(FakeDirectory::empty())
+        .given(registered_alice())
+        .when(erase(Some(BOB)))
+        .then_expect_events(vec![user_erased(Some(BOB))]);
+    with(FakeDirectory::empty())
+        .given(registered_alice())
+        .when(erase(None))
+        .then_expect_events(vec![user_erased(None)]);
+}
+
+#[test]
+fn erasing_an_erased_user_is_a_no_op() {
+    let mut given = registered_alice();
+    given.push(user_erased(None));
+    with(FakeDirectory::empty())
+        .given(given)
+        .when(erase(Some(BOB)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn erasing_an_unknown_user_is_refused() {
+    with(FakeDirectory::empty())
+        .given_no_previous_events()
+        .when(erase(None))
+        .then_expect_error(UserError::UnknownUser);
+}
+
+#[test]
+fn an_erased_user_keeps_no_username() {
+    let mut user = User::default();
+    for event in [user_registered(ALICE, "alice"), user_erased(None)] {
+        user.apply(event);
+    }
+    assert!(user.is_erased());
+    assert_eq!(user.username(), None);
+    assert_eq!(user.id(), Some(ALICE));
+}

@@ -1,32 +1,42 @@
 //! Erasable text: what a person wrote is kept beside the immutable event, so that deleting
 //! the message (or erasing its author) destroys the text while the log keeps the event.
 //!
-//! The stored payload of an event that carries text holds the placeholder `"body":""`; the
-//! text goes in the event's `erasable` column (PostgreSQL) or slot (embedded store), and
-//! every reader puts it back (the SQL function `event_payload`, [`restore_text`]). Erasing sets the slot to
-//! nothing: from then on every reader sees `"body":""` — exports, `events` pages, time
-//! travel, rebuilds — and the read models blank the message when they apply the deletion.
+//! In PostgreSQL the stored payload of an event that carries text holds the placeholder `""`
+//! in the text's field ([`TEXT_FIELDS`]: a message's `body`, a user's `username`), the text
+//! goes in the row's `erasable` column, and every read puts it back (the SQL function
+//! `event_payload`, migration `erasable_text`). Erasing sets the column to NULL: from then
+//! on every reader sees `""` — exports, `events` pages, time travel, rebuilds — and the
+//! read models blank what they hold when they apply the deletion or erasure. The embedded
+//! store keeps one payload and blanks its field in place.
 
 use serde_json::Value;
 
-/// The payload field that holds erasable text.
-pub const TEXT_FIELD: &str = "body";
+/// The event types whose payload carries erasable text, with the field that holds it:
+/// what people wrote, and who they are.
+pub const TEXT_FIELDS: [(&str, &str, &str); 3] = [
+    ("Room", "MessageSent", "body"),
+    ("Room", "MessageEdited", "body"),
+    ("User", "UserRegistered", "username"),
+];
 
-/// The event types whose payload carries erasable text (all of the `Room` aggregate).
-pub const TEXT_EVENTS: [&str; 2] = ["MessageSent", "MessageEdited"];
+/// The payload field of this event type that holds erasable text, if any.
+pub fn text_field(aggregate_type: &str, event_type: &str) -> Option<&'static str> {
+    TEXT_FIELDS
+        .iter()
+        .find(|(aggregate, event, _)| *aggregate == aggregate_type && *event == event_type)
+        .map(|(_, _, field)| *field)
+}
 
 /// Whether events of this type carry erasable text.
 pub fn carries_text(aggregate_type: &str, event_type: &str) -> bool {
-    aggregate_type == "Room" && TEXT_EVENTS.contains(&event_type)
+    text_field(aggregate_type, event_type).is_some()
 }
 
-/// Takes the text out of a payload about to be stored, leaving the placeholder. `None` for
-/// an event without text.
+/// Takes the text out of a payload about to be stored, leaving the placeholder `""`. `None`
+/// for an event without text.
 pub fn take_text(aggregate_type: &str, event_type: &str, payload: &mut Value) -> Option<String> {
-    if !carries_text(aggregate_type, event_type) {
-        return None;
-    }
-    let slot = payload.get_mut(event_type)?.get_mut(TEXT_FIELD)?;
+    let field = text_field(aggregate_type, event_type)?;
+    let slot = payload.get_mut(event_type)?.get_mut(field)?;
     match std::mem::replace(slot, Value::String(String::new())) {
         Value::String(text) => Some(text),
         other => {
@@ -36,16 +46,28 @@ pub fn take_text(aggregate_type: &str, event_type: &str, payload: &mut Value) ->
     }
 }
 
-/// Puts `text` back into a payload read from the store (the inverse of [`take_text`]).
-pub fn restore_text(event_type: &str, payload: &mut Value, text: Option<String>) {
-    if let (Some(text), Some(slot)) = (
-        text,
-        payload
-            .get_mut(event_type)
-            .and_then(|body| body.get_mut(TEXT_FIELD)),
-    ) {
-        *slot = Value::String(text);
+/// Whether the text of this event is `user`'s: their registration (the username), or a
+/// message they sent or edited.
+pub fn is_users_text(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    event_type: &str,
+    payload: &Value,
+    user: &str,
+) -> bool {
+    match (aggregate_type, event_type) {
+        ("User", "UserRegistered") => aggregate_id == user,
+        ("Room", "MessageSent") => payload[event_type]["sender"].as_str() == Some(user),
+        ("Room", "MessageEdited") => payload[event_type]["editor"].as_str() == Some(user),
+        _ => false,
     }
+}
+
+/// The name an erased user shows under in the read models: no trace of the old one, unique
+/// (usernames are), and outside the rules for new names (which allow no more than 32
+/// characters of `[a-z0-9_]`, so it can never be registered: it has 39).
+pub fn erased_username(user: parley_domain::UserId) -> String {
+    format!("erased_{}", user.0.simple())
 }
 
 /// The message seq a text-carrying or `MessageDeleted` payload is about.
@@ -59,15 +81,13 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn text_is_taken_out_leaving_the_placeholder_and_put_back() {
+    fn text_is_taken_out_leaving_the_placeholder() {
         let mut payload = json!({"MessageSent": {"seq": 3, "body": "hi \"you\"", "sender": "s"}});
         let text = take_text("Room", "MessageSent", &mut payload);
         assert_eq!(text.as_deref(), Some("hi \"you\""));
         let stored = payload.to_string();
         assert!(stored.contains(r#""body":"""#), "{stored}");
         assert!(!stored.contains("you"), "{stored}");
-        restore_text("MessageSent", &mut payload, text);
-        assert_eq!(payload["MessageSent"]["body"], "hi \"you\"");
         assert_eq!(message_seq("MessageSent", &payload), Some(3));
     }
 
@@ -78,5 +98,14 @@ mod tests {
         assert_eq!(payload["MemberJoined"]["body"], "x");
         let mut user = json!({"MessageSent": {"body": "x"}});
         assert_eq!(take_text("User", "MessageSent", &mut user), None);
+        let mut registered = json!({"UserRegistered": {"username": "ann", "password_hash": "h"}});
+        assert_eq!(
+            take_text("User", "UserRegistered", &mut registered).as_deref(),
+            Some("ann")
+        );
+        assert_eq!(
+            registered.to_string(),
+            r#"{"UserRegistered":{"password_hash":"h","username":""}}"#
+        );
     }
 }

@@ -157,6 +157,21 @@ impl State {
                 }
             }
             DecodedEvent::User(_, UserEvent::AnnouncementMade { .. }) => {}
+            DecodedEvent::User(id, UserEvent::UserErased { .. }) => {
+                if let Some(user) = self.users.get_mut(id) {
+                    self.usernames.remove(&user.view.username);
+                    user.view.username = crate::erasure::erased_username(*id);
+                    user.password_hash.clear();
+                    self.usernames.insert(user.view.username.clone(), *id);
+                }
+                let theirs = self
+                    .messages
+                    .values_mut()
+                    .flat_map(|history| history.values_mut());
+                for message in theirs.filter(|m| m.sender == *id) {
+                    message.erase(GlobalPosition(position));
+                }
+            }
             DecodedEvent::Room(id, event) => self.apply_room(*id, event, position),
             DecodedEvent::Unknown => {}
         }

@@ -99,6 +99,15 @@ impl MessageView {
         }
     }
 
+    /// The message deleted and its text gone (a deletion, or its sender's erasure).
+    pub fn erase(&mut self, position: GlobalPosition) {
+        self.body = String::new();
+        self.deleted = true;
+        self.reactions.clear();
+        self.position = position;
+        self.changed = true;
+    }
+
     /// Applies a change of this message (events about other messages are ignored).
     pub fn apply(&mut self, event: &parley_domain::RoomEvent, position: GlobalPosition) {
         use parley_domain::RoomEvent;
@@ -113,9 +122,8 @@ impl MessageView {
                 self.edited_at = Some(*edited_at);
             }
             RoomEvent::MessageDeleted { seq, .. } if seq.0 as i64 == self.seq => {
-                self.body = String::new();
-                self.deleted = true;
-                self.reactions.clear();
+                self.erase(position);
+                return;
             }
             RoomEvent::ReactionAdded {
                 seq,

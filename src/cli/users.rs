@@ -1,4 +1,5 @@
-//! `parley users grant USERNAME ROLE`: a `RoleGranted` event through the command layer.
+//! `parley users grant USERNAME ROLE` and `parley users erase USERNAME`: a `RoleGranted` or
+//! `UserErased` event through the command layer.
 
 use anyhow::Context;
 use parley_domain::UserError;
@@ -6,7 +7,7 @@ use parley_projections::postgres::PgEventLog;
 
 use super::{tool_pool, Failure};
 use crate::commands::{CommandBus, CommandError, CommandMeta};
-use crate::config::GrantArgs;
+use crate::config::{EraseArgs, GrantArgs};
 use crate::store::{EventLog, PostgresLog};
 
 pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
@@ -31,4 +32,21 @@ pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
             .context(format!("granting {role} to {username}"))
             .into()),
     }
+}
+
+pub(super) async fn erase(args: EraseArgs) -> Result<(), Failure> {
+    let (options, username) = args.validate().map_err(Failure::Usage)?;
+    let pool = tool_pool(options).await?;
+    let user = PgEventLog::new(pool.clone())
+        .user_id(username.as_str())
+        .await
+        .context("looking up the user")?
+        .with_context(|| format!("no user is registered as \"{username}\""))?;
+    let bus = CommandBus::new(EventLog::Postgres(PostgresLog::new(pool)));
+    let meta = CommandMeta::system(format!("cli:users-erase:{}", uuid::Uuid::new_v4()));
+    bus.erase_user(user, None, &meta)
+        .await
+        .map_err(|error| anyhow::Error::new(error).context(format!("erasing {username}")))?;
+    println!("erased user {user} (was {username})");
+    Ok(())
 }

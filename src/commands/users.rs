@@ -50,6 +50,23 @@ impl CommandBus {
         Ok(())
     }
 
+    /// An erasure request for `user` (see `UserCommand::EraseUser`), by admin `by` or an
+    /// operator (`None`). Returns the erasure's position (0 if the user was erased already).
+    pub async fn erase_user(
+        &self,
+        user: UserId,
+        by: Option<UserId>,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<UserError>> {
+        let command = UserCommand::EraseUser {
+            by,
+            erased_at: Utc::now(),
+        };
+        Ok(execute(&self.users, user.to_string(), command, meta)
+            .await?
+            .position)
+    }
+
     /// An announcement by `admin` to every connected user.
     pub async fn announce(
         &self,

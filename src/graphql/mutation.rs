@@ -339,6 +339,37 @@ impl Mutation {
         Ok(true)
     }
 
+    /// Role `admin`: an erasure request. The user's username and every message text they
+    /// wrote become unreadable everywhere (history, `events`, exports, time travel); they can
+    /// no longer sign in. Erasing an erased user is a no-op. Answers once the read models
+    /// show it.
+    async fn erase_user(&self, ctx: &Context<'_>, user_id: ID) -> ApiResult<bool> {
+        let me = actor(ctx)?;
+        let user = self::user_id(&user_id)?;
+        let app = app(ctx);
+        let is_admin = app
+            .commands
+            .has_role(me, parley_domain::Role::Admin)
+            .await
+            .map_err(ApiError::internal)?;
+        if !is_admin {
+            return Err(ApiError::Forbidden("only admins may erase users".to_owned()).into());
+        }
+        let position = app
+            .commands
+            .erase_user(user, Some(me), &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        if !app
+            .projected
+            .reached(position, std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(%user, "read models still behind an erasure after 5 s");
+        }
+        Ok(true)
+    }
+
     /// Moves the caller's read cursor forward to `seq` (never back).
     async fn mark_read(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Room> {
         let me = actor(ctx)?;

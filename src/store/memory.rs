@@ -56,6 +56,28 @@ struct Inner {
 }
 
 impl Inner {
+    /// Erases a user's username and every message text they wrote (their name is free
+    /// again, as in the Postgres log).
+    fn erase_user(&mut self, user: &str) {
+        for entry in &mut self.log {
+            let event = &mut entry.event;
+            let theirs = erasure::is_users_text(
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.event_type,
+                &event.payload,
+                user,
+            );
+            if theirs {
+                if let Some(name) = registered_username(event) {
+                    let name = name.to_owned();
+                    self.usernames.remove(&name);
+                }
+                erasure::take_text(&event.aggregate_type, &event.event_type, &mut event.payload);
+            }
+        }
+    }
+
     /// Erases the text of every event of the message a `MessageDeleted` payload names (see
     /// `parley_projections::erasure`): the embedded log keeps no text apart, so the payload
     /// itself gets the placeholder.
@@ -167,6 +189,9 @@ impl MemoryLog {
             });
             if event.aggregate_type == "Room" && event.event_type == "MessageDeleted" {
                 inner.erase_message(&event.aggregate_id, &event.payload);
+            }
+            if event.aggregate_type == "User" && event.event_type == "UserErased" {
+                inner.erase_user(&event.aggregate_id);
             }
         }
         let head = inner.log.len() as i64;

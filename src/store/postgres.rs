@@ -191,7 +191,7 @@ impl PostgresLog {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM events
                              WHERE aggregate_type = 'User' AND event_type = 'UserRegistered'
-                               AND payload -> 'UserRegistered' ->> 'username' = $1)",
+                               AND erasable = $1)",
         )
         .bind(username.as_str())
         .fetch_one(&self.pool)
@@ -310,7 +310,9 @@ impl PostgresLog {
 /// its position (`$1`…`$8` are the parallel arrays of [`BatchColumns`]); `$conflict` and
 /// `$returning` finish the INSERT, `$select` is what the statement returns. The batch's
 /// deletions (`$9`, `$10`: room, seq) erase the text of the messages' earlier events in the
-/// same statement (see the migration `erasable_text`).
+/// same statement, its user erasures (`$11`: user ids) the username and every message text
+/// of those users (see the migration `erasable_text`; with no erasure in the batch, that
+/// UPDATE is skipped by a one-time filter, not run as a scan).
 macro_rules! batch_statement {
     ($conflict:literal, $returning:literal, $select:literal) => {
         concat!(
@@ -323,6 +325,13 @@ macro_rules! batch_statement {
                   WHERE events.erasable IS NOT NULL AND events.aggregate_id = d.room
                     AND (events.payload -> events.event_type ->> 'seq')::bigint = d.seq
                     AND events.aggregate_type = 'Room'
+             ), erased_users AS (
+                 UPDATE events SET erasable = NULL
+                  WHERE cardinality($11::text[]) > 0 AND erasable IS NOT NULL
+                    AND ((aggregate_type = 'User' AND aggregate_id = ANY($11::text[]))
+                         OR (aggregate_type = 'Room'
+                             AND coalesce(payload -> event_type ->> 'sender',
+                                          payload -> event_type ->> 'editor') = ANY($11::text[])))
              ), appended AS (
                  INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                      event_version, payload, metadata, position, erasable)
@@ -373,6 +382,8 @@ struct BatchColumns {
     /// The messages the batch deletes: (room, seq).
     erase_rooms: Vec<String>,
     erase_seqs: Vec<i64>,
+    /// The users the batch erases.
+    erase_users: Vec<String>,
 }
 
 impl BatchColumns {
@@ -388,6 +399,7 @@ impl BatchColumns {
             erasables: Vec::with_capacity(events.len()),
             erase_rooms: Vec::new(),
             erase_seqs: Vec::new(),
+            erase_users: Vec::new(),
         };
         for event in events {
             columns.aggregate_types.push(event.aggregate_type.clone());
@@ -419,6 +431,22 @@ impl BatchColumns {
                 columns.erase_rooms.push(event.aggregate_id.clone());
                 columns.erase_seqs.push(seq);
             }
+            if event.aggregate_type == "User" && event.event_type == "UserErased" {
+                let user = &event.aggregate_id;
+                let earlier = events.iter().zip(columns.erasables.iter_mut());
+                for (other, text) in earlier {
+                    if erasure::is_users_text(
+                        &other.aggregate_type,
+                        &other.aggregate_id,
+                        &other.event_type,
+                        &other.payload,
+                        user,
+                    ) {
+                        *text = None;
+                    }
+                }
+                columns.erase_users.push(user.clone());
+            }
         }
         Ok(columns)
     }
@@ -442,6 +470,7 @@ impl BatchColumns {
             .bind(&self.erasables)
             .bind(&self.erase_rooms)
             .bind(&self.erase_seqs)
+            .bind(&self.erase_users)
     }
 }
 

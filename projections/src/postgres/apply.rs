@@ -275,6 +275,20 @@ async fn apply_one(
             if let Some(tables) = targets.users {
                 apply_user(conn, tables, *user, event, position).await?;
             }
+            if let (Some(tables), UserEvent::UserErased { .. }) = (targets.messages, event) {
+                // Their text is gone from the log already (erased in this event's statement).
+                sqlx::query(&format!(
+                    "UPDATE {messages_view}
+                        SET body = '', deleted = true, reactions = '{{}}', changed = true,
+                            position = $2
+                      WHERE sender = $1",
+                    messages_view = tables.messages_view
+                ))
+                .bind(user.0)
+                .bind(position)
+                .execute(&mut *conn)
+                .await?;
+            }
         }
         DecodedEvent::Room(room, event) => {
             if let Some(tables) = targets.rooms {
@@ -329,6 +343,16 @@ async fn apply_user(
         }
         // Announcements live only in the log and the live path.
         UserEvent::AnnouncementMade { .. } => {}
+        UserEvent::UserErased { .. } => {
+            sqlx::query(&format!(
+                "UPDATE {users_view} SET username = $2, password_hash = '' WHERE user_id = $1",
+                users_view = tables.users_view
+            ))
+            .bind(user.0)
+            .bind(crate::erasure::erased_username(user))
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }

@@ -275,7 +275,7 @@ impl PgEventLog {
         let id: Option<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM events
               WHERE aggregate_type = 'User' AND event_type = 'UserRegistered'
-                AND payload -> 'UserRegistered' ->> 'username' = $1",
+                AND erasable = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
