@@ -508,11 +508,11 @@ fn count_lines(path: &Path) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// The same rows and columns as an export, the payload as every reader sees it (the text
-/// put back: see the migration `erasable_text`).
+/// The same rows and columns as an export reads (the payload with its erasable text apart,
+/// as the export reads it: see the migration `erasable_text`).
 const COPY_SQL: &str =
     "COPY (SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
-                        event_version, event_payload(payload, erasable), metadata, recorded_at \
+                        event_version, payload, metadata, recorded_at, erasable \
                         FROM events ORDER BY position) TO STDOUT";
 
 fn copy_run(db: &Db, file: &Path) -> Run {

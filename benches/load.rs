@@ -10,7 +10,8 @@
 //! Without `--url` it starts the `parley` release binary itself on a fresh database (cloned
 //! from the migrated template, dropped afterwards; `PARLEY_TEST_DATABASE_URL` as in the
 //! tests) with the Redis relay (`--redis=redis://127.0.0.1:6379`, `--redis=none` for the
-//! in-process one). `--url=http://host:port` (and `--recv-url`) drive running servers.
+//! in-process one); `--binary=PATH` starts another build instead (an older commit's, for a
+//! before/after ratio), on an empty database it migrates itself. `--url=http://host:port` (and `--recv-url`) drive running servers.
 //!
 //! Prints acked sends/s over the window, deliveries against the expected count (every
 //! acked message, once per receiver of its room) and unique messages delivered, delivery
@@ -55,6 +56,8 @@ struct Args {
     recv_url: Option<String>,
     redis: Option<String>,
     prefill: u64,
+    /// Another `parley` binary to start instead of this build's (a before/after comparison).
+    binary: Option<String>,
 }
 
 impl Args {
@@ -85,6 +88,7 @@ impl Args {
             recv_url: get("recv-url"),
             redis: (redis != "none").then_some(redis),
             prefill: num("prefill", 0),
+            binary: get("binary"),
         }
     }
 }
@@ -157,12 +161,21 @@ async fn events_seq_scans(db: &TestDb) -> i64 {
 }
 
 impl Server {
-    async fn start(redis: Option<&str>, prefill_events: u64) -> Self {
-        let db = TestDb::new().await;
+    async fn start(redis: Option<&str>, prefill_events: u64, binary: Option<&str>) -> Self {
+        // Another binary may know other migrations: it gets an empty database and migrates
+        // it itself (`parley serve` does on start).
+        let db = match binary {
+            Some(_) => TestDb::empty().await,
+            None => TestDb::new().await,
+        };
         if prefill_events > 0 {
+            assert!(
+                binary.is_none(),
+                "--prefill needs this build's schema: not with --binary"
+            );
             prefill(&db, prefill_events).await;
         }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+        let mut command = Command::new(binary.unwrap_or(env!("CARGO_BIN_EXE_parley")));
         command
             .env_remove("REDIS_URL")
             .env("DATABASE_URL", db.url())
@@ -465,7 +478,9 @@ async fn receiver(
 async fn run(args: Args) {
     let server = match &args.url {
         Some(_) => None,
-        None => Some(Server::start(args.redis.as_deref(), args.prefill).await),
+        None => {
+            Some(Server::start(args.redis.as_deref(), args.prefill, args.binary.as_deref()).await)
+        }
     };
     let send_url = args
         .url

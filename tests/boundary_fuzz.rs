@@ -37,7 +37,7 @@ fn nasty_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-const OPERATIONS: [&str; 10] = [
+const OPERATIONS: [&str; 15] = [
     "mutation($a: String!, $b: String!) { register(username: $a, password: $b) { token } }",
     "mutation($a: String!, $b: String!) { login(username: $a, password: $b) { token } }",
     "mutation($a: String!) { createRoom(name: $a) { id } }",
@@ -48,6 +48,11 @@ const OPERATIONS: [&str; 10] = [
     "mutation($r: ID!, $n: Int!) { markRead(roomId: $r, seq: $n) { id } }",
     "query($a: String, $b: ID) { events(aggregateType: $a, aggregateId: $b) { hasMore } }",
     "query($a: ID!) { user(id: $a) { username roles } }",
+    "mutation($r: ID!, $n: Int!, $a: String!) { editMessage(roomId: $r, seq: $n, body: $a) { seq } }",
+    "mutation($r: ID!, $n: Int!) { deleteMessage(roomId: $r, seq: $n) { seq } }",
+    "mutation($r: ID!, $n: Int!, $a: String!) { react(roomId: $r, seq: $n, emoji: $a) { reactions { count } } }",
+    "mutation($r: ID!, $a: String!, $b: String!, $n: Int) { sendMessage(roomId: $r, body: $a, clientMsgId: $b, replyTo: $n) { replyTo { seq } } }",
+    "mutation($a: ID!) { eraseUser(userId: $a) }",
 ];
 
 #[test]

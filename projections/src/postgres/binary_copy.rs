@@ -16,11 +16,13 @@ use crate::events::EventFilter;
 use crate::GlobalPosition;
 
 /// The columns of a row, in order (payload and metadata as text: exactly as stored for
-/// `json`, whatever the column type).
+/// `json`, whatever the column type). The payload comes as stored, with its erasable text
+/// apart (NULL once erased): putting it back here is much cheaper than in the database
+/// (see [`crate::erasure::with_text`]).
 pub(crate) const COPY_COLUMNS: &str = "position, aggregate_type, aggregate_id, sequence, \
-    event_type, event_version, event_payload(payload, erasable)::text, metadata::text, recorded_at";
+    event_type, event_version, payload::text, metadata::text, recorded_at, erasable";
 
-const FIELDS: i16 = 9;
+const FIELDS: i16 = 10;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -39,6 +41,8 @@ pub(crate) struct CopyRow<'a> {
     pub payload: &'a str,
     pub metadata: &'a str,
     pub recorded_at: DateTime<Utc>,
+    /// The text the payload's placeholder stands for; `None` if it has none or it was erased.
+    pub erasable: Option<&'a str>,
 }
 
 /// The statement for the events `filter` selects with `after < position <= up_to`, in
@@ -199,14 +203,19 @@ fn parse_row(buf: &[u8]) -> Result<Step<'_>, CopyFormatError> {
     }
     let mut at = 2;
     let mut fields: [&[u8]; FIELDS as usize] = [&[]; FIELDS as usize];
-    for field in &mut fields {
+    let mut erased = false;
+    for (i, field) in fields.iter_mut().enumerate() {
         let Some(len) = buf.get(at..at + 4) else {
             return Ok(Step::More);
         };
         let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        // Every column of `events` read here is NOT NULL.
-        let len = usize::try_from(len).map_err(|_| CopyFormatError("a NULL field"))?;
         at += 4;
+        // Every column read here is NOT NULL but the last, `erasable`.
+        if len == -1 && i == FIELDS as usize - 1 {
+            erased = true;
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| CopyFormatError("a NULL field"))?;
         let Some(bytes) = buf.get(at..at + len) else {
             return Ok(Step::More);
         };
@@ -231,6 +240,7 @@ fn parse_row(buf: &[u8]) -> Result<Step<'_>, CopyFormatError> {
             payload: text(fields[6])?,
             metadata: text(fields[7])?,
             recorded_at,
+            erasable: if erased { None } else { Some(text(fields[9])?) },
         },
     ))
 }
@@ -276,6 +286,7 @@ mod tests {
                 &mut out,
                 &(1_795_733_754_555_283i64 - PG_EPOCH_MICROS).to_be_bytes(),
             );
+            out.extend_from_slice(&(-1i32).to_be_bytes());
         }
         out.extend_from_slice(&(-1i16).to_be_bytes());
         out
