@@ -10,15 +10,26 @@ use crate::commands::{CommandBus, CommandError, CommandMeta};
 use crate::config::{EraseArgs, GrantArgs};
 use crate::store::{EventLog, PostgresLog};
 
-pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
-    let (options, username, role) = args.validate().map_err(Failure::Usage)?;
+/// The user registered as `username` (from the log itself) and a command bus on the store.
+async fn user_and_bus(
+    options: sqlx::postgres::PgConnectOptions,
+    username: &parley_domain::Username,
+) -> Result<(parley_domain::UserId, CommandBus), Failure> {
     let pool = tool_pool(options).await?;
     let user = PgEventLog::new(pool.clone())
         .user_id(username.as_str())
         .await
         .context("looking up the user")?
         .with_context(|| format!("no user is registered as \"{username}\""))?;
-    let bus = CommandBus::new(EventLog::Postgres(PostgresLog::new(pool)));
+    Ok((
+        user,
+        CommandBus::new(EventLog::Postgres(PostgresLog::new(pool))),
+    ))
+}
+
+pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
+    let (options, username, role) = args.validate().map_err(Failure::Usage)?;
+    let (user, bus) = user_and_bus(options, &username).await?;
     let meta = CommandMeta::system(format!("cli:users-grant:{}", uuid::Uuid::new_v4()));
     match bus.grant_role(user, role, &meta).await {
         Ok(()) => {
@@ -36,13 +47,7 @@ pub(super) async fn grant(args: GrantArgs) -> Result<(), Failure> {
 
 pub(super) async fn erase(args: EraseArgs) -> Result<(), Failure> {
     let (options, username) = args.validate().map_err(Failure::Usage)?;
-    let pool = tool_pool(options).await?;
-    let user = PgEventLog::new(pool.clone())
-        .user_id(username.as_str())
-        .await
-        .context("looking up the user")?
-        .with_context(|| format!("no user is registered as \"{username}\""))?;
-    let bus = CommandBus::new(EventLog::Postgres(PostgresLog::new(pool)));
+    let (user, bus) = user_and_bus(options, &username).await?;
     let meta = CommandMeta::system(format!("cli:users-erase:{}", uuid::Uuid::new_v4()));
     bus.erase_user(user, None, &meta)
         .await

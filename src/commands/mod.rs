@@ -9,8 +9,8 @@
 //! - `send_message` returns the stored message, the original one for a repeated
 //!   `clientMsgId`.
 //!
-//! Commands by aggregate: [`users`] (register, grant a role, announce) and [`rooms`]
-//! (create, join, leave, send).
+//! Commands by aggregate: [`users`] (register, grant a role, announce, erase) and [`rooms`]
+//! (create, join, leave, send, change a message).
 
 pub mod batch;
 mod rooms;
@@ -28,6 +28,8 @@ use parley_domain::{
 use crate::lookups::StoreLookups;
 use crate::store::{AggregateStore, EventLog};
 use batch::{Batched, Committed, Pipeline};
+
+pub use rooms::MessageChange;
 
 /// Who asked for a command and in which request; stored with every event it produces.
 #[derive(Clone, Debug, Default)]

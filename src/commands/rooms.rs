@@ -122,67 +122,43 @@ impl CommandBus {
     }
 }
 
+/// A change of an existing message, by the user who asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageChange {
+    /// A new body (the sender only).
+    Edit(String),
+    /// Delete it and erase its text (the sender, or the room's host).
+    Delete,
+    /// Add (`true`) or take back a reaction.
+    React(String, bool),
+}
+
 impl CommandBus {
-    /// Replaces the body of `editor`'s message `seq`. Returns the change's position.
-    pub async fn edit_message(
-        &self,
-        room: RoomId,
-        editor: UserId,
-        seq: u64,
-        body: &str,
-        meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
-        let command = RoomCommand::EditMessage {
-            editor,
-            seq,
-            body: body.to_owned(),
-            edited_at: Utc::now(),
-        };
-        self.change_message(room, command, meta).await
-    }
-
-    /// Deletes message `seq` and erases its text. Returns the change's position.
-    pub async fn delete_message(
-        &self,
-        room: RoomId,
-        by: UserId,
-        seq: u64,
-        meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
-        let command = RoomCommand::DeleteMessage {
-            by,
-            seq,
-            deleted_at: Utc::now(),
-        };
-        self.change_message(room, command, meta).await
-    }
-
-    /// Adds (`add`) or takes back `user`'s reaction `emoji` to message `seq`. Returns the
-    /// change's position, 0 when it changed nothing (a repeat).
-    pub async fn react(
+    /// Applies `change` to message `seq` of `room` as `user`. Returns the change's position,
+    /// 0 when it changed nothing (a repeated reaction).
+    pub async fn change_message(
         &self,
         room: RoomId,
         user: UserId,
         seq: u64,
-        emoji: &str,
-        add: bool,
+        change: MessageChange,
         meta: &CommandMeta,
     ) -> Result<i64, CommandError<RoomError>> {
-        let emoji = emoji.to_owned();
-        let command = if add {
-            RoomCommand::React { user, seq, emoji }
-        } else {
-            RoomCommand::Unreact { user, seq, emoji }
+        let command = match change {
+            MessageChange::Edit(body) => RoomCommand::EditMessage {
+                editor: user,
+                seq,
+                body,
+                edited_at: Utc::now(),
+            },
+            MessageChange::Delete => RoomCommand::DeleteMessage {
+                by: user,
+                seq,
+                deleted_at: Utc::now(),
+            },
+            MessageChange::React(emoji, true) => RoomCommand::React { user, seq, emoji },
+            MessageChange::React(emoji, false) => RoomCommand::Unreact { user, seq, emoji },
         };
-        self.change_message(room, command, meta).await
-    }
-
-    async fn change_message(
-        &self,
-        room: RoomId,
-        command: RoomCommand,
-        meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
         Ok(execute(&self.rooms, room.to_string(), command, meta)
             .await?
             .position)

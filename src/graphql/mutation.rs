@@ -11,7 +11,7 @@ use super::context::{
 use super::error::{ApiError, ApiResult};
 use super::types::{with_last_message, AuthPayload, Message, Room, User};
 use crate::auth;
-use crate::commands::CommandError;
+use crate::commands::{CommandError, MessageChange};
 use crate::live::{LiveEvent, LiveMessage};
 use crate::relay::{Channel, Relay};
 
@@ -23,18 +23,19 @@ fn message_seq(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
-async fn react(
+/// Applies `change` to message `seq` as the caller; answers with the message once the read
+/// model shows the change.
+async fn change_message(
     ctx: &Context<'_>,
     room_id: ID,
     seq: i64,
-    emoji: String,
-    add: bool,
+    change: MessageChange,
 ) -> ApiResult<Message> {
     let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
     within(app.limits.send(me))?;
     let position = app
         .commands
-        .react(room, me, message_seq(seq), &emoji, add, &meta(ctx))
+        .change_message(room, me, message_seq(seq), change, &meta(ctx))
         .await
         .map_err(ApiError::from)?;
     fresh_message(app, room, seq, position).await
@@ -271,27 +272,13 @@ impl Mutation {
         seq: i64,
         body: String,
     ) -> ApiResult<Message> {
-        let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
-        within(app.limits.send(me))?;
-        let position = app
-            .commands
-            .edit_message(room, me, message_seq(seq), &body, &meta(ctx))
-            .await
-            .map_err(ApiError::from)?;
-        fresh_message(app, room, seq, position).await
+        change_message(ctx, room_id, seq, MessageChange::Edit(body)).await
     }
 
     /// Deletes a message (the sender, or the room's host): its text is erased everywhere;
     /// it keeps its seq, with body "" and `deleted: true`.
     async fn delete_message(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Message> {
-        let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
-        within(app.limits.send(me))?;
-        let position = app
-            .commands
-            .delete_message(room, me, message_seq(seq), &meta(ctx))
-            .await
-            .map_err(ApiError::from)?;
-        fresh_message(app, room, seq, position).await
+        change_message(ctx, room_id, seq, MessageChange::Delete).await
     }
 
     /// Reacts to a message with an emoji (1–16 characters); the same emoji twice is a no-op.
@@ -302,7 +289,7 @@ impl Mutation {
         seq: i64,
         emoji: String,
     ) -> ApiResult<Message> {
-        react(ctx, room_id, seq, emoji, true).await
+        change_message(ctx, room_id, seq, MessageChange::React(emoji, true)).await
     }
 
     /// Takes back a reaction; taking back one never given is a no-op.
@@ -313,7 +300,7 @@ impl Mutation {
         seq: i64,
         emoji: String,
     ) -> ApiResult<Message> {
-        react(ctx, room_id, seq, emoji, false).await
+        change_message(ctx, room_id, seq, MessageChange::React(emoji, false)).await
     }
 
     /// Tells the room the caller is typing; it shows for about 5 s unless repeated.

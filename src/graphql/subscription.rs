@@ -197,8 +197,12 @@ impl Subscription {
         // is in the read model the replay reads.
         let mut live = subscribe(&app, Channel::Room(room)).await?;
         require_member(&app, room, me).await?;
-        // The position up to which the caller has every change.
-        let mut cursor = after.unwrap_or_else(|| app.projected.now());
+        // What the caller has: every change up to `delivered` (for live events), and
+        // everything a replay would give up to `replay_from`. Without `after`, a live change
+        // is delivered whatever its position: the checkpoint this instance knows may already
+        // be past a change whose relayed event is still on its way.
+        let mut delivered = after.unwrap_or(0);
+        let mut replay_from = after.unwrap_or_else(|| app.projected.now());
         Ok(stream! {
             let _slot = slot;
             let mut catch_up = after.is_some();
@@ -206,13 +210,14 @@ impl Subscription {
             let mut last_sequence: Option<i64> = None;
             loop {
                 while catch_up {
-                    let page = match app.read_models.changed_messages(room, cursor, PAGE).await {
+                    let page = match app.read_models.changed_messages(room, replay_from, PAGE).await {
                         Ok(page) => page,
                         Err(error) => { yield Err(ApiError::from(error).into()); return; }
                     };
                     catch_up = page.len() as i64 == PAGE;
                     for message in page {
-                        cursor = cursor.max(message.position.0);
+                        replay_from = replay_from.max(message.position.0);
+                        delivered = delivered.max(message.position.0);
                         yield Ok(Message(LiveMessage::from(message)));
                     }
                 }
@@ -242,13 +247,14 @@ impl Subscription {
                     continue;
                 }
                 let &LiveEvent::MessageChanged { seq, position, .. } = event else { continue };
-                if position <= cursor {
+                if position <= delivered {
                     continue;
                 }
                 let found = app.read_models.messages_between(room, seq - 1, seq, 1).await;
                 match found {
                     Ok(found) => {
-                        cursor = position;
+                        delivered = position;
+                        replay_from = replay_from.max(position);
                         if let Some(message) = found.into_iter().next() {
                             yield Ok(Message(LiveMessage::from(message)));
                         }
