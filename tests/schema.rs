@@ -58,6 +58,8 @@ fn the_schema_keeps_every_name_api_md_fixes() {
         "unreact(",
         "messageUpdates(",
         "eraseUser(",
+        "invite(",
+        "userByName(",
         "editedAt: DateTime",
         "deleted: Boolean!",
         "replyTo: Message",

@@ -44,6 +44,8 @@ pub enum RoomCommand {
     JoinRoom { user: UserId },
     /// `user` stops being a member; the room and its history remain.
     LeaveRoom { user: UserId },
+    /// Member `by` invites `user` (a registered user, not yet a member or invited).
+    Invite { by: UserId, user: UserId },
     /// `sender` posts `body`. Idempotent on `(sender, client_msg_id)`: a repeat yields no
     /// event and the caller returns the original message.
     SendMessage {
@@ -94,7 +96,7 @@ pub enum RoomEvent {
         host: UserId,
         created_at: DateTime<Utc>,
     },
-    /// A user was invited when the room was created. v1.0.
+    /// A user was invited, when the room was created or later by a member. v1.0.
     MemberInvited { user_id: UserId, invited_by: UserId },
     /// A user became a member. v1.0.
     MemberJoined { user_id: UserId },
@@ -186,9 +188,12 @@ pub enum RoomError {
     /// More participants than one room may invite at creation.
     #[error("at most {max} participants may be invited, got {count}")]
     TooManyParticipants { max: usize, count: usize },
-    /// `JoinRoom` by a member.
+    /// `JoinRoom` by a member, or inviting one.
     #[error("already a member of this room")]
     AlreadyMember,
+    /// Inviting someone already invited.
+    #[error("already invited to this room")]
+    AlreadyInvited,
     /// `LeaveRoom` or `SendMessage` by someone who is not a member.
     #[error("not a member of this room")]
     NotMember,
@@ -544,6 +549,22 @@ impl Aggregate for Room {
                     return Err(RoomError::NotMember);
                 }
                 vec![RoomEvent::MemberLeft { user_id: user }]
+            }
+            RoomCommand::Invite { by, user } => {
+                self.require_member(by)?;
+                if self.members.contains(&user) {
+                    return Err(RoomError::AlreadyMember);
+                }
+                if self.invited.contains(&user) {
+                    return Err(RoomError::AlreadyInvited);
+                }
+                if !services.user_exists(user).await? {
+                    return Err(RoomError::UnknownParticipant(user));
+                }
+                vec![RoomEvent::MemberInvited {
+                    user_id: user,
+                    invited_by: by,
+                }]
             }
             RoomCommand::SendMessage {
                 message_id,

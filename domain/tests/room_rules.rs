@@ -896,3 +896,47 @@ fn message_changes_ask_no_lookup_for_recent_messages() {
         .when(delete(ALICE, 1))
         .then_expect_events(vec![deleted(1, ALICE)]);
 }
+
+// --- Invite ----------------------------------------------------------------------------------
+
+fn invite(by: parley_domain::UserId, user: parley_domain::UserId) -> parley_domain::RoomCommand {
+    parley_domain::RoomCommand::Invite { by, user }
+}
+
+#[test]
+fn a_member_may_invite_a_registered_user() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(invite(BOB, CAROL))
+        .then_expect_events(vec![member_invited(CAROL, BOB)]);
+}
+
+#[test]
+fn inviting_a_member_or_an_invitee_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(invite(ALICE, BOB))
+        .then_expect_error(RoomError::AlreadyMember);
+    let mut given = room_with_alice_and_bob();
+    given.push(member_invited(CAROL, ALICE));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(invite(BOB, CAROL))
+        .then_expect_error(RoomError::AlreadyInvited);
+}
+
+#[test]
+fn a_non_member_cannot_invite() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(invite(CAROL, DAVE))
+        .then_expect_error(RoomError::NotMember);
+}
+
+#[test]
+fn inviting_an_unregistered_user_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(invite(ALICE, MALLORY))
+        .then_expect_error(RoomError::UnknownParticipant(MALLORY));
+}

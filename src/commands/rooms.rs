@@ -63,6 +63,19 @@ impl CommandBus {
         Ok(())
     }
 
+    /// Member `by` invites `user` (a `MEMBER_INVITED` notice to the room and to them).
+    pub async fn invite(
+        &self,
+        room: RoomId,
+        by: UserId,
+        user: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(), CommandError<RoomError>> {
+        let command = RoomCommand::Invite { by, user };
+        execute(&self.rooms, room.to_string(), command, meta).await?;
+        Ok(())
+    }
+
     /// Sends a message and returns it as stored, once it is durable. Repeating a
     /// `clientMsgId` (in the same batch, concurrently on another instance, much later, or
     /// after a restart) returns the original: the room remembers recent ones, and the

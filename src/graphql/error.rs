@@ -145,7 +145,9 @@ impl From<RoomError> for ApiError {
     fn from(error: RoomError) -> Self {
         let message = error.to_string();
         match error {
-            RoomError::RoomAlreadyExists | RoomError::AlreadyMember => Self::Conflict(message),
+            RoomError::RoomAlreadyExists | RoomError::AlreadyMember | RoomError::AlreadyInvited => {
+                Self::Conflict(message)
+            }
             RoomError::UnknownRoom => Self::NotFound("no such room".to_owned()),
             RoomError::NotMember => Self::Forbidden("you are not a member of this room".to_owned()),
             RoomError::NotSender | RoomError::NotAllowed => Self::Forbidden(message),

@@ -202,6 +202,22 @@ impl Mutation {
         with_last_message(ctx, Room::new(view)).await
     }
 
+    /// Invites a registered user to a room the caller is a member of: they get a
+    /// `MEMBER_INVITED` notice (and the room one). Inviting a member or someone already
+    /// invited is a `CONFLICT`.
+    async fn invite(&self, ctx: &Context<'_>, room_id: ID, user_id: ID) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let user = self::user_id(&user_id)?;
+        let app = app(ctx);
+        app.commands
+            .invite(room, me, user, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        let view = fresh_room(app, room, |v| v.invited.contains(&user)).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
     /// Leaves a room (the host too); the room and its history remain. Leaving a room one is
     /// not in is a `CONFLICT`.
     async fn leave_room(&self, ctx: &Context<'_>, room_id: ID) -> ApiResult<Room> {

@@ -35,6 +35,17 @@ impl Query {
             .map(User))
     }
 
+    /// The user registered under `username` (to find whom to invite); null if none.
+    async fn user_by_name(&self, ctx: &Context<'_>, username: String) -> ApiResult<Option<User>> {
+        actor(ctx)?;
+        Ok(app(ctx)
+            .read_models
+            .credentials(&username)
+            .await
+            .map_err(ApiError::from)?
+            .map(|found| User(found.user)))
+    }
+
     /// Rooms the caller is a member of, most recent activity first.
     #[graphql(complexity = "50 * child_complexity + 1")]
     async fn rooms(&self, ctx: &Context<'_>) -> ApiResult<Vec<Room>> {
