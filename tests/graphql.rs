@@ -2,6 +2,7 @@
 //! graphql-transport-ws (and legacy graphql-ws), the same suite against the embedded store
 //! and PostgreSQL.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -9,22 +10,6 @@ use std::time::Duration;
 use parley::graphql::WsConfig;
 use serde_json::{json, Value};
 use support::api::{closed, open_socket, Store, TestServer, WsClient};
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                super::$scenario(super::Store::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_embedded_store() {
-                super::$scenario(super::Store::Memory).await;
-            }
-        }
-    )*};
-}
 
 on_both_stores!(
     the_full_flow_of_api_md_works_over_http_and_websocket,

@@ -3,6 +3,7 @@
 //! no `events` page, no export and no time travel), and `messageUpdates` live across two
 //! instances.
 
+#[macro_use]
 mod support;
 
 use std::process::{Command, Stdio};
@@ -11,22 +12,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::Row;
 use support::api::{a_and_b_behind_a_proxy, Proxied, Session, Store, TestServer, WsClient};
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                super::$scenario(super::Store::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_embedded_store() {
-                super::$scenario(super::Store::Memory).await;
-            }
-        }
-    )*};
-}
 
 on_both_stores!(
     edits_replies_and_reactions_show_in_history_and_follow_the_rules,

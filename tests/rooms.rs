@@ -1,26 +1,11 @@
 //! Running rooms, end to end on both stores: finding a user by name and inviting them after
 //! the room was created.
 
+#[macro_use]
 mod support;
 
 use serde_json::json;
 use support::api::{Store, TestServer, WsClient};
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                super::$scenario(super::Store::Postgres).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_embedded_store() {
-                super::$scenario(super::Store::Memory).await;
-            }
-        }
-    )*};
-}
 
 on_both_stores!(a_member_finds_a_user_by_name_and_invites_them);
 

@@ -7,6 +7,26 @@
 
 #![allow(dead_code)]
 
+/// `on_both_stores!(scenario, …)`: for each `async fn scenario(store: Store)` of the
+/// including file, a test on PostgreSQL and one on the embedded store (`#[macro_use] mod
+/// support;` and `Store` in scope).
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$scenario(super::Store::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_embedded_store() {
+                super::$scenario(super::Store::Memory).await;
+            }
+        }
+    )*};
+}
+
 use std::time::Duration;
 
 use parley::app::MIGRATOR;
