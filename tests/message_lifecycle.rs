@@ -567,7 +567,9 @@ async fn message_updates_cross_instances() {
     let mut ws = WsClient::connect(b.addr, &bob.token).await;
     ws.subscribe("u", UPDATES, json!({ "r": room })).await;
     // The subscription is taken once B's relay counts a local subscriber on the room.
-    wait_for_subscriber(&b, &room).await;
+    let room_id = parley_domain::RoomId::parse(&room).expect("room id");
+    b.wait_for_subscriber(&parley::relay::Channel::Room(room_id))
+        .await;
     edit(&a, &alice, &room, 1, "hello, edited").await;
     let edited = ws.next("u").await;
     assert_eq!(edited["messageUpdates"]["body"], "hello, edited");
@@ -583,16 +585,4 @@ async fn message_updates_cross_instances() {
     assert_eq!(deleted["messageUpdates"]["body"], "");
     b.stop().await;
     a.stop().await;
-}
-
-async fn wait_for_subscriber(server: &TestServer, room: &str) {
-    let room = parley_domain::RoomId::parse(room).expect("room id");
-    let channel = parley::relay::Channel::Room(room);
-    for _ in 0..500 {
-        if server.app.relay.local_subscribers(&channel) > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the subscription was never taken");
 }

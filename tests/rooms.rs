@@ -39,19 +39,10 @@ async fn a_member_finds_a_user_by_name_and_invites_them(store: Store) {
     // Bob hears of his invitation on his own notices.
     let mut bob_ws = WsClient::connect(server.addr, &bob.token).await;
     bob_ws.subscribe("mine", MINE, json!({})).await;
-    let mut wait = 0;
-    while server
-        .app
-        .relay
-        .local_subscribers(&parley::relay::Channel::User(
-            parley_domain::UserId::parse(&bob.id).expect("id"),
-        ))
-        == 0
-    {
-        assert!(wait < 500, "the notices subscription was never taken");
-        wait += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let bob_id = parley_domain::UserId::parse(&bob.id).expect("id");
+    server
+        .wait_for_subscriber(&parley::relay::Channel::User(bob_id))
+        .await;
     let invited = server
         .ok(
             Some(&alice.token),

@@ -250,6 +250,18 @@ impl TestServer {
             .clone()
     }
 
+    /// Waits until this instance's relay has a local subscriber on `channel` (a
+    /// subscription the server has taken), polling its count; fails after 5 s.
+    pub async fn wait_for_subscriber(&self, channel: &parley::relay::Channel) {
+        for _ in 0..500 {
+            if self.app.relay.local_subscribers(channel) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no subscription on {channel:?} was taken within 5 s");
+    }
+
     pub async fn event_count(&self) -> i64 {
         self.app.log.count().await.expect("counting events")
     }
