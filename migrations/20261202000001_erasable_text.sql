@@ -69,3 +69,6 @@ ALTER TABLE messages_view
     -- Edited, deleted or reacted to at least once: what `messageUpdates` replays.
     ADD COLUMN changed   boolean NOT NULL DEFAULT false;
 CREATE INDEX messages_view_changes ON messages_view (room_id, position) WHERE changed;
+
+-- A room's topic (`updateRoom`); NULL when none is set.
+ALTER TABLE rooms_view ADD COLUMN topic text;

@@ -27,6 +27,7 @@ pub enum NoticeKind {
     MemberOnline,
     MemberOffline,
     Announcement,
+    RoomUpdated,
 }
 
 /// A message as it travels live.
@@ -191,6 +192,15 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
                 NoticeKind::RoomCreated,
                 room,
                 *host,
+                None,
+                log,
+            ))]
+        }
+        RoomEvent::RoomUpdated { updated_by, .. } => {
+            vec![on_room(notice(
+                NoticeKind::RoomUpdated,
+                room,
+                *updated_by,
                 None,
                 log,
             ))]

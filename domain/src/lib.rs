@@ -18,7 +18,8 @@ pub use services::{MessageFacts, RoomServices, ServiceError, UserServices};
 pub use upcasting::upcasters;
 pub use user::{Role, User, UserCommand, UserError, UserEvent};
 pub use values::{
-    AnnouncementText, ClientMsgId, Emoji, MessageBody, Password, RoomName, Username, ValueError,
+    AnnouncementText, ClientMsgId, Emoji, MessageBody, Password, RoomName, RoomTopic, Username,
+    ValueError,
 };
 
 /// The version every event type carries today. Bump it (and add an upcaster) whenever an

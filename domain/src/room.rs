@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{MessageId, MessageSeq, RoomId, UserId};
 use crate::services::MessageFacts;
 use crate::services::{RoomServices, ServiceError};
-use crate::values::{ClientMsgId, Emoji, MessageBody, RoomName, ValueError};
+use crate::values::{ClientMsgId, Emoji, MessageBody, RoomName, RoomTopic, ValueError};
 use crate::EVENT_VERSION;
 
 /// How many recent `(sender, clientMsgId)` pairs a room remembers in its own state.
@@ -46,6 +46,13 @@ pub enum RoomCommand {
     LeaveRoom { user: UserId },
     /// Member `by` invites `user` (a registered user, not yet a member or invited).
     Invite { by: UserId, user: UserId },
+    /// The host renames the room or sets its topic (`""` clears it); what is not given, or
+    /// given unchanged, stays: nothing new is no event.
+    UpdateRoom {
+        by: UserId,
+        name: Option<String>,
+        topic: Option<String>,
+    },
     /// `sender` posts `body`. Idempotent on `(sender, client_msg_id)`: a repeat yields no
     /// event and the caller returns the original message.
     SendMessage {
@@ -95,6 +102,14 @@ pub enum RoomEvent {
         name: RoomName,
         host: UserId,
         created_at: DateTime<Utc>,
+    },
+    /// The host changed the room's name and/or topic (only what changed is given). v1.0.
+    RoomUpdated {
+        updated_by: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<RoomName>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<RoomTopic>,
     },
     /// A user was invited, when the room was created or later by a member. v1.0.
     MemberInvited { user_id: UserId, invited_by: UserId },
@@ -147,6 +162,7 @@ impl DomainEvent for RoomEvent {
     fn event_type(&self) -> String {
         match self {
             Self::RoomCreated { .. } => "RoomCreated",
+            Self::RoomUpdated { .. } => "RoomUpdated",
             Self::MemberInvited { .. } => "MemberInvited",
             Self::MemberJoined { .. } => "MemberJoined",
             Self::MemberLeft { .. } => "MemberLeft",
@@ -176,6 +192,12 @@ pub enum RoomError {
     /// The room name breaks a rule.
     #[error("{0}")]
     InvalidName(ValueError),
+    /// The topic breaks a rule.
+    #[error("{0}")]
+    InvalidTopic(ValueError),
+    /// Changing the room without being its host (a member).
+    #[error("only the room's host may change the room")]
+    NotHost,
     /// The message body breaks a rule (empty, blank, too long).
     #[error("{0}")]
     InvalidBody(ValueError),
@@ -240,6 +262,9 @@ pub struct Room {
     /// When the room was opened; `None` in snapshots older than the field, like `name`.
     #[serde(default)]
     created_at: Option<DateTime<Utc>>,
+    /// The topic, if one is set (snapshots older than the field load `None`).
+    #[serde(default)]
+    topic: Option<RoomTopic>,
     host: Option<UserId>,
     members: BTreeSet<UserId>,
     invited: BTreeSet<UserId>,
@@ -261,6 +286,11 @@ impl Room {
     /// The room's name, once created (see the field's note on old snapshots).
     pub fn name(&self) -> Option<&RoomName> {
         self.name.as_ref()
+    }
+
+    /// The room's topic, if set.
+    pub fn topic(&self) -> Option<&RoomTopic> {
+        self.topic.as_ref()
     }
 
     /// When the room was opened, once created.
@@ -550,6 +580,32 @@ impl Aggregate for Room {
                 }
                 vec![RoomEvent::MemberLeft { user_id: user }]
             }
+            RoomCommand::UpdateRoom { by, name, topic } => {
+                self.require_member(by)?;
+                if self.host != Some(by) {
+                    return Err(RoomError::NotHost);
+                }
+                let name = name
+                    .map(|n| RoomName::parse(&n).map_err(RoomError::InvalidName))
+                    .transpose()?
+                    .filter(|n| self.name.as_ref() != Some(n));
+                let topic = topic
+                    .map(|t| RoomTopic::parse(&t).map_err(RoomError::InvalidTopic))
+                    .transpose()?
+                    .filter(|t| {
+                        let now = self.topic.as_ref().map_or("", RoomTopic::as_str);
+                        t.as_str() != now
+                    });
+                if name.is_none() && topic.is_none() {
+                    Vec::new()
+                } else {
+                    vec![RoomEvent::RoomUpdated {
+                        updated_by: by,
+                        name,
+                        topic,
+                    }]
+                }
+            }
             RoomCommand::Invite { by, user } => {
                 self.require_member(by)?;
                 if self.members.contains(&user) {
@@ -610,6 +666,14 @@ impl Aggregate for Room {
                 self.created_at = Some(created_at);
                 self.host = Some(host);
                 self.members.insert(host);
+            }
+            RoomEvent::RoomUpdated { name, topic, .. } => {
+                if let Some(name) = name {
+                    self.name = Some(name);
+                }
+                if let Some(topic) = topic {
+                    self.topic = (!topic.as_str().is_empty()).then_some(topic);
+                }
             }
             RoomEvent::MemberInvited { user_id, .. } => {
                 self.invited.insert(user_id);

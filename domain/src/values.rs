@@ -39,6 +39,9 @@ pub enum ValueError {
     /// Announcement text longer than 1000 characters.
     #[error("announcement text must be at most {max} characters, got {len}")]
     AnnouncementTooLong { max: usize, len: usize },
+    /// Room topic longer than 500 characters.
+    #[error("room topic must be at most {max} characters, got {len}")]
+    TopicTooLong { max: usize, len: usize },
     /// Reaction emoji empty, longer than 16 characters, or holding whitespace or a control
     /// character.
     #[error("emoji must be {min} to {max} characters without spaces, got {got:?}")]
@@ -251,6 +254,30 @@ impl Emoji {
                 min: Self::MIN,
                 max: Self::MAX,
                 got: s.chars().take(Self::MAX + 1).collect(),
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A room's topic: 0–500 characters (empty clears it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomTopic(String);
+
+impl RoomTopic {
+    pub const MAX: usize = 500;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if len > Self::MAX {
+            return Err(ValueError::TopicTooLong {
+                max: Self::MAX,
+                len,
             });
         }
         Ok(Self(s.to_owned()))

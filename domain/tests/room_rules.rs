@@ -940,3 +940,78 @@ fn inviting_an_unregistered_user_is_refused() {
         .when(invite(ALICE, MALLORY))
         .then_expect_error(RoomError::UnknownParticipant(MALLORY));
 }
+
+// --- UpdateRoom ------------------------------------------------------------------------------
+
+fn update(
+    by: parley_domain::UserId,
+    name: Option<&str>,
+    topic: Option<&str>,
+) -> parley_domain::RoomCommand {
+    parley_domain::RoomCommand::UpdateRoom {
+        by,
+        name: name.map(str::to_owned),
+        topic: topic.map(str::to_owned),
+    }
+}
+
+fn updated(by: parley_domain::UserId, name: Option<&str>, topic: Option<&str>) -> RoomEvent {
+    RoomEvent::RoomUpdated {
+        updated_by: by,
+        name: name.map(room_name),
+        topic: topic.map(|t| parley_domain::RoomTopic::parse(t).expect("valid topic")),
+    }
+}
+
+#[test]
+fn the_host_may_rename_the_room_and_set_its_topic() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(ALICE, Some("lounge"), Some("all things")))
+        .then_expect_events(vec![updated(ALICE, Some("lounge"), Some("all things"))]);
+}
+
+#[test]
+fn only_what_changes_is_recorded_and_nothing_new_is_no_event() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(ALICE, Some(ROOM_NAME), Some("new topic")))
+        .then_expect_events(vec![updated(ALICE, None, Some("new topic"))]);
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(ALICE, Some(ROOM_NAME), Some("")))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_member_who_is_not_the_host_may_not_change_the_room() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(BOB, Some("mine"), None))
+        .then_expect_error(RoomError::NotHost);
+}
+
+#[test]
+fn a_topic_of_501_characters_or_a_blank_name_is_refused() {
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(ALICE, None, Some(&"t".repeat(501))))
+        .then_expect_error(RoomError::InvalidTopic(ValueError::TopicTooLong {
+            max: 500,
+            len: 501,
+        }));
+    with(FakeDirectory::with_cast())
+        .given(room_with_alice_and_bob())
+        .when(update(ALICE, Some("  "), None))
+        .then_expect_error(RoomError::InvalidName(ValueError::RoomNameBlank));
+}
+
+#[test]
+fn an_empty_topic_clears_it() {
+    let mut given = room_with_alice_and_bob();
+    given.push(updated(ALICE, Some("lounge"), Some("set")));
+    given.push(updated(ALICE, None, Some("")));
+    let room = replay(given);
+    assert_eq!(room.topic(), None);
+    assert_eq!(room.name().map(|n| n.as_str()), Some("lounge"));
+}

@@ -44,11 +44,12 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "UserRegistered",
     "RoleGranted",
     "AnnouncementMade",
     "RoomCreated",
+    "RoomUpdated",
     "MemberInvited",
     "MemberJoined",
     "MemberLeft",
@@ -252,6 +253,11 @@ mod tests {
                 name: RoomName::parse("r").expect("valid"),
                 host: user,
                 created_at: now,
+            },
+            RoomEvent::RoomUpdated {
+                updated_by: user,
+                name: None,
+                topic: None,
             },
             RoomEvent::MemberInvited {
                 user_id: user,

@@ -66,6 +66,7 @@ struct UserRow {
 struct RoomRow {
     id: RoomId,
     name: String,
+    topic: Option<String>,
     host: UserId,
     created_at: DateTime<Utc>,
     last_seq: i64,
@@ -109,6 +110,7 @@ impl State {
         RoomView {
             id: room.id,
             name: room.name.clone(),
+            topic: room.topic.clone(),
             host: room.host,
             created_at: room.created_at,
             last_seq: room.last_seq,
@@ -191,6 +193,7 @@ impl State {
                     RoomRow {
                         id,
                         name: name.as_str().to_owned(),
+                        topic: None,
                         host: *host,
                         created_at: *created_at,
                         last_seq: 0,
@@ -200,6 +203,16 @@ impl State {
                     },
                 );
                 self.rooms_of_user.entry(*host).or_default().insert(id);
+            }
+            RoomEvent::RoomUpdated { name, topic, .. } => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    if let Some(name) = name {
+                        room.name = name.as_str().to_owned();
+                    }
+                    if let Some(topic) = topic {
+                        room.topic = Some(topic.as_str().to_owned()).filter(|t| !t.is_empty());
+                    }
+                }
             }
             RoomEvent::MemberInvited { user_id, .. } => {
                 if let Some(room) = self.rooms.get_mut(&id) {

@@ -24,6 +24,8 @@ pub struct RoomAt {
     /// The position this state is as of (the one asked for).
     pub position: GlobalPosition,
     pub name: String,
+    /// The topic then, if one was set.
+    pub topic: Option<String>,
     pub host: UserId,
     pub created_at: DateTime<Utc>,
     /// Members then, in user-id order.
@@ -43,6 +45,7 @@ impl RoomAt {
         RoomView {
             id: self.id,
             name: self.name.clone(),
+            topic: self.topic.clone(),
             host: self.host,
             created_at: self.created_at,
             last_seq: self.message_count,
@@ -99,6 +102,7 @@ impl RoomReplay {
             id: room.id()?,
             position,
             name: room.name()?.as_str().to_owned(),
+            topic: room.topic().map(|t| t.as_str().to_owned()),
             host: room.host()?,
             created_at: room.created_at()?.trunc_subsecs(6),
             members: room.members().iter().copied().collect(),

@@ -27,6 +27,8 @@ pub struct Credentials {
 pub struct RoomView {
     pub id: RoomId,
     pub name: String,
+    /// The topic, if one is set.
+    pub topic: Option<String>,
     pub host: UserId,
     pub created_at: DateTime<Utc>,
     /// Seq of the newest message (0 before the first).

@@ -63,6 +63,22 @@ impl CommandBus {
         Ok(())
     }
 
+    /// The host renames the room and/or sets its topic (`""` clears it). Returns the change's
+    /// position (0 when nothing changed).
+    pub async fn update_room(
+        &self,
+        room: RoomId,
+        by: UserId,
+        name: Option<String>,
+        topic: Option<String>,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        let command = RoomCommand::UpdateRoom { by, name, topic };
+        Ok(execute(&self.rooms, room.to_string(), command, meta)
+            .await?
+            .position)
+    }
+
     /// Member `by` invites `user` (a `MEMBER_INVITED` notice to the room and to them).
     pub async fn invite(
         &self,

@@ -150,11 +150,14 @@ impl From<RoomError> for ApiError {
             }
             RoomError::UnknownRoom => Self::NotFound("no such room".to_owned()),
             RoomError::NotMember => Self::Forbidden("you are not a member of this room".to_owned()),
-            RoomError::NotSender | RoomError::NotAllowed => Self::Forbidden(message),
+            RoomError::NotSender | RoomError::NotAllowed | RoomError::NotHost => {
+                Self::Forbidden(message)
+            }
             RoomError::UnknownMessage(_) => Self::NotFound(message),
             RoomError::MessageDeleted(_) => Self::Conflict(message),
             RoomError::InvalidEmoji(_) | RoomError::InvalidReplyTo(_) => Self::BadInput(message),
             RoomError::InvalidName(_)
+            | RoomError::InvalidTopic(_)
             | RoomError::InvalidBody(_)
             | RoomError::InvalidClientMsgId(_)
             | RoomError::UnknownParticipant(_)

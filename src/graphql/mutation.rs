@@ -202,6 +202,34 @@ impl Mutation {
         with_last_message(ctx, Room::new(view)).await
     }
 
+    /// The host renames the room and/or sets its topic (0–500 characters; `""` clears it).
+    /// Members get a `ROOM_UPDATED` notice; giving nothing new changes nothing.
+    async fn update_room(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        name: Option<String>,
+        topic: Option<String>,
+    ) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(&room_id)?;
+        let app = app(ctx);
+        let position = app
+            .commands
+            .update_room(room, me, name, topic, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        if !app
+            .projected
+            .reached(position, std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(%room, "read model still behind a room update after 5 s");
+        }
+        let view = fresh_room(app, room, |_| true).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
     /// Invites a registered user to a room the caller is a member of: they get a
     /// `MEMBER_INVITED` notice (and the room one). Inviting a member or someone already
     /// invited is a `CONFLICT`.

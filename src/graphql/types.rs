@@ -103,6 +103,11 @@ impl Room {
         &self.view.name
     }
 
+    /// The room's topic (0–500 characters); null if none is set.
+    async fn topic(&self) -> Option<&str> {
+        self.view.topic.as_deref()
+    }
+
     async fn host(&self, ctx: &Context<'_>) -> ApiResult<User> {
         load_user(ctx, self.view.host).await
     }
@@ -350,6 +355,7 @@ impl Notice {
             NoticeKind::MemberOnline => format!("{who} is online"),
             NoticeKind::MemberOffline => format!("{who} went offline"),
             NoticeKind::Announcement => "announcement".to_owned(),
+            NoticeKind::RoomUpdated => format!("{who} updated the room's name or topic"),
         })
     }
 

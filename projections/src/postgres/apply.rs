@@ -385,6 +385,20 @@ async fn apply_room(
                 .await?;
             set_member_state(conn, tables, room.0, host.0, "member", position).await?;
         }
+        RoomEvent::RoomUpdated { name, topic, .. } => {
+            sqlx::query(&format!(
+                "UPDATE {rooms_view}
+                    SET name = coalesce($2, name),
+                        topic = CASE WHEN $3::text IS NULL THEN topic ELSE nullif($3, '') END
+                  WHERE room_id = $1",
+                rooms_view = tables.rooms_view
+            ))
+            .bind(room.0)
+            .bind(name.as_ref().map(|n| n.as_str()))
+            .bind(topic.as_ref().map(|t| t.as_str()))
+            .execute(&mut *conn)
+            .await?;
+        }
         RoomEvent::MemberInvited { user_id, .. } => {
             sqlx::query(&format!(
                 "INSERT INTO {room_members} (room_id, user_id, state, position)

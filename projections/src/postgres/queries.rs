@@ -25,7 +25,7 @@ pub struct PgReadModels {
     pool: PgPool,
 }
 
-const ROOM_COLUMNS: &str = "r.room_id, r.name, r.host, r.created_at, r.last_seq,
+const ROOM_COLUMNS: &str = "r.room_id, r.name, r.topic, r.host, r.created_at, r.last_seq,
     r.last_activity_position,
     array(SELECT user_id FROM room_members m
            WHERE m.room_id = r.room_id AND m.state = 'member' ORDER BY user_id) AS members,
@@ -69,6 +69,7 @@ fn room_view(row: &PgRow) -> RoomView {
     RoomView {
         id: RoomId(row.get("room_id")),
         name: row.get("name"),
+        topic: row.get("topic"),
         host: UserId(row.get("host")),
         created_at: row.get("created_at"),
         last_seq: row.get("last_seq"),
