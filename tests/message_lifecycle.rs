@@ -368,6 +368,23 @@ async fn a_deleted_message_is_erased_from_history_the_log_and_time_travel(store:
     if let Some(db) = &server.db {
         nowhere_in_the_database(db, SECRET).await;
         let export = parley_tool(db, &["events", "export"]);
+        // Byte-identical after unrelated writes: edits, reactions, a deletion and a message in
+        // another room change nothing of what was exported up to here.
+        let head = parley_tool(db, &["events", "export", "--format", "csv"])
+            .lines()
+            .count() as i64
+            - 1;
+        let up_to = head.to_string();
+        let before = parley_tool(db, &["events", "export", "--to", &up_to]);
+        let other = server.create_room(&alice, "elsewhere", &[]).await;
+        server.send(&alice, &other, "more text", "o1").await;
+        edit(&server, &alice, &other, 1, "more text, edited").await;
+        react(&server, &alice, &other, 1, "👍").await;
+        delete(&server, &alice, &other, 1).await;
+        assert_eq!(
+            parley_tool(db, &["events", "export", "--to", &up_to]),
+            before
+        );
         assert!(
             export.contains("MessageDeleted"),
             "the deletion is exported"
