@@ -44,10 +44,11 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "UserRegistered",
     "RoleGranted",
     "AnnouncementMade",
+    "UserErased",
     "RoomCreated",
     "RoomUpdated",
     "MemberInvited",
@@ -309,6 +310,10 @@ mod tests {
             UserEvent::AnnouncementMade {
                 text: parley_domain::AnnouncementText::parse("hello").expect("valid"),
                 made_at: now,
+            },
+            UserEvent::UserErased {
+                erased_by: None,
+                erased_at: now,
             },
         ];
         let mut names: Vec<String> = room_events
