@@ -9,6 +9,7 @@
 //! read models blank what they hold when they apply the deletion or erasure. The embedded
 //! store keeps one payload and blanks its field in place.
 
+use cqrs_es::persist::SerializedEvent;
 use serde_json::Value;
 
 /// The event types whose payload carries erasable text, with the field that holds it:
@@ -67,20 +68,45 @@ pub fn with_text(
     Some(out)
 }
 
-/// Whether the text of this event is `user`'s: their registration (the username), or a
-/// message they sent or edited.
-pub fn is_users_text(
-    aggregate_type: &str,
-    aggregate_id: &str,
-    event_type: &str,
-    payload: &Value,
-    user: &str,
-) -> bool {
-    match (aggregate_type, event_type) {
-        ("User", "UserRegistered") => aggregate_id == user,
-        ("Room", "MessageSent") => payload[event_type]["sender"].as_str() == Some(user),
-        ("Room", "MessageEdited") => payload[event_type]["editor"].as_str() == Some(user),
-        _ => false,
+/// What an event erases when it is written: the text of one message (a `MessageDeleted`),
+/// or a user's username and every message they wrote (a `UserErased`). Both stores use it:
+/// PostgreSQL to blank the events of the same batch (its UPDATE cannot see them), the
+/// embedded store to blank its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Erases<'a> {
+    Message { room: &'a str, seq: u64 },
+    User(&'a str),
+}
+
+impl<'a> Erases<'a> {
+    /// What `event` erases, if anything.
+    pub fn of(event: &'a SerializedEvent) -> Option<Self> {
+        match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+            ("Room", "MessageDeleted") => Some(Self::Message {
+                room: &event.aggregate_id,
+                seq: message_seq(&event.event_type, &event.payload)?,
+            }),
+            ("User", "UserErased") => Some(Self::User(&event.aggregate_id)),
+            _ => None,
+        }
+    }
+
+    /// Whether the text `event` carries is among what this erases.
+    pub fn covers(&self, event: &SerializedEvent) -> bool {
+        let body = &event.payload[&event.event_type];
+        match (
+            *self,
+            event.aggregate_type.as_str(),
+            event.event_type.as_str(),
+        ) {
+            (Self::Message { room, seq }, "Room", "MessageSent" | "MessageEdited") => {
+                event.aggregate_id == room && body["seq"].as_u64() == Some(seq)
+            }
+            (Self::User(user), "User", "UserRegistered") => event.aggregate_id == user,
+            (Self::User(user), "Room", "MessageSent") => body["sender"].as_str() == Some(user),
+            (Self::User(user), "Room", "MessageEdited") => body["editor"].as_str() == Some(user),
+            _ => false,
+        }
     }
 }
 
@@ -126,6 +152,64 @@ mod tests {
             Some(r#"{"UserRegistered":{"password_hash":"h","username":"ann"}}"#)
         );
         assert_eq!(with_text("Room", "MemberJoined", stored, "x"), None);
+    }
+
+    fn event(aggregate: &str, id: &str, event_type: &str, payload: Value) -> SerializedEvent {
+        SerializedEvent::new(
+            id.to_owned(),
+            1,
+            aggregate.to_owned(),
+            event_type.to_owned(),
+            "1.0".to_owned(),
+            payload,
+            json!({}),
+        )
+    }
+
+    #[test]
+    fn a_deletion_covers_its_messages_text_and_an_erasure_all_of_a_users() {
+        let deleted = event(
+            "Room",
+            "r",
+            "MessageDeleted",
+            json!({"MessageDeleted": {"seq": 2}}),
+        );
+        let erased = event("User", "u", "UserErased", json!({"UserErased": {}}));
+        let message = Erases::of(&deleted).expect("erases");
+        let user = Erases::of(&erased).expect("erases");
+        assert_eq!(message, Erases::Message { room: "r", seq: 2 });
+        let sent = event(
+            "Room",
+            "r",
+            "MessageSent",
+            json!({"MessageSent": {"seq": 2, "sender": "u"}}),
+        );
+        let edit = event(
+            "Room",
+            "r",
+            "MessageEdited",
+            json!({"MessageEdited": {"seq": 2, "editor": "u"}}),
+        );
+        let other = event(
+            "Room",
+            "r",
+            "MessageSent",
+            json!({"MessageSent": {"seq": 3, "sender": "v"}}),
+        );
+        let elsewhere = event(
+            "Room",
+            "q",
+            "MessageSent",
+            json!({"MessageSent": {"seq": 2, "sender": "v"}}),
+        );
+        let registered = event("User", "u", "UserRegistered", json!({"UserRegistered": {}}));
+        assert!(message.covers(&sent) && message.covers(&edit));
+        assert!(
+            !message.covers(&other) && !message.covers(&elsewhere) && !message.covers(&registered)
+        );
+        assert!(user.covers(&sent) && user.covers(&edit) && user.covers(&registered));
+        assert!(!user.covers(&other) && !user.covers(&elsewhere));
+        assert_eq!(Erases::of(&sent), None);
     }
 
     #[test]

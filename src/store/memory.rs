@@ -56,45 +56,27 @@ struct Inner {
 }
 
 impl Inner {
-    /// Erases a user's username and every message text they wrote (their name is free
-    /// again, as in the Postgres log).
-    fn erase_user(&mut self, user: &str) {
-        for entry in &mut self.log {
-            let event = &mut entry.event;
-            let theirs = erasure::is_users_text(
-                &event.aggregate_type,
-                &event.aggregate_id,
-                &event.event_type,
-                &event.payload,
-                user,
-            );
-            if theirs {
-                if let Some(name) = registered_username(event) {
-                    let name = name.to_owned();
-                    self.usernames.remove(&name);
-                }
-                erasure::take_text(&event.aggregate_type, &event.event_type, &mut event.payload);
-            }
-        }
-    }
-
-    /// Erases the text of every event of the message a `MessageDeleted` payload names (see
-    /// `parley_projections::erasure`): the embedded log keeps no text apart, so the payload
-    /// itself gets the placeholder.
-    fn erase_message(&mut self, room: &str, deleted: &serde_json::Value) {
-        let Some(seq) = erasure::message_seq("MessageDeleted", deleted) else {
-            return;
+    /// Blanks, in place, the text of every event `erases` covers (the embedded log keeps no
+    /// text apart); an erased username is free again, as in the Postgres log.
+    fn erase(&mut self, erases: erasure::Erases<'_>) {
+        let candidates: Vec<usize> = match erases {
+            erasure::Erases::Message { room, .. } => self
+                .streams
+                .get(&("Room".to_owned(), room.to_owned()))
+                .cloned()
+                .unwrap_or_default(),
+            erasure::Erases::User(_) => (0..self.log.len()).collect(),
         };
-        let Some(stream) = self.streams.get(&("Room".to_owned(), room.to_owned())) else {
-            return;
-        };
-        for &index in stream {
+        for index in candidates {
             let event = &mut self.log[index].event;
-            if erasure::carries_text(&event.aggregate_type, &event.event_type)
-                && erasure::message_seq(&event.event_type, &event.payload) == Some(seq)
-            {
-                erasure::take_text(&event.aggregate_type, &event.event_type, &mut event.payload);
+            if !erases.covers(event) {
+                continue;
             }
+            if let Some(name) = registered_username(event) {
+                let name = name.to_owned();
+                self.usernames.remove(&name);
+            }
+            erasure::take_text(&event.aggregate_type, &event.event_type, &mut event.payload);
         }
     }
 }
@@ -187,11 +169,8 @@ impl MemoryLog {
                 event: event.clone(),
                 recorded_at,
             });
-            if event.aggregate_type == "Room" && event.event_type == "MessageDeleted" {
-                inner.erase_message(&event.aggregate_id, &event.payload);
-            }
-            if event.aggregate_type == "User" && event.event_type == "UserErased" {
-                inner.erase_user(&event.aggregate_id);
+            if let Some(erases) = erasure::Erases::of(event) {
+                inner.erase(erases);
             }
         }
         let head = inner.log.len() as i64;

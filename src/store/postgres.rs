@@ -414,38 +414,22 @@ impl BatchColumns {
             columns.payloads.push(payload);
             columns.erasables.push(text);
             columns.metadata.push(event.metadata.to_string());
-            if let Some(seq) = deleted_message(event) {
+            if let Some(erases) = erasure::Erases::of(event) {
                 // Earlier events of this batch are not visible to the statement's UPDATE.
                 let earlier = events.iter().zip(columns.erasables.iter_mut());
-                for (other, text) in earlier {
-                    let same_message = other.aggregate_type == "Room"
-                        && other.aggregate_id == event.aggregate_id
-                        && erasure::carries_text(&other.aggregate_type, &other.event_type)
-                        && erasure::message_seq(&other.event_type, &other.payload)
-                            .and_then(|s| i64::try_from(s).ok())
-                            == Some(seq);
-                    if same_message {
-                        *text = None;
-                    }
+                for (_, text) in earlier.filter(|(other, _)| erases.covers(other)) {
+                    *text = None;
                 }
-                columns.erase_rooms.push(event.aggregate_id.clone());
-                columns.erase_seqs.push(seq);
-            }
-            if event.aggregate_type == "User" && event.event_type == "UserErased" {
-                let user = &event.aggregate_id;
-                let earlier = events.iter().zip(columns.erasables.iter_mut());
-                for (other, text) in earlier {
-                    if erasure::is_users_text(
-                        &other.aggregate_type,
-                        &other.aggregate_id,
-                        &other.event_type,
-                        &other.payload,
-                        user,
-                    ) {
-                        *text = None;
+                match erases {
+                    erasure::Erases::Message { room, seq } => {
+                        columns.erase_rooms.push(room.to_owned());
+                        columns.erase_seqs.push(
+                            i64::try_from(seq)
+                                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+                        );
                     }
+                    erasure::Erases::User(user) => columns.erase_users.push(user.to_owned()),
                 }
-                columns.erase_users.push(user.clone());
             }
         }
         Ok(columns)
@@ -482,14 +466,6 @@ fn stored_payload(event: &SerializedEvent) -> (String, Option<String>) {
     let mut payload = event.payload.clone();
     let text = erasure::take_text(&event.aggregate_type, &event.event_type, &mut payload);
     (payload.to_string(), text)
-}
-
-/// The seq of the message a `MessageDeleted` event deletes.
-fn deleted_message(event: &SerializedEvent) -> Option<i64> {
-    if event.aggregate_type != "Room" || event.event_type != "MessageDeleted" {
-        return None;
-    }
-    erasure::message_seq(&event.event_type, &event.payload).and_then(|seq| i64::try_from(seq).ok())
 }
 
 /// A unique index or key refused a row (SQLSTATE 23505).
