@@ -101,6 +101,16 @@ impl ReadModels {
         dispatch!(self, messages_between(room, after, up_to, limit))
     }
 
+    /// Message `seq` of `room`, if the read model holds it.
+    pub async fn message(
+        &self,
+        room: RoomId,
+        seq: i64,
+    ) -> Result<Option<MessageView>, ReadModelError> {
+        let page = self.messages_between(room, seq - 1, seq, 1).await?;
+        Ok(page.into_iter().next())
+    }
+
     /// Messages of `room` edited, deleted or reacted to, whose newest change is after
     /// position `after`, oldest change first.
     pub async fn changed_messages(

@@ -145,11 +145,11 @@ pub async fn require_member(
 /// `position` (0: no change was written; read it as it is).
 pub async fn fresh_message(app: &App, room: RoomId, seq: i64, position: i64) -> ApiResult<Message> {
     let read = || async move {
-        let page = app
+        Ok(app
             .read_models
-            .messages_between(room, seq - 1, seq, 1)
-            .await;
-        Ok(page.map_err(ApiError::from)?.into_iter().next())
+            .message(room, seq)
+            .await
+            .map_err(ApiError::from)?)
     };
     let view = once_projected(app, "message", read, |view: &MessageView| {
         view.position.0 >= position
@@ -167,6 +167,18 @@ pub async fn fresh_room(
 ) -> ApiResult<RoomView> {
     let read = || async move { Ok(app.read_models.room(room).await.map_err(ApiError::from)?) };
     once_projected(app, "room", read, ready).await
+}
+
+/// Waits (at most 5 s) until the read models hold the change at `position` (read-your-writes
+/// for a mutation that answers with no view to wait on); after that, goes on with a warning.
+pub async fn projected_to(app: &App, position: i64, what: &str) {
+    if !app
+        .projected
+        .reached(position, Duration::from_secs(5))
+        .await
+    {
+        tracing::warn!(position, "read models still behind {what} after 5 s");
+    }
 }
 
 /// What `read` answers once it is `ready`, re-read only when the projector announces a new

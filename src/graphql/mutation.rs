@@ -5,8 +5,8 @@ use parley_domain::{Password, RoomError, UserId, ValueError};
 use parley_projections::UserView;
 
 use super::context::{
-    actor, app, client_ip, fresh_message, fresh_room, meta, require_member, room_id, user_id,
-    within,
+    actor, app, client_ip, fresh_message, fresh_room, meta, projected_to, require_member, room_id,
+    user_id, within,
 };
 use super::error::{ApiError, ApiResult};
 use super::types::{with_last_message, AuthPayload, Message, Room, User};
@@ -18,7 +18,8 @@ use crate::relay::{Channel, Relay};
 #[derive(Debug, Default)]
 pub struct Mutation;
 
-/// A message seq from the API: one below 1 names no message (the room answers NOT_FOUND).
+/// A message seq from the API: one below 1 names no message, and the room refuses it as it
+/// does any seq it has not reached.
 fn message_seq(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
@@ -219,13 +220,7 @@ impl Mutation {
             .update_room(room, me, name, topic, &meta(ctx))
             .await
             .map_err(ApiError::from)?;
-        if !app
-            .projected
-            .reached(position, std::time::Duration::from_secs(5))
-            .await
-        {
-            tracing::warn!(%room, "read model still behind a room update after 5 s");
-        }
+        projected_to(app, position, "a room update").await;
         let view = fresh_room(app, room, |_| true).await?;
         with_last_message(ctx, Room::new(view)).await
     }
@@ -279,8 +274,7 @@ impl Mutation {
         let room = super::context::room_id(&room_id)?;
         let app = app(ctx);
         within(app.limits.send(me))?;
-        // A seq below 1 names no message: the room refuses it like any unknown one.
-        let reply_to = reply_to.map(|seq| u64::try_from(seq).unwrap_or(0));
+        let reply_to = reply_to.map(message_seq);
         let sent = app
             .commands
             .send_reply(room, me, &body, &client_msg_id, reply_to, &meta(ctx))
@@ -391,13 +385,7 @@ impl Mutation {
             .erase_user(user, Some(me), &meta(ctx))
             .await
             .map_err(ApiError::from)?;
-        if !app
-            .projected
-            .reached(position, std::time::Duration::from_secs(5))
-            .await
-        {
-            tracing::warn!(%user, "read models still behind an erasure after 5 s");
-        }
+        projected_to(app, position, "an erasure").await;
         Ok(true)
     }
 

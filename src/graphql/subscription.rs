@@ -250,12 +250,11 @@ impl Subscription {
                 if position <= delivered {
                     continue;
                 }
-                let found = app.read_models.messages_between(room, seq - 1, seq, 1).await;
-                match found {
+                match app.read_models.message(room, seq).await {
                     Ok(found) => {
                         delivered = position;
                         replay_from = replay_from.max(position);
-                        if let Some(message) = found.into_iter().next() {
+                        if let Some(message) = found {
                             yield Ok(Message(LiveMessage::from(message)));
                         }
                     }

@@ -178,10 +178,10 @@ pub async fn with_last_message(ctx: &Context<'_>, mut room: Room) -> ApiResult<R
         let seq = room.view.last_seq;
         let last = app(ctx)
             .read_models
-            .messages_between(room.view.id, seq - 1, seq, 1)
+            .message(room.view.id, seq)
             .await
             .map_err(ApiError::from)?;
-        room.last_message = Some(last.into_iter().next().map(LiveMessage::from));
+        room.last_message = Some(last.map(LiveMessage::from));
     }
     Ok(room)
 }
@@ -236,15 +236,12 @@ impl Message {
         let Some(seq) = self.0.reply_to else {
             return Ok(None);
         };
-        let page = app(ctx)
+        let found = app(ctx)
             .read_models
-            .messages_between(self.0.room_id, seq - 1, seq, 1)
+            .message(self.0.room_id, seq)
             .await
             .map_err(ApiError::from)?;
-        Ok(page
-            .into_iter()
-            .next()
-            .map(|m| Message(LiveMessage::from(m))))
+        Ok(found.map(|m| Message(LiveMessage::from(m))))
     }
 
     /// The reactions that stand, one entry per emoji.
