@@ -18,7 +18,7 @@ use futures::Stream;
 use parley_domain::{RoomId, UserId};
 use tokio::time::Instant;
 
-use super::context::{actor, app, require_member, SubscriptionBudget};
+use super::context::{actor, app, require_member, SubscriptionBudget, SubscriptionSlot};
 use super::error::{ApiError, ApiResult};
 use super::types::{Message, Notice, TypingEvent};
 use crate::app::App;
@@ -76,6 +76,43 @@ async fn read_messages(
     Ok(out)
 }
 
+/// A members-only subscription to a room, opened in the order that loses nothing: the
+/// relay channel is subscribed *before* membership is checked and anything is read, so a
+/// leave or an event between the two is delivered live (or re-read), never missed.
+struct RoomFeed {
+    me: UserId,
+    room: RoomId,
+    app: App,
+    slot: SubscriptionSlot,
+    live: RelaySubscription,
+}
+
+impl RoomFeed {
+    /// Opens the caller's feed of `room_id`, resuming `after` a cursor (never negative).
+    async fn open(
+        ctx: &Context<'_>,
+        room_id: &ID,
+        after: Option<i64>,
+    ) -> Result<Self, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let room = super::context::room_id(room_id)?;
+        if after.is_some_and(|a| a < 0) {
+            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
+        }
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        let live = subscribe(&app, Channel::Room(room)).await?;
+        require_member(&app, room, me).await?;
+        Ok(Self {
+            me,
+            room,
+            app,
+            slot,
+            live,
+        })
+    }
+}
+
 #[Subscription]
 impl Subscription {
     /// Messages of a room: first those after seq `after` (when given), then live ones, in
@@ -86,17 +123,13 @@ impl Subscription {
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        let me = actor(ctx)?;
-        let room = super::context::room_id(&room_id)?;
-        if after.is_some_and(|a| a < 0) {
-            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
-        }
-        let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        // Subscribe first, then check and read: a leave or a message between the two is
-        // then delivered live (or re-read), never lost.
-        let mut live = subscribe(&app, Channel::Room(room)).await?;
-        require_member(&app, room, me).await?;
+        let RoomFeed {
+            me,
+            room,
+            app,
+            slot,
+            mut live,
+        } = RoomFeed::open(ctx, &room_id, after).await?;
         let mut last = match after {
             Some(after) => after,
             // Anchor on what the read model holds (the newest history page a client reads
@@ -186,17 +219,13 @@ impl Subscription {
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        let me = actor(ctx)?;
-        let room = super::context::room_id(&room_id)?;
-        if after.is_some_and(|a| a < 0) {
-            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
-        }
-        let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        // Subscribe first: a change projected after this is relayed; one projected before
-        // is in the read model the replay reads.
-        let mut live = subscribe(&app, Channel::Room(room)).await?;
-        require_member(&app, room, me).await?;
+        let RoomFeed {
+            me,
+            room,
+            app,
+            slot,
+            mut live,
+        } = RoomFeed::open(ctx, &room_id, after).await?;
         // What the caller has: every change up to `delivered` (for live events), and
         // everything a replay would give up to `replay_from`. Without `after`, a live change
         // is delivered whatever its position: the checkpoint this instance knows may already

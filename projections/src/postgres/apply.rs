@@ -466,9 +466,10 @@ async fn apply_message_change(
             ..
         } => {
             sqlx::query(&format!(
-            "UPDATE {messages_view} SET body = $4, edited_at = $5, position = $3, changed = true
-              WHERE room_id = $1 AND seq = $2 AND NOT deleted"
-        ))
+                "UPDATE {messages_view}
+                    SET body = $4, edited_at = $5, position = $3, changed = true
+                  WHERE room_id = $1 AND seq = $2 AND NOT deleted"
+            ))
             .bind(room.0)
             .bind(seq.0 as i64)
             .bind(position)
@@ -481,8 +482,8 @@ async fn apply_message_change(
         RoomEvent::MessageDeleted { seq, .. } => {
             sqlx::query(&format!(
                 "UPDATE {messages_view}
-                SET body = '', deleted = true, reactions = '{{}}', position = $3, changed = true
-              WHERE room_id = $1 AND seq = $2"
+                    SET body = '', deleted = true, reactions = '{{}}', position = $3, changed = true
+                  WHERE room_id = $1 AND seq = $2"
             ))
             .bind(room.0)
             .bind(seq.0 as i64)
@@ -497,11 +498,11 @@ async fn apply_message_change(
         } => {
             sqlx::query(&format!(
                 "UPDATE {messages_view}
-                SET reactions = jsonb_set(reactions, ARRAY[$4],
-                                          coalesce(reactions -> $4, '[]') || to_jsonb($5::text)),
-                    position = $3, changed = true
-              WHERE room_id = $1 AND seq = $2
-                AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
+                    SET reactions = jsonb_set(reactions, ARRAY[$4],
+                                              coalesce(reactions -> $4, '[]') || to_jsonb($5::text)),
+                        position = $3, changed = true
+                  WHERE room_id = $1 AND seq = $2
+                    AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
             ))
             .bind(room.0)
             .bind(seq.0 as i64)
@@ -518,11 +519,11 @@ async fn apply_message_change(
         } => {
             sqlx::query(&format!(
                 "UPDATE {messages_view}
-                SET reactions = CASE WHEN (reactions -> $4) - $5 = '[]' THEN reactions - $4
-                                     ELSE jsonb_set(reactions, ARRAY[$4], (reactions -> $4) - $5)
-                                END,
-                    position = $3, changed = true
-              WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
+                    SET reactions = CASE WHEN (reactions -> $4) - $5 = '[]' THEN reactions - $4
+                                         ELSE jsonb_set(reactions, ARRAY[$4], (reactions -> $4) - $5)
+                                    END,
+                        position = $3, changed = true
+                  WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
             ))
             .bind(room.0)
             .bind(seq.0 as i64)
