@@ -4,10 +4,12 @@
 //! State stays small whatever a room's history: the member and invitee sets, the last `seq`,
 //! a bounded window of recent `(sender, clientMsgId)` pairs, the seqs of deleted messages and
 //! the reactions that stand. Message bodies live only in events and read models; the sender
-//! of a message older than the window comes from [`RoomServices::message_sender`]. A `clientMsgId` older than the window is new as far as the room
-//! knows: the event store's unique key on (room, sender, clientMsgId) refuses the second
-//! message, and the command layer answers with the original, so "one message per
-//! clientMsgId" holds forever without a lookup on every send.
+//! of a message older than the window comes from [`RoomServices::message_sender`].
+//!
+//! A `clientMsgId` older than the window is new as far as the room knows: the event store's
+//! unique key on (room, sender, clientMsgId) refuses the second message, and the command
+//! layer answers with the original, so "one message per clientMsgId" holds forever without
+//! a lookup on every send.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -507,10 +509,7 @@ impl Room {
         reply_to: Option<u64>,
         sent_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
-        self.require_created()?;
-        if !self.members.contains(&sender) {
-            return Err(RoomError::NotMember);
-        }
+        self.require_member(sender)?;
         let body = MessageBody::parse(body).map_err(RoomError::InvalidBody)?;
         let client_msg_id =
             ClientMsgId::parse(client_msg_id).map_err(RoomError::InvalidClientMsgId)?;
@@ -574,10 +573,7 @@ impl Aggregate for Room {
                 vec![RoomEvent::MemberJoined { user_id: user }]
             }
             RoomCommand::LeaveRoom { user } => {
-                self.require_created()?;
-                if !self.members.contains(&user) {
-                    return Err(RoomError::NotMember);
-                }
+                self.require_member(user)?;
                 vec![RoomEvent::MemberLeft { user_id: user }]
             }
             RoomCommand::UpdateRoom { by, name, topic } => {
