@@ -317,6 +317,13 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
             .await;
         subscribers.push((who.to_owned(), client));
     }
+    // A subscriber on B that stays to the end, so the room's channel is still wanted on B
+    // when the test checks, after the collectors have left, that the restarted master holds
+    // it again.
+    let mut watcher = WsClient::connect(b.addr, &bob.token).await;
+    watcher
+        .subscribe("w", MESSAGES, json!({ "r": room, "a": null }))
+        .await;
     let room_channel = b.app.relay.channel_name(&Channel::Room(room_id));
     eventually(
         "both instances subscribe the room's shard channel",
@@ -403,9 +410,13 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
     let mut late = WsClient::connect(b.addr, &bob.token).await;
     late.subscribe("m", MESSAGES, json!({ "r": room, "a": TOTAL }))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the late subscription is taken on B", || async {
+        b.app.relay.local_subscribers(&Channel::Room(room_id)) >= 2
+    })
+    .await;
     a.send(&alice, &room, "after", "after").await;
     assert_eq!(late.next("m").await["messages"]["seq"], TOTAL as i64 + 1);
+    drop(watcher);
     a.stop().await;
     b.stop().await;
 }
