@@ -10,7 +10,7 @@
 //! and messages their `seq`, so a subscriber detects anything the relay lost and re-reads it.
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomEvent, RoomId, UserEvent, UserId};
+use parley_domain::{MessageId, RoomEvent, RoomId, RoomRole, UserEvent, UserId};
 use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView, ReadModels};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -28,6 +28,10 @@ pub enum NoticeKind {
     MemberOffline,
     Announcement,
     RoomUpdated,
+    MemberKicked,
+    MemberBanned,
+    MemberUnbanned,
+    RoleChanged,
 }
 
 /// A message as it travels live.
@@ -97,6 +101,12 @@ pub struct LiveNotice {
     pub by: Option<UserId>,
     /// Free text (announcements).
     pub text: Option<String>,
+    /// The role given (`ROLE_CHANGED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoomRole>,
+    /// A ban's reason (`MEMBER_BANNED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Global log position (0 for ephemeral notices such as presence).
     pub position: i64,
     pub at: DateTime<Utc>,
@@ -129,6 +139,17 @@ pub enum LiveEvent {
     },
 }
 
+impl LiveNotice {
+    /// Whether this notice takes `user` out of its room (they left, were kicked or banned):
+    /// their subscriptions to the room end with it.
+    pub fn removes(&self, user: UserId) -> bool {
+        matches!(
+            self.kind,
+            NoticeKind::MemberLeft | NoticeKind::MemberKicked | NoticeKind::MemberBanned
+        ) && self.user == Some(user)
+    }
+}
+
 impl LiveEvent {
     /// The room's aggregate sequence, for room-channel events from the log.
     pub fn sequence(&self) -> Option<i64> {
@@ -154,6 +175,8 @@ fn notice(
         user: Some(user),
         by,
         text: None,
+        role: None,
+        reason: None,
         position: log.position.0,
         at: log.recorded_at,
     }
@@ -168,6 +191,8 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             user: Some(*admin),
             by: Some(*admin),
             text: Some(text.as_str().to_owned()),
+            role: None,
+            reason: None,
             position: log.position.0,
             at: log.recorded_at,
         };
@@ -186,6 +211,19 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
     let sequence = Some(log.sequence);
     let on_room =
         |notice: LiveNotice| (Channel::Room(room), LiveEvent::Notice { sequence, notice });
+    // To the room, and to the user it is about (who is no longer, or not yet, in it).
+    let on_room_and_user = |notice: LiveNotice, user: UserId| {
+        vec![
+            on_room(notice.clone()),
+            (
+                Channel::User(user),
+                LiveEvent::Notice {
+                    sequence: None,
+                    notice,
+                },
+            ),
+        ]
+    };
     match event {
         RoomEvent::RoomCreated { host, .. } => {
             vec![on_room(notice(
@@ -245,6 +283,59 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
                 log,
             ))]
         }
+        RoomEvent::MemberRoleChanged {
+            user_id,
+            role,
+            changed_by,
+        } => {
+            let mut changed = notice(
+                NoticeKind::RoleChanged,
+                room,
+                *user_id,
+                Some(*changed_by),
+                log,
+            );
+            changed.role = Some(*role);
+            vec![on_room(changed)]
+        }
+        RoomEvent::MemberKicked { user_id, kicked_by } => on_room_and_user(
+            notice(
+                NoticeKind::MemberKicked,
+                room,
+                *user_id,
+                Some(*kicked_by),
+                log,
+            ),
+            *user_id,
+        ),
+        RoomEvent::MemberBanned {
+            user_id,
+            banned_by,
+            reason,
+        } => {
+            let mut banned = notice(
+                NoticeKind::MemberBanned,
+                room,
+                *user_id,
+                Some(*banned_by),
+                log,
+            );
+            banned.reason = reason.as_ref().map(|r| r.as_str().to_owned());
+            on_room_and_user(banned, *user_id)
+        }
+        RoomEvent::MemberUnbanned {
+            user_id,
+            unbanned_by,
+        } => on_room_and_user(
+            notice(
+                NoticeKind::MemberUnbanned,
+                room,
+                *user_id,
+                Some(*unbanned_by),
+                log,
+            ),
+            *user_id,
+        ),
         RoomEvent::MessageEdited { seq, .. }
         | RoomEvent::MessageDeleted { seq, .. }
         | RoomEvent::ReactionAdded { seq, .. }
@@ -455,6 +546,8 @@ pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId
                 user: Some(user),
                 by: None,
                 text: None,
+                role: None,
+                reason: None,
                 position: 0,
                 at: Utc::now(),
             };

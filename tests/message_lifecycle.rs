@@ -513,6 +513,17 @@ async fn an_erased_user_leaves_no_name_and_no_text_anywhere(store: Store) {
         server.send(&bob, &room, "bob-wrote-this", "b1").await;
         let said = parley_tool(db, &["users", "erase", "bob_by_cli"]);
         assert!(said.contains("erased user"), "{said}");
+        // The CLI appends the event; the server's projector applies it: wait for that.
+        let by_name = "query($n: String!) { userByName(username: $n) { id } }";
+        for _ in 0..500 {
+            let found = server
+                .ok(Some(&alice.token), by_name, json!({ "n": "bob_by_cli" }))
+                .await;
+            if found["userByName"].is_null() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         for needle in ["bob_by_cli", "bob-wrote-this"] {
             nowhere_in_the_database(db, needle).await;
         }

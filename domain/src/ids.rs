@@ -69,3 +69,20 @@ impl fmt::Display for MessageSeq {
         self.0.fmt(f)
     }
 }
+
+/// The namespace of direct rooms' ids (a UUIDv5 namespace, fixed forever: changing it would
+/// give every pair of users a second direct room).
+const DIRECT_ROOMS: Uuid = Uuid::from_u128(0x7061_726c_6579_2d64_6972_6563_742d_726f);
+
+impl RoomId {
+    /// The id of the one direct room of two users: the same for either order, on every
+    /// instance, every time (a UUIDv5 of the two ids, the smaller first), so two users
+    /// opening it at once open the same aggregate and the store lets only one create it.
+    pub fn direct(a: UserId, b: UserId) -> Self {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        let mut name = [0u8; 32];
+        name[..16].copy_from_slice(low.0.as_bytes());
+        name[16..].copy_from_slice(high.0.as_bytes());
+        Self(Uuid::new_v5(&DIRECT_ROOMS, &name))
+    }
+}

@@ -13,13 +13,13 @@ pub mod user;
 pub mod values;
 
 pub use ids::{MessageId, MessageSeq, RoomId, UserId};
-pub use room::{Room, RoomCommand, RoomError, RoomEvent};
+pub use room::{Room, RoomCommand, RoomError, RoomEvent, RoomRole, RoomVisibility};
 pub use services::{MessageFacts, RoomServices, ServiceError, UserServices};
 pub use upcasting::upcasters;
 pub use user::{Role, User, UserCommand, UserError, UserEvent};
 pub use values::{
-    AnnouncementText, ClientMsgId, Emoji, MessageBody, Password, RoomName, RoomTopic, Username,
-    ValueError,
+    AnnouncementText, BanReason, ClientMsgId, Emoji, MessageBody, Password, RoomName, RoomTopic,
+    Username, ValueError,
 };
 
 /// The version every event type carries today. Bump it (and add an upcaster) whenever an

@@ -1,5 +1,15 @@
-//! The `Room` aggregate: creation, membership, messages and their changes (edits, deletions,
-//! reactions).
+//! The `Room` aggregate: creation, visibility (public, private, direct), membership, roles and
+//! moderation (kick, ban), messages and their changes (edits, deletions, reactions).
+//!
+//! Who may do what:
+//! - a PUBLIC room: any signed-in user may join; any member may invite;
+//! - a PRIVATE room: only invited users may join; the host and moderators invite;
+//! - a DIRECT room: the one room of two users ([`RoomId::direct`]), opened by either of them
+//!   ([`RoomCommand::OpenDirect`]); nobody else joins, and nobody moderates;
+//! - the host (one per room, who may hand it over) sets roles; the host and moderators rename
+//!   the room, kick, ban and unban members who rank below them, and delete anyone's message;
+//!   every power needs the holder to be a member;
+//! - a banned user cannot join or be invited until unbanned.
 //!
 //! State stays small whatever a room's history: the member and invitee sets, the last `seq`,
 //! a bounded window of recent `(sender, clientMsgId)` pairs, the seqs of deleted messages and
@@ -22,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{MessageId, MessageSeq, RoomId, UserId};
 use crate::services::MessageFacts;
 use crate::services::{RoomServices, ServiceError};
-use crate::values::{ClientMsgId, Emoji, MessageBody, RoomName, RoomTopic, ValueError};
+use crate::values::{BanReason, ClientMsgId, Emoji, MessageBody, RoomName, RoomTopic, ValueError};
 use crate::EVENT_VERSION;
 
 /// How many recent `(sender, clientMsgId)` pairs a room remembers in its own state.
@@ -30,6 +40,71 @@ pub const IDEMPOTENCY_WINDOW: usize = 256;
 
 /// How many users one `CreateRoom` may invite.
 pub const MAX_PARTICIPANTS: usize = 100;
+
+/// The name every direct room has. Not the two usernames: a name is part of an event, and a
+/// username must be erasable.
+pub const DIRECT_ROOM_NAME: &str = "Direct";
+
+/// Who may join a room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomVisibility {
+    /// Any signed-in user may join by id.
+    #[default]
+    Public,
+    /// Only invited users may join.
+    Private,
+    /// The one room of two users; nobody else joins.
+    Direct,
+}
+
+impl RoomVisibility {
+    /// Whether this is the default (events of public rooms leave the field out).
+    pub fn is_public(&self) -> bool {
+        *self == Self::Public
+    }
+
+    /// The lower-case name stored in read models.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Direct => "direct",
+        }
+    }
+
+    /// Parses [`Self::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(Self::Public),
+            "private" => Some(Self::Private),
+            "direct" => Some(Self::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// A member's standing in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomRole {
+    /// The one who runs the room: sets roles, and moderates.
+    Host,
+    /// Renames the room, kicks, bans and unbans members, deletes messages.
+    Moderator,
+    Member,
+}
+
+impl RoomRole {
+    /// The lower-case name stored in read models.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Moderator => "moderator",
+            Self::Member => "member",
+        }
+    }
+}
 
 /// Commands the `Room` aggregate accepts.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,16 +115,46 @@ pub enum RoomCommand {
         host: UserId,
         name: String,
         participants: Vec<UserId>,
+        /// PUBLIC or PRIVATE (a direct room is opened with [`Self::OpenDirect`]).
+        visibility: RoomVisibility,
         created_at: DateTime<Utc>,
     },
-    /// `user` becomes a member (any signed-in user may join by id).
+    /// `by` opens the direct room of `by` and `peer` (the aggregate whose id is
+    /// [`RoomId::direct`] of the two): creates it with both as members the first time; later,
+    /// brings `by` back if they left; otherwise changes nothing.
+    OpenDirect {
+        room_id: RoomId,
+        by: UserId,
+        peer: UserId,
+        opened_at: DateTime<Utc>,
+    },
+    /// `user` becomes a member: of a PUBLIC room by id, of a PRIVATE one when invited.
     JoinRoom { user: UserId },
     /// `user` stops being a member; the room and its history remain.
     LeaveRoom { user: UserId },
-    /// Member `by` invites `user` (a registered user, not yet a member or invited).
+    /// Member `by` invites `user` (a registered user, not yet a member or invited, not
+    /// banned); in a PRIVATE room only the host and moderators invite.
     Invite { by: UserId, user: UserId },
-    /// The host renames the room or sets its topic (`""` clears it); what is not given, or
-    /// given unchanged, stays: nothing new is no event.
+    /// The host gives member `user` a role; giving HOST hands the room over (the old host
+    /// becomes a moderator). The role they have already is no event.
+    SetRole {
+        by: UserId,
+        user: UserId,
+        role: RoomRole,
+    },
+    /// A moderator removes member `user`, who may join again.
+    Kick { by: UserId, user: UserId },
+    /// A moderator removes `user` (a member or not) and keeps them out.
+    Ban {
+        by: UserId,
+        user: UserId,
+        reason: Option<String>,
+    },
+    /// A moderator lets a banned user join again.
+    Unban { by: UserId, user: UserId },
+    /// The host or a moderator (either member of a direct room) renames the room or sets its
+    /// topic (`""` clears it); what is not given, or given unchanged, stays: nothing new is
+    /// no event.
     UpdateRoom {
         by: UserId,
         name: Option<String>,
@@ -98,12 +203,19 @@ pub enum RoomCommand {
 /// `MessageSent.sender` and `MessageSent.client_msg_id` by these names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RoomEvent {
-    /// A room was opened; its host is its first member. v1.0.
+    /// A room was opened; its host is its first member. v1.0 (`visibility` and `peer` were
+    /// added without a version bump: absent means PUBLIC and none, and a public room's event
+    /// serializes exactly as before).
     RoomCreated {
         room_id: RoomId,
         name: RoomName,
         host: UserId,
         created_at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "RoomVisibility::is_public")]
+        visibility: RoomVisibility,
+        /// The other user of a direct room (who joins in the next event).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<UserId>,
     },
     /// The host changed the room's name and/or topic (only what changed is given). v1.0.
     RoomUpdated {
@@ -119,6 +231,26 @@ pub enum RoomEvent {
     MemberJoined { user_id: UserId },
     /// A member left. v1.0.
     MemberLeft { user_id: UserId },
+    /// The host gave a member a role (HOST: the room changed hands). v1.0.
+    MemberRoleChanged {
+        user_id: UserId,
+        role: RoomRole,
+        changed_by: UserId,
+    },
+    /// A moderator removed a member. v1.0.
+    MemberKicked { user_id: UserId, kicked_by: UserId },
+    /// A moderator removed a user and keeps them out. v1.0.
+    MemberBanned {
+        user_id: UserId,
+        banned_by: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<BanReason>,
+    },
+    /// A banned user may join again. v1.0.
+    MemberUnbanned {
+        user_id: UserId,
+        unbanned_by: UserId,
+    },
     /// A member posted a message; `seq` is contiguous from 1 within the room. v1.0.
     MessageSent {
         message_id: MessageId,
@@ -168,6 +300,10 @@ impl DomainEvent for RoomEvent {
             Self::MemberInvited { .. } => "MemberInvited",
             Self::MemberJoined { .. } => "MemberJoined",
             Self::MemberLeft { .. } => "MemberLeft",
+            Self::MemberRoleChanged { .. } => "MemberRoleChanged",
+            Self::MemberKicked { .. } => "MemberKicked",
+            Self::MemberBanned { .. } => "MemberBanned",
+            Self::MemberUnbanned { .. } => "MemberUnbanned",
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageEdited { .. } => "MessageEdited",
             Self::MessageDeleted { .. } => "MessageDeleted",
@@ -197,9 +333,46 @@ pub enum RoomError {
     /// The topic breaks a rule.
     #[error("{0}")]
     InvalidTopic(ValueError),
-    /// Changing the room without being its host (a member).
-    #[error("only the room's host may change the room")]
+    /// Setting roles without being the room's host (a member).
+    #[error("only the room's host may set roles")]
     NotHost,
+    /// Changing or moderating the room without being its host or a moderator (a member).
+    #[error("only the room's host and moderators may do this")]
+    NotModerator,
+    /// Moderating someone of the same rank or higher (the host, or a moderator, for a
+    /// moderator).
+    #[error("you may not moderate someone of your rank or higher")]
+    Outranked,
+    /// Kicking, banning or changing the role of oneself.
+    #[error("you may not do this to yourself")]
+    NotToYourself,
+    /// The user a role or a kick is for is not a member.
+    #[error("that user is not a member of this room")]
+    TargetNotMember,
+    /// Banning someone already banned.
+    #[error("that user is already banned from this room")]
+    AlreadyBanned,
+    /// Unbanning someone who is not banned.
+    #[error("that user is not banned from this room")]
+    NotBanned,
+    /// Joining, or being invited to, a room one is banned from.
+    #[error("banned from this room")]
+    Banned,
+    /// Joining a PRIVATE room without an invitation.
+    #[error("this room is private: join it when invited")]
+    NotInvited,
+    /// Joining, inviting to or moderating a direct room.
+    #[error("a direct room has its two users: nobody joins, invites or moderates")]
+    DirectRoom,
+    /// `createRoom(visibility: DIRECT)`.
+    #[error("a direct room is opened with openDirectRoom(userId)")]
+    DirectNeedsPeer,
+    /// `openDirectRoom` with oneself.
+    #[error("a direct room is between two different users")]
+    DirectWithSelf,
+    /// The ban's reason breaks a rule.
+    #[error("{0}")]
+    InvalidReason(ValueError),
     /// The message body breaks a rule (empty, blank, too long).
     #[error("{0}")]
     InvalidBody(ValueError),
@@ -233,8 +406,8 @@ pub enum RoomError {
     /// Editing someone else's message.
     #[error("only the sender may edit a message")]
     NotSender,
-    /// Deleting someone else's message without being the room's host.
-    #[error("only the sender or the room's host may delete a message")]
+    /// Deleting someone else's message without being the room's host or a moderator.
+    #[error("only the sender, the room's host or a moderator may delete a message")]
     NotAllowed,
     /// Editing, deleting or reacting to a deleted message.
     #[error("message {0} was deleted")]
@@ -268,6 +441,18 @@ pub struct Room {
     #[serde(default)]
     topic: Option<RoomTopic>,
     host: Option<UserId>,
+    /// PUBLIC in snapshots older than the field (every room was public then).
+    #[serde(default)]
+    visibility: RoomVisibility,
+    /// A direct room's second user (the host is the first).
+    #[serde(default)]
+    peer: Option<UserId>,
+    /// Members with the MODERATOR role (never the host).
+    #[serde(default)]
+    moderators: BTreeSet<UserId>,
+    /// Users banned from the room (never members).
+    #[serde(default)]
+    banned: BTreeSet<UserId>,
     members: BTreeSet<UserId>,
     invited: BTreeSet<UserId>,
     last_seq: u64,
@@ -316,6 +501,41 @@ impl Room {
         &self.invited
     }
 
+    pub fn visibility(&self) -> RoomVisibility {
+        self.visibility
+    }
+
+    /// Members with the MODERATOR role.
+    pub fn moderators(&self) -> &BTreeSet<UserId> {
+        &self.moderators
+    }
+
+    /// Users banned from the room.
+    pub fn banned(&self) -> &BTreeSet<UserId> {
+        &self.banned
+    }
+
+    /// `user`'s role, if a member. Both users of a direct room are plain members.
+    pub fn role(&self, user: UserId) -> Option<RoomRole> {
+        if !self.members.contains(&user) {
+            return None;
+        }
+        Some(if self.visibility == RoomVisibility::Direct {
+            RoomRole::Member
+        } else if self.host == Some(user) {
+            RoomRole::Host
+        } else if self.moderators.contains(&user) {
+            RoomRole::Moderator
+        } else {
+            RoomRole::Member
+        })
+    }
+
+    /// Whether `user` holds moderator powers now (the host or a moderator, and a member).
+    pub fn moderates(&self, user: UserId) -> bool {
+        matches!(self.role(user), Some(RoomRole::Host | RoomRole::Moderator))
+    }
+
     /// The seq of the newest message (0 before the first).
     pub fn last_seq(&self) -> MessageSeq {
         MessageSeq(self.last_seq)
@@ -349,6 +569,32 @@ impl Room {
             return Err(RoomError::NotMember);
         }
         Ok(id)
+    }
+
+    /// `by` may moderate: a member with the HOST or MODERATOR role, in a room that is not
+    /// direct.
+    fn require_moderator(&self, by: UserId) -> Result<RoomId, RoomError> {
+        let id = self.require_member(by)?;
+        if self.visibility == RoomVisibility::Direct {
+            return Err(RoomError::DirectRoom);
+        }
+        if !self.moderates(by) {
+            return Err(RoomError::NotModerator);
+        }
+        Ok(id)
+    }
+
+    /// `by` (a moderator) may kick or ban `user`: not themselves, not the host, and for a
+    /// moderator not another moderator.
+    fn require_outranks(&self, by: UserId, user: UserId) -> Result<(), RoomError> {
+        if by == user {
+            return Err(RoomError::NotToYourself);
+        }
+        let target_ranks = self.host == Some(user) || self.moderators.contains(&user);
+        if target_ranks && self.host != Some(by) || self.host == Some(user) {
+            return Err(RoomError::Outranked);
+        }
+        Ok(())
     }
 
     /// Message `seq` exists and is not deleted.
@@ -412,9 +658,8 @@ impl Room {
         let room = self.require_created()?;
         let seq = self.require_live_message(seq)?;
         // The sender may delete their message even after leaving (an erasure right); the
-        // host only while a member.
-        let is_host = self.host == Some(by) && self.members.contains(&by);
-        if !is_host && self.sender_of(services, room, seq).await? != by {
+        // host and moderators only while members.
+        if !self.moderates(by) && self.sender_of(services, room, seq).await? != by {
             return Err(RoomError::NotAllowed);
         }
         Ok(vec![RoomEvent::MessageDeleted {
@@ -455,6 +700,8 @@ impl Room {
     }
 
     /// Decides the events of a `CreateRoom`.
+    // The fields of `CreateRoom`, one argument each.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         services: &dyn RoomServices,
@@ -462,10 +709,14 @@ impl Room {
         host: UserId,
         name: &str,
         participants: Vec<UserId>,
+        visibility: RoomVisibility,
         created_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
         if self.id.is_some() {
             return Err(RoomError::RoomAlreadyExists);
+        }
+        if visibility == RoomVisibility::Direct {
+            return Err(RoomError::DirectNeedsPeer);
         }
         let name = RoomName::parse(name).map_err(RoomError::InvalidName)?;
         let mut invitees = BTreeSet::new();
@@ -491,12 +742,224 @@ impl Room {
             name,
             host,
             created_at,
+            visibility,
+            peer: None,
         };
         let invitations = ordered.into_iter().map(|user_id| RoomEvent::MemberInvited {
             user_id,
             invited_by: host,
         });
         Ok(std::iter::once(created).chain(invitations).collect())
+    }
+
+    /// Decides the events of an `OpenDirect`.
+    async fn open_direct(
+        &self,
+        services: &dyn RoomServices,
+        room_id: RoomId,
+        by: UserId,
+        peer: UserId,
+        opened_at: DateTime<Utc>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        if by == peer {
+            return Err(RoomError::DirectWithSelf);
+        }
+        if self.id.is_some() {
+            if self.visibility != RoomVisibility::Direct {
+                return Err(RoomError::RoomAlreadyExists);
+            }
+            let pair = [self.host, self.peer];
+            if !pair.contains(&Some(by)) || !pair.contains(&Some(peer)) {
+                return Err(RoomError::NotMember);
+            }
+            if self.members.contains(&by) {
+                return Ok(Vec::new());
+            }
+            return Ok(vec![RoomEvent::MemberJoined { user_id: by }]);
+        }
+        if !services.user_exists(peer).await? {
+            return Err(RoomError::UnknownParticipant(peer));
+        }
+        let name = RoomName::parse(DIRECT_ROOM_NAME).map_err(RoomError::InvalidName)?;
+        Ok(vec![
+            RoomEvent::RoomCreated {
+                room_id,
+                name,
+                host: by,
+                created_at: opened_at,
+                visibility: RoomVisibility::Direct,
+                peer: Some(peer),
+            },
+            RoomEvent::MemberJoined { user_id: peer },
+        ])
+    }
+
+    fn join(&self, user: UserId) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_created()?;
+        if self.members.contains(&user) {
+            return Err(RoomError::AlreadyMember);
+        }
+        match self.visibility {
+            RoomVisibility::Direct => return Err(RoomError::DirectRoom),
+            _ if self.banned.contains(&user) => return Err(RoomError::Banned),
+            RoomVisibility::Private if !self.invited.contains(&user) => {
+                return Err(RoomError::NotInvited)
+            }
+            _ => {}
+        }
+        Ok(vec![RoomEvent::MemberJoined { user_id: user }])
+    }
+
+    async fn invite(
+        &self,
+        services: &dyn RoomServices,
+        by: UserId,
+        user: UserId,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        match self.visibility {
+            RoomVisibility::Direct => {
+                self.require_member(by)?;
+                return Err(RoomError::DirectRoom);
+            }
+            RoomVisibility::Private => self.require_moderator(by)?,
+            RoomVisibility::Public => self.require_member(by)?,
+        };
+        if self.members.contains(&user) {
+            return Err(RoomError::AlreadyMember);
+        }
+        if self.invited.contains(&user) {
+            return Err(RoomError::AlreadyInvited);
+        }
+        if self.banned.contains(&user) {
+            return Err(RoomError::Banned);
+        }
+        if !services.user_exists(user).await? {
+            return Err(RoomError::UnknownParticipant(user));
+        }
+        Ok(vec![RoomEvent::MemberInvited {
+            user_id: user,
+            invited_by: by,
+        }])
+    }
+
+    fn update(
+        &self,
+        by: UserId,
+        name: Option<String>,
+        topic: Option<String>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        if self.visibility == RoomVisibility::Direct {
+            self.require_member(by)?;
+        } else {
+            self.require_moderator(by)?;
+        }
+        let name = name
+            .map(|n| RoomName::parse(&n).map_err(RoomError::InvalidName))
+            .transpose()?
+            .filter(|n| self.name.as_ref() != Some(n));
+        let topic = topic
+            .map(|t| RoomTopic::parse(&t).map_err(RoomError::InvalidTopic))
+            .transpose()?
+            .filter(|t| {
+                let now = self.topic.as_ref().map_or("", RoomTopic::as_str);
+                t.as_str() != now
+            });
+        if name.is_none() && topic.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![RoomEvent::RoomUpdated {
+            updated_by: by,
+            name,
+            topic,
+        }])
+    }
+
+    fn set_role(
+        &self,
+        by: UserId,
+        user: UserId,
+        role: RoomRole,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_moderator(by)?;
+        if self.host != Some(by) {
+            return Err(RoomError::NotHost);
+        }
+        if by == user {
+            return Err(RoomError::NotToYourself);
+        }
+        let Some(now) = self.role(user) else {
+            return Err(RoomError::TargetNotMember);
+        };
+        if now == role {
+            return Ok(Vec::new());
+        }
+        let changed = RoomEvent::MemberRoleChanged {
+            user_id: user,
+            role,
+            changed_by: by,
+        };
+        if role != RoomRole::Host {
+            return Ok(vec![changed]);
+        }
+        // Handing the room over: the old host stays on as a moderator.
+        Ok(vec![
+            changed,
+            RoomEvent::MemberRoleChanged {
+                user_id: by,
+                role: RoomRole::Moderator,
+                changed_by: by,
+            },
+        ])
+    }
+
+    fn kick(&self, by: UserId, user: UserId) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_moderator(by)?;
+        self.require_outranks(by, user)?;
+        if !self.members.contains(&user) {
+            return Err(RoomError::TargetNotMember);
+        }
+        Ok(vec![RoomEvent::MemberKicked {
+            user_id: user,
+            kicked_by: by,
+        }])
+    }
+
+    async fn ban(
+        &self,
+        services: &dyn RoomServices,
+        by: UserId,
+        user: UserId,
+        reason: Option<String>,
+    ) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_moderator(by)?;
+        let reason = reason
+            .map(|r| BanReason::parse(&r).map_err(RoomError::InvalidReason))
+            .transpose()?
+            .filter(|r| !r.as_str().trim().is_empty());
+        self.require_outranks(by, user)?;
+        if self.banned.contains(&user) {
+            return Err(RoomError::AlreadyBanned);
+        }
+        let known = self.members.contains(&user) || self.invited.contains(&user);
+        if !known && !services.user_exists(user).await? {
+            return Err(RoomError::UnknownParticipant(user));
+        }
+        Ok(vec![RoomEvent::MemberBanned {
+            user_id: user,
+            banned_by: by,
+            reason,
+        }])
+    }
+
+    fn unban(&self, by: UserId, user: UserId) -> Result<Vec<RoomEvent>, RoomError> {
+        self.require_moderator(by)?;
+        if !self.banned.contains(&user) {
+            return Err(RoomError::NotBanned);
+        }
+        Ok(vec![RoomEvent::MemberUnbanned {
+            user_id: user,
+            unbanned_by: by,
+        }])
     }
 
     /// Decides the events of a `SendMessage`: none for a repeated `clientMsgId`.
@@ -553,6 +1016,7 @@ impl Aggregate for Room {
                 host,
                 name,
                 participants,
+                visibility,
                 created_at,
             } => {
                 self.create(
@@ -561,63 +1025,33 @@ impl Aggregate for Room {
                     host,
                     &name,
                     participants,
+                    visibility,
                     created_at,
                 )
                 .await?
             }
-            RoomCommand::JoinRoom { user } => {
-                self.require_created()?;
-                if self.members.contains(&user) {
-                    return Err(RoomError::AlreadyMember);
-                }
-                vec![RoomEvent::MemberJoined { user_id: user }]
+            RoomCommand::OpenDirect {
+                room_id,
+                by,
+                peer,
+                opened_at,
+            } => {
+                self.open_direct(services.as_ref(), room_id, by, peer, opened_at)
+                    .await?
             }
+            RoomCommand::JoinRoom { user } => self.join(user)?,
             RoomCommand::LeaveRoom { user } => {
                 self.require_member(user)?;
                 vec![RoomEvent::MemberLeft { user_id: user }]
             }
-            RoomCommand::UpdateRoom { by, name, topic } => {
-                self.require_member(by)?;
-                if self.host != Some(by) {
-                    return Err(RoomError::NotHost);
-                }
-                let name = name
-                    .map(|n| RoomName::parse(&n).map_err(RoomError::InvalidName))
-                    .transpose()?
-                    .filter(|n| self.name.as_ref() != Some(n));
-                let topic = topic
-                    .map(|t| RoomTopic::parse(&t).map_err(RoomError::InvalidTopic))
-                    .transpose()?
-                    .filter(|t| {
-                        let now = self.topic.as_ref().map_or("", RoomTopic::as_str);
-                        t.as_str() != now
-                    });
-                if name.is_none() && topic.is_none() {
-                    Vec::new()
-                } else {
-                    vec![RoomEvent::RoomUpdated {
-                        updated_by: by,
-                        name,
-                        topic,
-                    }]
-                }
+            RoomCommand::UpdateRoom { by, name, topic } => self.update(by, name, topic)?,
+            RoomCommand::Invite { by, user } => self.invite(services.as_ref(), by, user).await?,
+            RoomCommand::SetRole { by, user, role } => self.set_role(by, user, role)?,
+            RoomCommand::Kick { by, user } => self.kick(by, user)?,
+            RoomCommand::Ban { by, user, reason } => {
+                self.ban(services.as_ref(), by, user, reason).await?
             }
-            RoomCommand::Invite { by, user } => {
-                self.require_member(by)?;
-                if self.members.contains(&user) {
-                    return Err(RoomError::AlreadyMember);
-                }
-                if self.invited.contains(&user) {
-                    return Err(RoomError::AlreadyInvited);
-                }
-                if !services.user_exists(user).await? {
-                    return Err(RoomError::UnknownParticipant(user));
-                }
-                vec![RoomEvent::MemberInvited {
-                    user_id: user,
-                    invited_by: by,
-                }]
-            }
+            RoomCommand::Unban { by, user } => self.unban(by, user)?,
             RoomCommand::SendMessage {
                 message_id,
                 sender,
@@ -656,11 +1090,15 @@ impl Aggregate for Room {
                 name,
                 host,
                 created_at,
+                visibility,
+                peer,
             } => {
                 self.id = Some(room_id);
                 self.name = Some(name);
                 self.created_at = Some(created_at);
                 self.host = Some(host);
+                self.visibility = visibility;
+                self.peer = peer;
                 self.members.insert(host);
             }
             RoomEvent::RoomUpdated { name, topic, .. } => {
@@ -678,8 +1116,30 @@ impl Aggregate for Room {
                 self.invited.remove(&user_id);
                 self.members.insert(user_id);
             }
-            RoomEvent::MemberLeft { user_id } => {
+            RoomEvent::MemberLeft { user_id } | RoomEvent::MemberKicked { user_id, .. } => {
                 self.members.remove(&user_id);
+                self.moderators.remove(&user_id);
+            }
+            RoomEvent::MemberRoleChanged { user_id, role, .. } => match role {
+                RoomRole::Host => {
+                    self.host = Some(user_id);
+                    self.moderators.remove(&user_id);
+                }
+                RoomRole::Moderator => {
+                    self.moderators.insert(user_id);
+                }
+                RoomRole::Member => {
+                    self.moderators.remove(&user_id);
+                }
+            },
+            RoomEvent::MemberBanned { user_id, .. } => {
+                self.members.remove(&user_id);
+                self.moderators.remove(&user_id);
+                self.invited.remove(&user_id);
+                self.banned.insert(user_id);
+            }
+            RoomEvent::MemberUnbanned { user_id, .. } => {
+                self.banned.remove(&user_id);
             }
             RoomEvent::MessageSent {
                 message_id,

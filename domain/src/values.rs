@@ -46,6 +46,9 @@ pub enum ValueError {
     /// character.
     #[error("emoji must be {min} to {max} characters without spaces, got {got:?}")]
     Emoji { min: usize, max: usize, got: String },
+    /// A ban's reason longer than 500 characters.
+    #[error("ban reason must be at most {max} characters, got {len}")]
+    ReasonTooLong { max: usize, len: usize },
     /// `clientMsgId` empty or longer than 64 characters.
     #[error("clientMsgId must be {min} to {max} characters long, got {len}")]
     ClientMsgIdLength { min: usize, max: usize, len: usize },
@@ -276,6 +279,30 @@ impl RoomTopic {
         let len = char_len(s);
         if len > Self::MAX {
             return Err(ValueError::TopicTooLong {
+                max: Self::MAX,
+                len,
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a moderator banned someone: 0–500 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BanReason(String);
+
+impl BanReason {
+    pub const MAX: usize = 500;
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let len = char_len(s);
+        if len > Self::MAX {
+            return Err(ValueError::ReasonTooLong {
                 max: Self::MAX,
                 len,
             });

@@ -14,8 +14,9 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use parley_domain::room::IDEMPOTENCY_WINDOW;
 use parley_domain::{
-    ClientMsgId, MessageBody, MessageId, MessageSeq, Role, Room, RoomCommand, RoomError, RoomEvent,
-    RoomName, RoomServices, User, UserEvent, UserId, Username, ValueError, EVENT_VERSION,
+    BanReason, ClientMsgId, MessageBody, MessageId, MessageSeq, Role, Room, RoomCommand, RoomError,
+    RoomEvent, RoomName, RoomRole, RoomServices, RoomVisibility, User, UserEvent, UserId, Username,
+    ValueError, EVENT_VERSION,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -398,6 +399,22 @@ fn role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Analyst), Just(Role::Admin)]
 }
 
+fn visibility_strategy() -> impl Strategy<Value = RoomVisibility> {
+    prop_oneof![
+        Just(RoomVisibility::Public),
+        Just(RoomVisibility::Private),
+        Just(RoomVisibility::Direct)
+    ]
+}
+
+fn role_in_room() -> impl Strategy<Value = RoomRole> {
+    prop_oneof![
+        Just(RoomRole::Host),
+        Just(RoomRole::Moderator),
+        Just(RoomRole::Member)
+    ]
+}
+
 fn room_event() -> impl Strategy<Value = RoomEvent> {
     prop_oneof![
         1 => (
@@ -405,13 +422,33 @@ fn room_event() -> impl Strategy<Value = RoomEvent> {
             room_name_strategy(),
             user_id(),
             timestamp(),
+            visibility_strategy(),
+            proptest::option::of(user_id()),
         )
-            .prop_map(|(room, name, host, created_at)| RoomEvent::RoomCreated {
+            .prop_map(|(room, name, host, created_at, visibility, peer)| RoomEvent::RoomCreated {
                 room_id: parley_domain::RoomId(Uuid::from_u128(room)),
                 name,
                 host,
                 created_at,
+                visibility,
+                peer,
             }),
+        1 => (user_id(), role_in_room(), user_id()).prop_map(|(user_id, role, changed_by)| {
+            RoomEvent::MemberRoleChanged { user_id, role, changed_by }
+        }),
+        1 => (user_id(), user_id()).prop_map(|(user_id, kicked_by)| {
+            RoomEvent::MemberKicked { user_id, kicked_by }
+        }),
+        1 => (user_id(), user_id(), proptest::option::of("[a-z ]{0,40}")).prop_map(
+            |(user_id, banned_by, reason)| RoomEvent::MemberBanned {
+                user_id,
+                banned_by,
+                reason: reason.map(|r| BanReason::parse(&r).expect("short")),
+            }
+        ),
+        1 => (user_id(), user_id()).prop_map(|(user_id, unbanned_by)| {
+            RoomEvent::MemberUnbanned { user_id, unbanned_by }
+        }),
         1 => (user_id(), user_id()).prop_map(|(user_id, invited_by)| {
             RoomEvent::MemberInvited { user_id, invited_by }
         }),
@@ -471,6 +508,13 @@ fn state_event() -> impl Strategy<Value = RoomEvent> {
         1 => (0..6u32, 0..6u32).prop_map(|(u, by)| member_invited(user(u), user(by))),
         2 => (0..6u32).prop_map(|u| member_joined(user(u))),
         1 => (0..6u32).prop_map(|u| member_left(user(u))),
+        1 => (0..6u32, 0..3u8).prop_map(|(u, r)| {
+            let role = [RoomRole::Host, RoomRole::Moderator, RoomRole::Member][usize::from(r)];
+            role_changed(user(u), role, user(0))
+        }),
+        1 => (0..6u32).prop_map(|u| kicked(user(u), user(0))),
+        1 => (0..6u32).prop_map(|u| banned(user(u), user(0), None)),
+        1 => (0..6u32).prop_map(|u| unbanned(user(u), user(0))),
         12 => (message_id_strategy(), 1..1_000u64, 0..6u32, 0..300u16, timestamp()).prop_map(
             |(message_id, seq, sender, id, sent_at)| RoomEvent::MessageSent {
                 message_id,

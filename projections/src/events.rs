@@ -44,7 +44,7 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 18] = [
     "UserRegistered",
     "RoleGranted",
     "AnnouncementMade",
@@ -54,6 +54,10 @@ pub const EVENT_TYPES: [&str; 14] = [
     "MemberInvited",
     "MemberJoined",
     "MemberLeft",
+    "MemberRoleChanged",
+    "MemberKicked",
+    "MemberBanned",
+    "MemberUnbanned",
     "MessageSent",
     "MessageEdited",
     "MessageDeleted",
@@ -238,7 +242,7 @@ mod tests {
     use cqrs_es::DomainEvent;
     use parley_domain::{
         ClientMsgId, Emoji, MessageBody, MessageId, MessageSeq, Role, RoomEvent, RoomId, RoomName,
-        UserEvent, UserId, Username,
+        RoomRole, RoomVisibility, UserEvent, UserId, Username,
     };
     use serde_json::json;
 
@@ -254,6 +258,8 @@ mod tests {
                 name: RoomName::parse("r").expect("valid"),
                 host: user,
                 created_at: now,
+                visibility: RoomVisibility::Private,
+                peer: None,
             },
             RoomEvent::RoomUpdated {
                 updated_by: user,
@@ -266,6 +272,24 @@ mod tests {
             },
             RoomEvent::MemberJoined { user_id: user },
             RoomEvent::MemberLeft { user_id: user },
+            RoomEvent::MemberRoleChanged {
+                user_id: user,
+                role: RoomRole::Moderator,
+                changed_by: user,
+            },
+            RoomEvent::MemberKicked {
+                user_id: user,
+                kicked_by: user,
+            },
+            RoomEvent::MemberBanned {
+                user_id: user,
+                banned_by: user,
+                reason: None,
+            },
+            RoomEvent::MemberUnbanned {
+                user_id: user,
+                unbanned_by: user,
+            },
             RoomEvent::MessageSent {
                 message_id: MessageId::new(),
                 seq: MessageSeq(1),

@@ -1,12 +1,12 @@
 //! The embedded read side: the same read models and projector contract over the in-memory
 //! log, for running without PostgreSQL.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomEvent, RoomId, UserEvent, UserId};
+use parley_domain::{RoomEvent, RoomId, RoomRole, RoomVisibility, UserEvent, UserId};
 use tokio::sync::watch;
 
 use crate::events::{EventFilter, EventPage};
@@ -71,8 +71,11 @@ struct RoomRow {
     created_at: DateTime<Utc>,
     last_seq: i64,
     last_activity: i64,
+    visibility: RoomVisibility,
     members: BTreeSet<UserId>,
     invited: BTreeSet<UserId>,
+    moderators: BTreeSet<UserId>,
+    banned: BTreeSet<UserId>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +90,38 @@ struct State {
     client_ids: HashMap<(RoomId, UserId, String), i64>,
     /// Kept across resets, like `read_cursors` in Postgres.
     cursors: HashMap<(RoomId, UserId), i64>,
+    /// The search index: each word of a body (see [`words`]) → the messages holding it.
+    words: HashMap<String, HashSet<(RoomId, i64)>>,
+}
+
+/// The words of a text as search sees them: runs of letters and digits, lower-cased (like
+/// PostgreSQL's `simple` configuration, for plain words).
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Moves message (`room`, `seq`) in the search index from the words of `old` to those of
+/// `new`.
+fn reindex(
+    index: &mut HashMap<String, HashSet<(RoomId, i64)>>,
+    room: RoomId,
+    seq: i64,
+    old: &str,
+    new: &str,
+) {
+    for word in words(old) {
+        if let Some(messages) = index.get_mut(&word) {
+            messages.remove(&(room, seq));
+            if messages.is_empty() {
+                index.remove(&word);
+            }
+        }
+    }
+    for word in words(new) {
+        index.entry(word).or_default().insert((room, seq));
+    }
 }
 
 /// In-memory read models.
@@ -114,8 +149,11 @@ impl State {
             host: room.host,
             created_at: room.created_at,
             last_seq: room.last_seq,
+            visibility: room.visibility,
             members: room.members.iter().copied().collect(),
             invited: room.invited.iter().copied().collect(),
+            moderators: room.moderators.iter().copied().collect(),
+            banned: room.banned.iter().copied().collect(),
         }
     }
 
@@ -171,6 +209,8 @@ impl State {
                     .values_mut()
                     .flat_map(|history| history.values_mut());
                 for message in theirs.filter(|m| m.sender == *id) {
+                    let old = std::mem::take(&mut message.body);
+                    reindex(&mut self.words, message.room_id, message.seq, &old, "");
                     message.erase(GlobalPosition(position));
                 }
             }
@@ -186,6 +226,7 @@ impl State {
                 name,
                 host,
                 created_at,
+                visibility,
                 ..
             } => {
                 self.rooms.insert(
@@ -198,8 +239,11 @@ impl State {
                         created_at: *created_at,
                         last_seq: 0,
                         last_activity: position,
+                        visibility: *visibility,
                         members: BTreeSet::from([*host]),
                         invited: BTreeSet::new(),
+                        moderators: BTreeSet::new(),
+                        banned: BTreeSet::new(),
                     },
                 );
                 self.rooms_of_user.entry(*host).or_default().insert(id);
@@ -231,10 +275,33 @@ impl State {
                 self.rooms_of_user.entry(*user_id).or_default().insert(id);
                 self.bump_cursor(id, *user_id, last_seq);
             }
-            RoomEvent::MemberLeft { user_id } => {
+            RoomEvent::MemberRoleChanged { user_id, role, .. } => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    if *role == RoomRole::Host {
+                        room.host = *user_id;
+                    }
+                    if *role == RoomRole::Moderator {
+                        room.moderators.insert(*user_id);
+                    } else {
+                        room.moderators.remove(user_id);
+                    }
+                }
+            }
+            RoomEvent::MemberUnbanned { user_id, .. } => {
+                if let Some(room) = self.rooms.get_mut(&id) {
+                    room.banned.remove(user_id);
+                }
+            }
+            RoomEvent::MemberLeft { user_id }
+            | RoomEvent::MemberKicked { user_id, .. }
+            | RoomEvent::MemberBanned { user_id, .. } => {
                 if let Some(room) = self.rooms.get_mut(&id) {
                     room.members.remove(user_id);
                     room.invited.remove(user_id);
+                    room.moderators.remove(user_id);
+                    if matches!(event, RoomEvent::MemberBanned { .. }) {
+                        room.banned.insert(*user_id);
+                    }
                 }
                 if let Some(rooms) = self.rooms_of_user.get_mut(user_id) {
                     rooms.remove(&id);
@@ -257,6 +324,7 @@ impl State {
                 self.bump_cursor(id, *sender, seq);
                 self.client_ids
                     .insert((id, *sender, client_msg_id.as_str().to_owned()), seq);
+                reindex(&mut self.words, id, seq, "", body.as_str());
                 self.messages.entry(id).or_default().insert(
                     seq,
                     MessageView::sent(
@@ -281,7 +349,11 @@ impl State {
                     .get_mut(&id)
                     .and_then(|messages| messages.get_mut(&(seq.0 as i64)));
                 if let Some(message) = message {
+                    let old = message.body.clone();
                     message.apply(event, GlobalPosition(position));
+                    if message.body != old {
+                        reindex(&mut self.words, id, message.seq, &old, &message.body);
+                    }
                 }
             }
         }
@@ -377,6 +449,76 @@ impl MemoryReadModels {
                 .then(a.room.id.cmp(&b.room.id))
         });
         Ok(items)
+    }
+
+    pub fn public_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<RoomView>, ReadModelError> {
+        let state = self.read();
+        let key = |room: &RoomRow| (room.last_activity, room.id);
+        let mut public: Vec<&RoomRow> = state
+            .rooms
+            .values()
+            .filter(|room| room.visibility == RoomVisibility::Public)
+            .collect();
+        public.sort_by_key(|room| std::cmp::Reverse(key(room)));
+        let start = match after {
+            None => 0,
+            Some(cursor) => match state.rooms.get(&cursor) {
+                Some(cursor) => public.partition_point(|room| key(room) >= key(cursor)),
+                None => return Ok(Vec::new()),
+            },
+        };
+        Ok(public
+            .into_iter()
+            .skip(start)
+            .take(limit.max(0) as usize)
+            .map(|room| state.room_view(room))
+            .collect())
+    }
+
+    /// Every word of `query` must be in the body; ranked by how often the words occur,
+    /// then newest first.
+    pub fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let state = self.read();
+        let terms: Vec<String> = words(query).collect();
+        let Some((first, rest)) = terms.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mine = state.rooms_of_user.get(&user);
+        let in_scope = |(r, _): &&(RoomId, i64)| {
+            room.is_none_or(|only| only == *r) && mine.is_some_and(|rooms| rooms.contains(r))
+        };
+        let mut found: Vec<(usize, &MessageView)> = state
+            .words
+            .get(first)
+            .into_iter()
+            .flatten()
+            .filter(in_scope)
+            .filter(|key| {
+                rest.iter()
+                    .all(|t| state.words.get(t).is_some_and(|m| m.contains(key)))
+            })
+            .filter_map(|(r, seq)| state.messages.get(r)?.get(seq))
+            .map(|message| {
+                let hits = words(&message.body).filter(|w| terms.contains(w)).count();
+                (hits, message)
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.position.cmp(&a.1.position)));
+        Ok(found
+            .into_iter()
+            .take(limit.max(0) as usize)
+            .map(|(_, message)| message.clone())
+            .collect())
     }
 
     pub fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {

@@ -79,6 +79,27 @@ impl ReadModels {
         dispatch!(self, rooms_of(user))
     }
 
+    /// PUBLIC rooms, most recent activity first, `limit` after room `after`.
+    pub async fn public_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<RoomView>, ReadModelError> {
+        dispatch!(self, public_rooms(after, limit))
+    }
+
+    /// Messages of `user`'s rooms (of `room` only, when given) matching every word of
+    /// `query`, best match first. Deleted and erased text is never found.
+    pub async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        dispatch!(self, search(user, query, room, limit))
+    }
+
     pub async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
         dispatch!(self, unread_count(room, user))
     }

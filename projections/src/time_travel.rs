@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::Aggregate;
-use parley_domain::{Room, RoomEvent, RoomId, UserId};
+use parley_domain::{Room, RoomEvent, RoomId, RoomVisibility, UserId};
 use serde::Serialize;
 
 use crate::log::{DecodedEvent, LogEvent};
@@ -32,6 +32,11 @@ pub struct RoomAt {
     pub members: Vec<UserId>,
     /// Invited users who had not joined yet, in user-id order.
     pub invited: Vec<UserId>,
+    pub visibility: RoomVisibility,
+    /// Moderators then, in user-id order.
+    pub moderators: Vec<UserId>,
+    /// Users banned then, in user-id order.
+    pub banned: Vec<UserId>,
     /// Messages sent up to the position (their seqs are 1..=message_count).
     pub message_count: i64,
     /// The newest of those messages.
@@ -51,6 +56,9 @@ impl RoomAt {
             last_seq: self.message_count,
             members: self.members.clone(),
             invited: self.invited.clone(),
+            visibility: self.visibility,
+            moderators: self.moderators.clone(),
+            banned: self.banned.clone(),
         }
     }
 }
@@ -107,6 +115,9 @@ impl RoomReplay {
             created_at: room.created_at()?.trunc_subsecs(6),
             members: room.members().iter().copied().collect(),
             invited: room.invited().iter().copied().collect(),
+            visibility: room.visibility(),
+            moderators: room.moderators().iter().copied().collect(),
+            banned: room.banned().iter().copied().collect(),
             message_count: room.last_seq().0 as i64,
             last_message: self.last_message,
         })

@@ -1,7 +1,7 @@
 //! What the read models return, and the paging rules for message history.
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomId, UserId};
+use parley_domain::{MessageId, RoomId, RoomRole, RoomVisibility, UserId};
 use serde::Serialize;
 
 use crate::GlobalPosition;
@@ -37,6 +37,37 @@ pub struct RoomView {
     pub members: Vec<UserId>,
     /// Invited users who have not joined, in user-id order.
     pub invited: Vec<UserId>,
+    pub visibility: RoomVisibility,
+    /// Members with the MODERATOR role, in user-id order.
+    pub moderators: Vec<UserId>,
+    /// Users banned from the room, in user-id order.
+    pub banned: Vec<UserId>,
+}
+
+impl RoomView {
+    /// `user`'s role, if a member (both users of a direct room are plain members).
+    pub fn role(&self, user: UserId) -> Option<RoomRole> {
+        if !self.members.contains(&user) {
+            return None;
+        }
+        Some(if self.visibility == RoomVisibility::Direct {
+            RoomRole::Member
+        } else if self.host == user {
+            RoomRole::Host
+        } else if self.moderators.contains(&user) {
+            RoomRole::Moderator
+        } else {
+            RoomRole::Member
+        })
+    }
+
+    /// Whether `user` may see that the room exists: anyone for a PUBLIC room; members and
+    /// invitees (and, for a direct room, its two users) otherwise.
+    pub fn visible_to(&self, user: UserId) -> bool {
+        self.visibility == RoomVisibility::Public
+            || self.members.contains(&user)
+            || self.invited.contains(&user)
+    }
 }
 
 /// A message in a room's history.

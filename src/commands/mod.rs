@@ -29,7 +29,7 @@ use crate::lookups::StoreLookups;
 use crate::store::{AggregateStore, EventLog};
 use batch::{Batched, Committed, Pipeline};
 
-pub use rooms::MessageChange;
+pub use rooms::{MessageChange, Moderation};
 
 /// Who asked for a command and in which request; stored with every event it produces.
 #[derive(Clone, Debug, Default)]

@@ -1,9 +1,11 @@
-//! Room commands: create, join, leave, send, edit, delete and react to messages.
+//! Room commands: create (public, private, direct), join, leave, invite, moderate (roles,
+//! kicks, bans), send, edit, delete and react to messages.
 
 use chrono::Utc;
 use cqrs_es::EventEnvelope;
 use parley_domain::{
-    ClientMsgId, MessageId, Room, RoomCommand, RoomError, RoomEvent, RoomId, UserId,
+    ClientMsgId, MessageId, Room, RoomCommand, RoomError, RoomEvent, RoomId, RoomRole,
+    RoomVisibility, UserId,
 };
 
 use super::batch::{Batched, Collision};
@@ -14,19 +16,34 @@ impl Batched for Room {
         match command {
             // The one unique key a room's events carry: (room, sender, clientMsgId).
             RoomCommand::SendMessage { .. } => Collision::AlreadyDone,
-            // No other room event has a unique key; an unchanged room cannot collide.
+            // No other room event has a unique key; an unchanged room cannot collide. (Two
+            // instances opening one direct room collide on the room's first sequence: the
+            // room changed, so the loser runs again on it and finds it open.)
             _ => Collision::Refused(RoomError::RoomAlreadyExists),
         }
     }
 }
 
 impl CommandBus {
-    /// Opens a room hosted by `host`, inviting `participants`.
+    /// Opens a PUBLIC room hosted by `host`, inviting `participants`.
     pub async fn create_room(
         &self,
         host: UserId,
         name: &str,
         participants: Vec<UserId>,
+        meta: &CommandMeta,
+    ) -> Result<RoomId, CommandError<RoomError>> {
+        self.create_room_with(host, name, participants, RoomVisibility::Public, meta)
+            .await
+    }
+
+    /// Opens a room of the given visibility (PUBLIC or PRIVATE).
+    pub async fn create_room_with(
+        &self,
+        host: UserId,
+        name: &str,
+        participants: Vec<UserId>,
+        visibility: RoomVisibility,
         meta: &CommandMeta,
     ) -> Result<RoomId, CommandError<RoomError>> {
         let room_id = RoomId::new();
@@ -35,10 +52,50 @@ impl CommandBus {
             host,
             name: name.to_owned(),
             participants,
+            visibility,
             created_at: Utc::now(),
         };
         execute(&self.rooms, room_id.to_string(), command, meta).await?;
         Ok(room_id)
+    }
+
+    /// Opens the direct room of `by` and `peer` (creating it the first time, bringing `by`
+    /// back if they left) and returns its id: the same for either of them, every time.
+    /// Returns the position to wait on before reading it (0 when nothing changed).
+    pub async fn open_direct(
+        &self,
+        by: UserId,
+        peer: UserId,
+        meta: &CommandMeta,
+    ) -> Result<(RoomId, i64), CommandError<RoomError>> {
+        let room_id = RoomId::direct(by, peer);
+        let command = RoomCommand::OpenDirect {
+            room_id,
+            by,
+            peer,
+            opened_at: Utc::now(),
+        };
+        let committed = execute(&self.rooms, room_id.to_string(), command, meta).await?;
+        Ok((room_id, committed.position))
+    }
+
+    /// A moderation step by `by` on `room`. Returns its position (0 when nothing changed).
+    pub async fn moderate(
+        &self,
+        room: RoomId,
+        by: UserId,
+        action: Moderation,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<RoomError>> {
+        let command = match action {
+            Moderation::SetRole(user, role) => RoomCommand::SetRole { by, user, role },
+            Moderation::Kick(user) => RoomCommand::Kick { by, user },
+            Moderation::Ban(user, reason) => RoomCommand::Ban { by, user, reason },
+            Moderation::Unban(user) => RoomCommand::Unban { by, user },
+        };
+        Ok(execute(&self.rooms, room.to_string(), command, meta)
+            .await?
+            .position)
     }
 
     pub async fn join_room(
@@ -149,6 +206,19 @@ impl CommandBus {
         sent_message(room, envelope.payload, position, true)
             .ok_or_else(|| CommandError::Store("stored event is not a message".to_owned()))
     }
+}
+
+/// What a host or moderator does to a user of their room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moderation {
+    /// Give a member a role (the host only; HOST hands the room over).
+    SetRole(UserId, RoomRole),
+    /// Remove a member, who may join again.
+    Kick(UserId),
+    /// Remove a user and keep them out, with an optional reason.
+    Ban(UserId, Option<String>),
+    /// Let a banned user join again.
+    Unban(UserId),
 }
 
 /// A change of an existing message, by the user who asks for it.

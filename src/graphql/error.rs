@@ -150,9 +150,21 @@ impl From<RoomError> for ApiError {
             }
             RoomError::UnknownRoom => Self::NotFound("no such room".to_owned()),
             RoomError::NotMember => Self::Forbidden("you are not a member of this room".to_owned()),
-            RoomError::NotSender | RoomError::NotAllowed | RoomError::NotHost => {
-                Self::Forbidden(message)
+            RoomError::NotSender
+            | RoomError::NotAllowed
+            | RoomError::NotHost
+            | RoomError::NotModerator
+            | RoomError::Outranked
+            | RoomError::Banned
+            | RoomError::NotInvited
+            | RoomError::DirectRoom => Self::Forbidden(message),
+            RoomError::AlreadyBanned | RoomError::NotBanned | RoomError::TargetNotMember => {
+                Self::Conflict(message)
             }
+            RoomError::NotToYourself
+            | RoomError::DirectNeedsPeer
+            | RoomError::DirectWithSelf
+            | RoomError::InvalidReason(_) => Self::BadInput(message),
             RoomError::UnknownMessage(_) => Self::NotFound(message),
             RoomError::MessageDeleted(_) => Self::Conflict(message),
             RoomError::InvalidEmoji(_) | RoomError::InvalidReplyTo(_) => Self::BadInput(message),

@@ -9,9 +9,9 @@ use super::context::{
     user_id, within,
 };
 use super::error::{ApiError, ApiResult};
-use super::types::{with_last_message, AuthPayload, Message, Room, User};
+use super::types::{with_last_message, AuthPayload, Message, Room, RoomRole, RoomVisibility, User};
 use crate::auth;
-use crate::commands::{CommandError, MessageChange};
+use crate::commands::{CommandError, MessageChange, Moderation};
 use crate::live::{LiveEvent, LiveMessage};
 use crate::relay::{Channel, Relay};
 
@@ -168,11 +168,13 @@ impl Mutation {
     }
 
     /// Opens a room: the caller is its host and first member; `participants` are invited.
+    /// `visibility` PUBLIC (the default) or PRIVATE; a direct room is `openDirectRoom`.
     async fn create_room(
         &self,
         ctx: &Context<'_>,
         name: String,
         participants: Option<Vec<ID>>,
+        visibility: Option<RoomVisibility>,
     ) -> ApiResult<Room> {
         let me = actor(ctx)?;
         let participants = participants
@@ -183,11 +185,74 @@ impl Mutation {
         let app = app(ctx);
         let room = app
             .commands
-            .create_room(me, &name, participants, &meta(ctx))
+            .create_room_with(
+                me,
+                &name,
+                participants,
+                visibility.map_or_else(Default::default, Into::into),
+                &meta(ctx),
+            )
             .await
             .map_err(ApiError::from)?;
         let view = fresh_room(app, room, |_| true).await?;
         with_last_message(ctx, Room::new(view)).await
+    }
+
+    /// The one direct room of the caller and `userId`: the same room for either of them,
+    /// every time. Opening it creates it (both are members); opening it after leaving it
+    /// brings the caller back.
+    async fn open_direct_room(&self, ctx: &Context<'_>, user_id: ID) -> ApiResult<Room> {
+        let me = actor(ctx)?;
+        let peer = self::user_id(&user_id)?;
+        let app = app(ctx);
+        let (room, position) = app
+            .commands
+            .open_direct(me, peer, &meta(ctx))
+            .await
+            .map_err(ApiError::from)?;
+        projected_to(app, position, "a direct room").await;
+        let view = fresh_room(app, room, |v| v.members.contains(&me)).await?;
+        with_last_message(ctx, Room::new(view)).await
+    }
+
+    /// The host gives a member a role: MODERATOR, MEMBER, or HOST (handing the room over:
+    /// the caller becomes a moderator). Members get a `ROLE_CHANGED` notice.
+    async fn set_member_role(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        user_id: ID,
+        role: RoomRole,
+    ) -> ApiResult<Room> {
+        let user = self::user_id(&user_id)?;
+        moderate(ctx, &room_id, Moderation::SetRole(user, role.into())).await
+    }
+
+    /// The host or a moderator removes a member of lower rank, who may join again (a
+    /// private room's only when invited again). Their subscriptions to the room end; the
+    /// room and they get a `MEMBER_KICKED` notice.
+    async fn kick(&self, ctx: &Context<'_>, room_id: ID, user_id: ID) -> ApiResult<Room> {
+        let user = self::user_id(&user_id)?;
+        moderate(ctx, &room_id, Moderation::Kick(user)).await
+    }
+
+    /// The host or a moderator removes a user (a member of lower rank, or anyone not in the
+    /// room) and keeps them out until `unban`; `reason` 0–500 characters. `MEMBER_BANNED`.
+    async fn ban(
+        &self,
+        ctx: &Context<'_>,
+        room_id: ID,
+        user_id: ID,
+        reason: Option<String>,
+    ) -> ApiResult<Room> {
+        let user = self::user_id(&user_id)?;
+        moderate(ctx, &room_id, Moderation::Ban(user, reason)).await
+    }
+
+    /// The host or a moderator lets a banned user join again. `MEMBER_UNBANNED`.
+    async fn unban(&self, ctx: &Context<'_>, room_id: ID, user_id: ID) -> ApiResult<Room> {
+        let user = self::user_id(&user_id)?;
+        moderate(ctx, &room_id, Moderation::Unban(user)).await
     }
 
     /// Joins a room by id. Joining a room one is in is a `CONFLICT`.
@@ -203,8 +268,9 @@ impl Mutation {
         with_last_message(ctx, Room::new(view)).await
     }
 
-    /// The host renames the room and/or sets its topic (0–500 characters; `""` clears it).
-    /// Members get a `ROOM_UPDATED` notice; giving nothing new changes nothing.
+    /// The host or a moderator (either user of a direct room) renames the room and/or sets
+    /// its topic (0–500 characters; `""` clears it). Members get a `ROOM_UPDATED` notice;
+    /// giving nothing new changes nothing.
     async fn update_room(
         &self,
         ctx: &Context<'_>,
@@ -225,9 +291,10 @@ impl Mutation {
         with_last_message(ctx, Room::new(view)).await
     }
 
-    /// Invites a registered user to a room the caller is a member of: they get a
+    /// Invites a registered user to a room the caller is a member of (any member of a PUBLIC
+    /// room; the host and moderators of a PRIVATE one; nobody to a DIRECT one): they get a
     /// `MEMBER_INVITED` notice (and the room one). Inviting a member or someone already
-    /// invited is a `CONFLICT`.
+    /// invited is a `CONFLICT`; inviting a banned user is `FORBIDDEN`.
     async fn invite(&self, ctx: &Context<'_>, room_id: ID, user_id: ID) -> ApiResult<Room> {
         let me = actor(ctx)?;
         let room = super::context::room_id(&room_id)?;
@@ -313,7 +380,8 @@ impl Mutation {
         change_message(ctx, room_id, seq, MessageChange::Edit(body)).await
     }
 
-    /// Deletes a message (the sender, or the room's host): its text is erased everywhere;
+    /// Deletes a message (the sender, or the room's host or a moderator): its text is erased
+    /// everywhere;
     /// it keeps its seq, with body "" and `deleted: true`.
     async fn delete_message(&self, ctx: &Context<'_>, room_id: ID, seq: i64) -> ApiResult<Message> {
         change_message(ctx, room_id, seq, MessageChange::Delete).await
@@ -420,4 +488,19 @@ impl Mutation {
         let view = fresh_room(app, room, |_| true).await?;
         with_last_message(ctx, Room::new(view)).await
     }
+}
+
+/// Runs a moderation step as the caller and answers with the room as it is after it.
+async fn moderate(ctx: &Context<'_>, room_id: &ID, action: Moderation) -> ApiResult<Room> {
+    let me = actor(ctx)?;
+    let room = super::context::room_id(room_id)?;
+    let app = app(ctx);
+    let position = app
+        .commands
+        .moderate(room, me, action, &meta(ctx))
+        .await
+        .map_err(ApiError::from)?;
+    projected_to(app, position, "a moderation step").await;
+    let view = fresh_room(app, room, |_| true).await?;
+    with_last_message(ctx, Room::new(view)).await
 }

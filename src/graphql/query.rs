@@ -5,7 +5,8 @@ use async_graphql::{Context, Object, ID};
 use super::context::{actor, app, fresh_room, require_member, room_id, user_id, within};
 use super::error::{ApiError, ApiResult};
 use super::types::{
-    load_user, page_request, with_last_message, EventPage, MessagePage, Room, StoredEvent, User,
+    load_user, page_request, with_last_message, EventPage, Message, MessagePage, Room, StoredEvent,
+    User,
 };
 use crate::live::LiveMessage;
 use parley_domain::Role;
@@ -13,6 +14,17 @@ use parley_projections::{EventFilter, GlobalPosition};
 
 #[derive(Debug, Default)]
 pub struct Query;
+
+/// Longest `search` query, in characters.
+const MAX_SEARCH_QUERY: usize = 200;
+
+/// A page size argument: `default` when absent, 1..=`max` otherwise.
+fn page_size(first: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    match first.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        n => Err(ApiError::BadInput(format!("first must be 1 to {max}, got {n}")).into()),
+    }
+}
 
 // Resolver arguments are the GraphQL arguments API.md fixes (`messages` has seven).
 #[allow(clippy::too_many_arguments)]
@@ -65,6 +77,93 @@ impl Query {
             .collect())
     }
 
+    /// PUBLIC rooms, most recent activity first: `first` (default 20, at most 100) after the
+    /// room `after` (the id of the last room of the previous page). Non-members see no
+    /// `lastMessage`.
+    #[graphql(complexity = "(first.unwrap_or(20).clamp(1, 100) as usize) * child_complexity + 1")]
+    async fn public_rooms(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i64>,
+        after: Option<String>,
+    ) -> ApiResult<Vec<Room>> {
+        actor(ctx)?;
+        let first = page_size(first, 20, 100)?;
+        let app = app(ctx);
+        let after = match after {
+            None => None,
+            Some(cursor) => {
+                let room = room_id(&ID(cursor))?;
+                match app.read_models.room(room).await.map_err(ApiError::from)? {
+                    Some(view) if view.visibility == parley_domain::RoomVisibility::Public => {
+                        Some(room)
+                    }
+                    _ => {
+                        return Err(ApiError::BadInput(
+                            "after must be the id of a public room".to_owned(),
+                        )
+                        .into())
+                    }
+                }
+            }
+        };
+        let views = app
+            .read_models
+            .public_rooms(after, first)
+            .await
+            .map_err(ApiError::from)?;
+        let mut rooms = Vec::with_capacity(views.len());
+        for view in views {
+            rooms.push(with_last_message(ctx, Room::new(view)).await?);
+        }
+        Ok(rooms)
+    }
+
+    /// Full-text search over the messages of the rooms the caller is a member of (of
+    /// `roomId` only, when given): every word must match (`"a phrase"`, `or`, `-word` work
+    /// too), best match first, then newest; `first` default 20, at most 100. Words are
+    /// matched whole and case-insensitively, without stemming. Deleted and erased text is
+    /// never found.
+    #[graphql(complexity = "(first.unwrap_or(20).clamp(1, 100) as usize) * child_complexity + 10")]
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        room_id: Option<ID>,
+        first: Option<i64>,
+    ) -> ApiResult<Vec<Message>> {
+        let me = actor(ctx)?;
+        let first = page_size(first, 20, 100)?;
+        if query.trim().is_empty() || query.chars().count() > MAX_SEARCH_QUERY {
+            return Err(ApiError::BadInput(format!(
+                "query must be 1 to {MAX_SEARCH_QUERY} characters, not only whitespace"
+            ))
+            .into());
+        }
+        if query.contains('\0') {
+            return Err(ApiError::BadInput("query must not contain NUL".to_owned()).into());
+        }
+        let app = app(ctx);
+        let room = match room_id {
+            Some(id) => {
+                let room = super::context::room_id(&id)?;
+                require_member(app, room, me).await?;
+                Some(room)
+            }
+            None => None,
+        };
+        within(app.limits.expensive(me))?;
+        let found = app
+            .read_models
+            .search(me, &query, room, first)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(found
+            .into_iter()
+            .map(|m| Message(LiveMessage::from(m)))
+            .collect())
+    }
+
     /// A room its members and invitees may see (`null` if there is none); only members see
     /// its messages (`lastMessage`). With `atPosition`: the room as it was once the global
     /// log reached that position (members of now, analysts and admins may look back).
@@ -81,6 +180,12 @@ impl Query {
         let Some(view) = app.read_models.room(id).await.map_err(ApiError::from)? else {
             return Ok(None);
         };
+        // A private or direct room does not exist for outsiders: the answer of a missing
+        // one (analysts, who read the whole log anyway, may still look back at it).
+        let looks_back_as_analyst = at_position.is_some() && is_analyst(app, me).await?;
+        if !view.visible_to(me) && !looks_back_as_analyst {
+            return Ok(None);
+        }
         let member = view.members.contains(&me);
         let Some(position) = at_position else {
             if !member && !view.invited.contains(&me) {

@@ -22,7 +22,7 @@ use super::context::{actor, app, require_member, SubscriptionBudget, Subscriptio
 use super::error::{ApiError, ApiResult};
 use super::types::{Message, Notice, TypingEvent};
 use crate::app::App;
-use crate::live::{replayed_room_event, LiveEvent, LiveMessage, NoticeKind};
+use crate::live::{replayed_room_event, LiveEvent, LiveMessage};
 use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
 
 pub use crate::live::TYPING_TTL;
@@ -45,9 +45,9 @@ fn decode(item: &Relayed) -> Option<&LiveEvent> {
     item.decoded::<LiveEvent>()
 }
 
+/// Whether `event` takes `me` out of the room (a leave, a kick, a ban).
 fn left(event: &LiveEvent, me: UserId) -> bool {
-    matches!(event, LiveEvent::Notice { notice, .. }
-        if notice.kind == NoticeKind::MemberLeft && notice.user == Some(me))
+    matches!(event, LiveEvent::Notice { notice, .. } if notice.removes(me))
 }
 
 /// Messages of `room` with `after < seq <= up_to`, read page by page.
@@ -393,7 +393,7 @@ impl Subscription {
                                 if logged.sequence <= last { continue; }
                                 last = logged.sequence;
                                 let Some(LiveEvent::Notice { notice, .. }) = replayed_room_event(logged) else { continue };
-                                let is_my_leave = notice.kind == NoticeKind::MemberLeft && notice.user == Some(me);
+                                let is_my_leave = notice.removes(me);
                                 yield Ok(Notice(notice));
                                 if is_my_leave { return; }
                             }

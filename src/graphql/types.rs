@@ -1,13 +1,36 @@
 //! The GraphQL object types of API.md.
 
 use super::timestamp::Timestamp;
-use async_graphql::{ComplexObject, Context, Object, SimpleObject, ID};
+use async_graphql::{ComplexObject, Context, Enum, Object, SimpleObject, ID};
 use parley_domain::{RoomId, UserId};
 use parley_projections::{MessagePage as MessagePageView, PageRequest, RoomView, UserView};
 
 use super::context::{actor, app, users};
 use super::error::{ApiError, ApiResult};
 use crate::live::{LiveMessage, LiveNotice, NoticeKind};
+
+/// Who may join a room.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "parley_domain::RoomVisibility")]
+pub enum RoomVisibility {
+    /// Any signed-in user may join by id.
+    Public,
+    /// Only invited users may join; outsiders cannot tell it exists.
+    Private,
+    /// The one room of two users (`openDirectRoom`); nobody else joins.
+    Direct,
+}
+
+/// A member's standing in a room.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "parley_domain::RoomRole")]
+pub enum RoomRole {
+    /// Runs the room: sets roles, and moderates.
+    Host,
+    /// Renames the room, invites (to a private room), kicks, bans, deletes messages.
+    Moderator,
+    Member,
+}
 
 /// Resolves a user that must exist (a sender, a host, a member).
 pub async fn load_user(ctx: &Context<'_>, id: UserId) -> ApiResult<User> {
@@ -110,6 +133,32 @@ impl Room {
 
     async fn host(&self, ctx: &Context<'_>) -> ApiResult<User> {
         load_user(ctx, self.view.host).await
+    }
+
+    async fn visibility(&self) -> RoomVisibility {
+        self.view.visibility.into()
+    }
+
+    /// A member's role; null for someone who is not a member.
+    async fn role(&self, user_id: ID) -> ApiResult<Option<RoomRole>> {
+        let user = super::context::user_id(&user_id)?;
+        Ok(self.view.role(user).map(Into::into))
+    }
+
+    /// Users banned from the room (the host and moderators only; `FORBIDDEN` for others).
+    #[graphql(complexity = "20 * child_complexity + 1")]
+    async fn banned(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
+        let me = actor(ctx)?;
+        if !matches!(
+            self.view.role(me),
+            Some(parley_domain::RoomRole::Host | parley_domain::RoomRole::Moderator)
+        ) {
+            return Err(ApiError::Forbidden(
+                "only the room's host and moderators see its bans".to_owned(),
+            )
+            .into());
+        }
+        load_users(ctx, &self.view.banned).await
     }
 
     /// Members, in id order.
@@ -353,6 +402,23 @@ impl Notice {
             NoticeKind::MemberOffline => format!("{who} went offline"),
             NoticeKind::Announcement => "announcement".to_owned(),
             NoticeKind::RoomUpdated => format!("{who} updated the room's name or topic"),
+            NoticeKind::MemberKicked => format!("{} removed {who}", name(self.0.by).await?),
+            NoticeKind::MemberBanned => {
+                let by = name(self.0.by).await?;
+                match &self.0.reason {
+                    Some(reason) => format!("{by} banned {who}: {reason}"),
+                    None => format!("{by} banned {who}"),
+                }
+            }
+            NoticeKind::MemberUnbanned => format!("{} unbanned {who}", name(self.0.by).await?),
+            NoticeKind::RoleChanged => {
+                let role = match self.0.role {
+                    Some(parley_domain::RoomRole::Host) => "the host",
+                    Some(parley_domain::RoomRole::Moderator) => "a moderator",
+                    _ => "a member",
+                };
+                format!("{} made {who} {role}", name(self.0.by).await?)
+            }
         })
     }
 

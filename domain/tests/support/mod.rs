@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parley_domain::room::IDEMPOTENCY_WINDOW;
 use parley_domain::{
-    ClientMsgId, Emoji, MessageBody, MessageFacts, MessageId, MessageSeq, Role, RoomCommand,
-    RoomEvent, RoomId, RoomName, RoomServices, ServiceError, UserCommand, UserEvent, UserId,
-    UserServices, Username,
+    BanReason, ClientMsgId, Emoji, MessageBody, MessageFacts, MessageId, MessageSeq, Role,
+    RoomCommand, RoomEvent, RoomId, RoomName, RoomRole, RoomServices, RoomTopic, RoomVisibility,
+    ServiceError, UserCommand, UserEvent, UserId, UserServices, Username,
 };
 use uuid::Uuid;
 
@@ -265,6 +265,62 @@ pub fn room_created(room_id: RoomId, host: UserId) -> RoomEvent {
         name: room_name(ROOM_NAME),
         host,
         created_at: at(0),
+        visibility: RoomVisibility::Public,
+        peer: None,
+    }
+}
+
+/// A PRIVATE room `room_id` hosted by `host`.
+pub fn private_room_created(room_id: RoomId, host: UserId) -> RoomEvent {
+    RoomEvent::RoomCreated {
+        room_id,
+        name: room_name(ROOM_NAME),
+        host,
+        created_at: at(0),
+        visibility: RoomVisibility::Private,
+        peer: None,
+    }
+}
+
+/// The events of `by` opening the direct room with `peer` for the first time, at `now()`.
+pub fn direct_opened(by: UserId, peer: UserId) -> Vec<RoomEvent> {
+    vec![
+        RoomEvent::RoomCreated {
+            room_id: RoomId::direct(by, peer),
+            name: room_name(parley_domain::room::DIRECT_ROOM_NAME),
+            host: by,
+            created_at: now(),
+            visibility: RoomVisibility::Direct,
+            peer: Some(peer),
+        },
+        member_joined(peer),
+    ]
+}
+
+pub fn role_changed(user_id: UserId, role: RoomRole, changed_by: UserId) -> RoomEvent {
+    RoomEvent::MemberRoleChanged {
+        user_id,
+        role,
+        changed_by,
+    }
+}
+
+pub fn kicked(user_id: UserId, kicked_by: UserId) -> RoomEvent {
+    RoomEvent::MemberKicked { user_id, kicked_by }
+}
+
+pub fn banned(user_id: UserId, banned_by: UserId, reason: Option<&str>) -> RoomEvent {
+    RoomEvent::MemberBanned {
+        user_id,
+        banned_by,
+        reason: reason.map(|r| BanReason::parse(r).expect("valid reason")),
+    }
+}
+
+pub fn unbanned(user_id: UserId, unbanned_by: UserId) -> RoomEvent {
+    RoomEvent::MemberUnbanned {
+        user_id,
+        unbanned_by,
     }
 }
 
@@ -331,8 +387,49 @@ pub fn create_room(host: UserId, name: &str, participants: Vec<UserId>) -> RoomC
         host,
         name: name.to_owned(),
         participants,
+        visibility: RoomVisibility::Public,
         created_at: at(0),
     }
+}
+
+pub fn create_private_room(host: UserId, participants: Vec<UserId>) -> RoomCommand {
+    RoomCommand::CreateRoom {
+        room_id: ROOM,
+        host,
+        name: ROOM_NAME.to_owned(),
+        participants,
+        visibility: RoomVisibility::Private,
+        created_at: at(0),
+    }
+}
+
+pub fn open_direct(by: UserId, peer: UserId) -> RoomCommand {
+    RoomCommand::OpenDirect {
+        room_id: RoomId::direct(by, peer),
+        by,
+        peer,
+        opened_at: now(),
+    }
+}
+
+pub fn set_role(by: UserId, user: UserId, role: RoomRole) -> RoomCommand {
+    RoomCommand::SetRole { by, user, role }
+}
+
+pub fn kick(by: UserId, user: UserId) -> RoomCommand {
+    RoomCommand::Kick { by, user }
+}
+
+pub fn ban(by: UserId, user: UserId, reason: Option<&str>) -> RoomCommand {
+    RoomCommand::Ban {
+        by,
+        user,
+        reason: reason.map(str::to_owned),
+    }
+}
+
+pub fn unban(by: UserId, user: UserId) -> RoomCommand {
+    RoomCommand::Unban { by, user }
 }
 
 pub fn join(user: UserId) -> RoomCommand {
@@ -442,5 +539,25 @@ pub fn reaction_removed(seq: u64, user_id: UserId, e: &str) -> RoomEvent {
         seq: MessageSeq(seq),
         user_id,
         emoji: emoji(e),
+    }
+}
+
+pub fn invite(by: UserId, user: UserId) -> RoomCommand {
+    RoomCommand::Invite { by, user }
+}
+
+pub fn update(by: UserId, name: Option<&str>, topic: Option<&str>) -> RoomCommand {
+    RoomCommand::UpdateRoom {
+        by,
+        name: name.map(str::to_owned),
+        topic: topic.map(str::to_owned),
+    }
+}
+
+pub fn updated(by: UserId, name: Option<&str>, topic: Option<&str>) -> RoomEvent {
+    RoomEvent::RoomUpdated {
+        updated_by: by,
+        name: name.map(room_name),
+        topic: topic.map(|t| RoomTopic::parse(t).expect("valid topic")),
     }
 }

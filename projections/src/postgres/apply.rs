@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomEvent, UserEvent};
+use parley_domain::{RoomEvent, RoomRole, UserEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -369,11 +369,12 @@ async fn apply_room(
             name,
             host,
             created_at,
+            visibility,
             ..
         } => {
             sqlx::query(&format!(
-                    "INSERT INTO {rooms_view} (room_id, name, host, created_at, last_activity_position, position)
-                     VALUES ($1, $2, $3, $4, $5, $5)",
+                    "INSERT INTO {rooms_view} (room_id, name, host, created_at, last_activity_position, position, visibility)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
                     rooms_view = tables.rooms_view
                 ))
                 .bind(room.0)
@@ -381,6 +382,7 @@ async fn apply_room(
                 .bind(host.0)
                 .bind(created_at)
                 .bind(position)
+                .bind(visibility.as_str())
                 .execute(&mut *conn)
                 .await?;
             set_member_state(conn, tables, room.0, host.0, "member", position).await?;
@@ -429,7 +431,60 @@ async fn apply_room(
                 .execute(&mut *conn)
                 .await?;
         }
-        RoomEvent::MemberLeft { user_id } => {
+        RoomEvent::MemberRoleChanged { user_id, role, .. } => {
+            if *role == RoomRole::Host {
+                sqlx::query(&format!(
+                    "UPDATE {rooms_view} SET host = $2 WHERE room_id = $1",
+                    rooms_view = tables.rooms_view
+                ))
+                .bind(room.0)
+                .bind(user_id.0)
+                .execute(&mut *conn)
+                .await?;
+            }
+            // The host's own row says `member`: the host is `rooms_view.host`.
+            let column = if *role == RoomRole::Moderator {
+                "moderator"
+            } else {
+                "member"
+            };
+            sqlx::query(&format!(
+                "UPDATE {room_members} SET role = $3, position = $4
+                  WHERE room_id = $1 AND user_id = $2",
+                room_members = tables.room_members
+            ))
+            .bind(room.0)
+            .bind(user_id.0)
+            .bind(column)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        RoomEvent::MemberBanned { user_id, .. } => {
+            sqlx::query(&format!(
+                "INSERT INTO {room_members} (room_id, user_id, state, role, position)
+                      VALUES ($1, $2, 'banned', 'member', $3)
+                 ON CONFLICT (room_id, user_id)
+                   DO UPDATE SET state = 'banned', role = 'member', position = excluded.position",
+                room_members = tables.room_members
+            ))
+            .bind(room.0)
+            .bind(user_id.0)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        RoomEvent::MemberUnbanned { user_id, .. } => {
+            sqlx::query(&format!(
+                "DELETE FROM {room_members} WHERE room_id = $1 AND user_id = $2 AND state = 'banned'",
+                room_members = tables.room_members
+            ))
+            .bind(room.0)
+            .bind(user_id.0)
+            .execute(&mut *conn)
+            .await?;
+        }
+        RoomEvent::MemberLeft { user_id } | RoomEvent::MemberKicked { user_id, .. } => {
             sqlx::query(&format!(
                 "DELETE FROM {room_members} WHERE room_id = $1 AND user_id = $2",
                 room_members = tables.room_members

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomId, UserId};
+use parley_domain::{MessageId, RoomId, RoomVisibility, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -30,7 +30,13 @@ const ROOM_COLUMNS: &str = "r.room_id, r.name, r.topic, r.host, r.created_at, r.
     array(SELECT user_id FROM room_members m
            WHERE m.room_id = r.room_id AND m.state = 'member' ORDER BY user_id) AS members,
     array(SELECT user_id FROM room_members m
-           WHERE m.room_id = r.room_id AND m.state = 'invited' ORDER BY user_id) AS invited";
+           WHERE m.room_id = r.room_id AND m.state = 'invited' ORDER BY user_id) AS invited,
+    array(SELECT user_id FROM room_members m
+           WHERE m.room_id = r.room_id AND m.state = 'member' AND m.role = 'moderator'
+           ORDER BY user_id) AS moderators,
+    array(SELECT user_id FROM room_members m
+           WHERE m.room_id = r.room_id AND m.state = 'banned' ORDER BY user_id) AS banned,
+    r.visibility";
 
 const MESSAGE_COLUMNS: &str =
     "room_id, seq, message_id, sender, body, client_msg_id, sent_at, position, edited_at, \
@@ -75,6 +81,9 @@ fn room_view(row: &PgRow) -> RoomView {
         last_seq: row.get("last_seq"),
         members: ids("members"),
         invited: ids("invited"),
+        visibility: RoomVisibility::parse(row.get("visibility")).unwrap_or_default(),
+        moderators: ids("moderators"),
+        banned: ids("banned"),
     }
 }
 
@@ -332,6 +341,63 @@ impl PgReadModels {
         ))
         .bind(room.0)
         .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(message_view).collect())
+    }
+
+    /// PUBLIC rooms, most recent activity first: `limit` of them after room `after` (the
+    /// last of the previous page), by keyset on (last activity, id).
+    pub async fn public_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<RoomView>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ROOM_COLUMNS} FROM rooms_view r
+              WHERE r.visibility = 'public'
+                AND ($1::uuid IS NULL
+                     OR (r.last_activity_position, r.room_id)
+                        < (SELECT last_activity_position, room_id FROM rooms_view WHERE room_id = $1))
+              ORDER BY r.last_activity_position DESC, r.room_id DESC
+              LIMIT $2"
+        ))
+        .bind(after.map(|r| r.0))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(room_view).collect())
+    }
+
+    /// Full-text search over the messages of the rooms `user` is a member of (of `room`
+    /// only, when given): every word of `query` must match (`websearch_to_tsquery` syntax:
+    /// `"a phrase"`, `or`, `-not`), best match first, then newest.
+    pub async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}
+               FROM messages_view m, websearch_to_tsquery('simple', $2) q
+              WHERE m.search @@ q
+                AND m.room_id IN (SELECT room_id FROM room_members
+                                   WHERE user_id = $1 AND state = 'member'
+                                     AND ($3::uuid IS NULL OR room_id = $3))
+              ORDER BY ts_rank(m.search, q) DESC, m.position DESC
+              LIMIT $4",
+            columns = MESSAGE_COLUMNS
+                .split(", ")
+                .map(|c| format!("m.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(user.0)
+        .bind(query)
+        .bind(room.map(|r| r.0))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
