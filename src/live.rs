@@ -131,6 +131,13 @@ pub enum LiveEvent {
         seq: i64,
         position: i64,
     },
+    /// Something about the user's own list of rooms changed in this room (they created,
+    /// joined or left it, or moved their read cursor): on the user's channel, for
+    /// `roomUpdates`, which re-reads the room.
+    RoomsChanged { room_id: RoomId },
+    /// The user blocked or unblocked someone: their `messages` subscriptions re-read whom
+    /// they block (on the user's channel).
+    BlocksChanged,
     /// Someone is typing (ephemeral; never stored).
     Typing {
         room_id: RoomId,
@@ -157,7 +164,7 @@ impl LiveEvent {
             Self::Message { sequence, .. } => Some(*sequence),
             Self::Notice { sequence, .. } => *sequence,
             Self::MessageChanged { sequence, .. } => Some(*sequence),
-            Self::Typing { .. } => None,
+            Self::Typing { .. } | Self::RoomsChanged { .. } | Self::BlocksChanged => None,
         }
     }
 }
@@ -204,6 +211,13 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             },
         )];
     }
+    if let DecodedEvent::User(
+        blocker,
+        UserEvent::UserBlocked { .. } | UserEvent::UserUnblocked { .. },
+    ) = decoded
+    {
+        return vec![(Channel::User(*blocker), LiveEvent::BlocksChanged)];
+    }
     let DecodedEvent::Room(room, event) = decoded else {
         return Vec::new();
     };
@@ -224,15 +238,19 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             ),
         ]
     };
+    // To the user whose own list of rooms it changes.
+    let rooms_changed = |user: UserId| {
+        (
+            Channel::User(user),
+            LiveEvent::RoomsChanged { room_id: room },
+        )
+    };
     match event {
         RoomEvent::RoomCreated { host, .. } => {
-            vec![on_room(notice(
-                NoticeKind::RoomCreated,
-                room,
-                *host,
-                None,
-                log,
-            ))]
+            vec![
+                on_room(notice(NoticeKind::RoomCreated, room, *host, None, log)),
+                rooms_changed(*host),
+            ]
         }
         RoomEvent::RoomUpdated { updated_by, .. } => {
             vec![on_room(notice(
@@ -266,22 +284,16 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             ]
         }
         RoomEvent::MemberJoined { user_id } => {
-            vec![on_room(notice(
-                NoticeKind::MemberJoined,
-                room,
-                *user_id,
-                None,
-                log,
-            ))]
+            vec![
+                on_room(notice(NoticeKind::MemberJoined, room, *user_id, None, log)),
+                rooms_changed(*user_id),
+            ]
         }
         RoomEvent::MemberLeft { user_id } => {
-            vec![on_room(notice(
-                NoticeKind::MemberLeft,
-                room,
-                *user_id,
-                None,
-                log,
-            ))]
+            vec![
+                on_room(notice(NoticeKind::MemberLeft, room, *user_id, None, log)),
+                rooms_changed(*user_id),
+            ]
         }
         RoomEvent::MemberRoleChanged {
             user_id,

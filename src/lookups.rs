@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use parley_domain::{
-    MessageFacts, MessageSeq, RoomId, RoomServices, ServiceError, UserId, UserServices, Username,
+    MessageFacts, MessageSeq, RoomId, RoomServices, ServiceError, User, UserEvent, UserId,
+    UserServices, Username,
 };
 
 use crate::store::EventLog;
@@ -33,6 +34,10 @@ impl UserServices for StoreLookups {
             .await
             .map_err(service_error)
     }
+
+    async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError> {
+        self.log.user_exists(user).await.map_err(service_error)
+    }
 }
 
 #[async_trait]
@@ -50,5 +55,23 @@ impl RoomServices for StoreLookups {
         Ok(sender
             .map_err(service_error)?
             .map(|sender| MessageFacts { sender }))
+    }
+
+    /// From the blocker's own events (a user has few), so never behind a block they made.
+    async fn blocks(&self, blocker: UserId, user: UserId) -> Result<bool, ServiceError> {
+        let events = self
+            .log
+            .events_after::<User>(&blocker.to_string(), 0)
+            .await
+            .map_err(service_error)?;
+        let mut blocked = false;
+        for event in events {
+            match serde_json::from_value::<UserEvent>(event.payload) {
+                Ok(UserEvent::UserBlocked { user_id }) if user_id == user => blocked = true,
+                Ok(UserEvent::UserUnblocked { user_id }) if user_id == user => blocked = false,
+                _ => {}
+            }
+        }
+        Ok(blocked)
     }
 }

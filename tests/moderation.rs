@@ -14,6 +14,7 @@ on_both_stores!(
     a_private_room_is_invisible_to_outsiders_and_joined_by_invitation,
     a_direct_room_is_the_one_room_of_two_users,
     the_host_and_moderators_run_the_room,
+    a_blocked_users_messages_are_not_pushed_to_the_blocker,
 );
 
 const CREATE: &str = "mutation($n: String!, $v: RoomVisibility) { createRoom(name: $n, visibility: $v) { id visibility } }";
@@ -280,7 +281,8 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
         .subscribe("m", MESSAGES, json!({ "r": room }))
         .await;
     carol_ws.subscribe("mine", MY_NOTICES, json!({})).await;
-    server.wait_for_subscriber(&Channel::User(carol_id)).await;
+    // Her own channel: the messages subscription (for blocks) and her notices.
+    wait_for_channel(&server, Channel::User(carol_id), 2).await;
     wait_for_subscribers(&server, room_id, 2).await;
     server
         .fails(Some(&bob.token), KICK, vars(&room, &alice), "FORBIDDEN")
@@ -383,13 +385,18 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
 
 /// Waits until `server` has at least `count` local subscriptions on `room`'s channel.
 async fn wait_for_subscribers(server: &TestServer, room: RoomId, count: usize) {
+    wait_for_channel(server, Channel::Room(room), count).await;
+}
+
+/// Waits until `server` has at least `count` local subscriptions on `channel`.
+async fn wait_for_channel(server: &TestServer, channel: Channel, count: usize) {
     for _ in 0..500 {
-        if server.app.relay.local_subscribers(&Channel::Room(room)) >= count {
+        if server.app.relay.local_subscribers(&channel) >= count {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("fewer than {count} subscriptions on room {room} after 5 s");
+    panic!("fewer than {count} subscriptions on {channel:?} after 5 s");
 }
 
 /// The next room notice that is not presence (members coming online or going offline).
@@ -401,4 +408,111 @@ async fn next_notice(ws: &mut WsClient) -> Value {
             return notice;
         }
     }
+}
+
+const BLOCK: &str = "mutation($u: ID!) { blockUser(userId: $u) }";
+const UNBLOCK: &str = "mutation($u: ID!) { unblockUser(userId: $u) }";
+const BLOCKED_USERS: &str = "query { blockedUsers { username } }";
+
+async fn a_blocked_users_messages_are_not_pushed_to_the_blocker(store: Store) {
+    let server = TestServer::start(store).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let zed = server.register("zed").await;
+    let room = server.create_room(&alice, "general", &[]).await;
+    server.join(&bob, &room).await;
+    server.join(&zed, &room).await;
+    let room_id = RoomId::parse(&room).expect("room id");
+
+    let blocked = server
+        .ok(Some(&bob.token), BLOCK, json!({ "u": zed.id }))
+        .await;
+    assert_eq!(blocked["blockUser"], true);
+    let again = server
+        .ok(Some(&bob.token), BLOCK, json!({ "u": zed.id }))
+        .await;
+    assert_eq!(again["blockUser"], true, "blocking twice changes nothing");
+    let list = server.ok(Some(&bob.token), BLOCKED_USERS, json!({})).await;
+    assert_eq!(usernames(&list["blockedUsers"]), ["zed"]);
+    for (user, code) in [
+        (bob.id.clone(), "BAD_USER_INPUT"),
+        (UserId::new().to_string(), "BAD_USER_INPUT"),
+    ] {
+        server
+            .fails(Some(&bob.token), BLOCK, json!({ "u": user }), code)
+            .await;
+    }
+
+    // Bob's live messages skip zed's; alice's do not; bob's history keeps them.
+    let mut bob_ws = WsClient::connect(server.addr, &bob.token).await;
+    bob_ws.subscribe("m", MESSAGES, json!({ "r": room })).await;
+    let mut alice_ws = WsClient::connect(server.addr, &alice.token).await;
+    alice_ws
+        .subscribe("m", MESSAGES, json!({ "r": room }))
+        .await;
+    wait_for_subscribers(&server, room_id, 2).await;
+    server.send(&zed, &room, "from zed", "z1").await;
+    server.send(&alice, &room, "from alice", "a1").await;
+    assert_eq!(alice_ws.next("m").await["messages"]["body"], "from zed");
+    assert_eq!(alice_ws.next("m").await["messages"]["body"], "from alice");
+    let first = bob_ws.next("m").await;
+    assert_eq!(
+        first["messages"]["body"], "from alice",
+        "zed's was not pushed"
+    );
+    assert_eq!(first["messages"]["seq"], 2);
+    let history = server
+        .ok(
+            Some(&bob.token),
+            "query($r: ID!) { messages(roomId: $r) { messages { body } } }",
+            json!({ "r": room }),
+        )
+        .await;
+    assert_eq!(
+        history["messages"]["messages"],
+        json!([{ "body": "from zed" }, { "body": "from alice" }])
+    );
+
+    // Zed cannot open a direct room with bob; bob can with zed.
+    server
+        .fails(
+            Some(&zed.token),
+            DIRECT,
+            json!({ "u": bob.id }),
+            "FORBIDDEN",
+        )
+        .await;
+
+    // Unblocked, zed's messages come live again, on the same subscription.
+    let unblocked = server
+        .ok(Some(&bob.token), UNBLOCK, json!({ "u": zed.id }))
+        .await;
+    assert_eq!(unblocked["unblockUser"], true);
+    let list = server.ok(Some(&bob.token), BLOCKED_USERS, json!({})).await;
+    assert_eq!(list["blockedUsers"], json!([]));
+    // The subscription hears of the change on bob's own channel, concurrently with the
+    // room's: until it has, zed's messages are still skipped. Each round sends one of zed's
+    // and then a marker of alice's; bob gets zed's first once the unblock is in.
+    for round in 0.. {
+        assert!(
+            round < 20,
+            "zed's messages never came back after the unblock"
+        );
+        server
+            .send(&zed, &room, "zed again", &format!("z{round}"))
+            .await;
+        server
+            .send(&alice, &room, "marker", &format!("m{round}"))
+            .await;
+        let next = bob_ws.next("m").await;
+        if next["messages"]["body"] == "zed again" {
+            assert_eq!(bob_ws.next("m").await["messages"]["body"], "marker");
+            break;
+        }
+        assert_eq!(next["messages"]["body"], "marker");
+    }
+    server
+        .ok(Some(&zed.token), DIRECT, json!({ "u": bob.id }))
+        .await;
+    server.stop().await;
 }

@@ -1,15 +1,17 @@
 //! Running rooms, end to end on both stores: finding a user by name, inviting them after the
-//! room was created, renaming a room and setting its topic.
+//! room was created, renaming a room and setting its topic, keeping the rooms list live with
+//! one `roomUpdates` subscription.
 
 #[macro_use]
 mod support;
 
 use serde_json::json;
-use support::api::{Store, TestServer, WsClient};
+use support::api::{a_and_b_behind_a_proxy, Proxied, Store, TestServer, WsClient};
 
 on_both_stores!(
     a_member_finds_a_user_by_name_and_invites_them,
     the_host_renames_the_room_and_sets_its_topic,
+    one_subscription_keeps_the_rooms_list_live,
 );
 
 const INVITE: &str =
@@ -188,4 +190,122 @@ async fn the_host_renames_the_room_and_sets_its_topic(store: Store) {
         "nothing new is no event"
     );
     server.stop().await;
+}
+
+const ROOM_UPDATES: &str = "subscription { roomUpdates { id name unreadCount lastMessage { body } members { username } } }";
+
+/// The next `roomUpdates` item.
+async fn next_update(ws: &mut WsClient) -> serde_json::Value {
+    ws.next("rooms").await["roomUpdates"].clone()
+}
+
+fn member_names(room: &serde_json::Value) -> Vec<&str> {
+    let mut names: Vec<&str> = room["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["username"].as_str().expect("username"))
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+async fn one_subscription_keeps_the_rooms_list_live(store: Store) {
+    let server = TestServer::start(store).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let alice_id = parley_domain::UserId::parse(&alice.id).expect("id");
+    let mut ws = WsClient::connect(server.addr, &alice.token).await;
+    ws.subscribe("rooms", ROOM_UPDATES, json!({})).await;
+    server
+        .wait_for_subscriber(&parley::relay::Channel::User(alice_id))
+        .await;
+
+    // A room she creates joins the list; so do its changes.
+    let room = server.create_room(&alice, "general", &[]).await;
+    let created = next_update(&mut ws).await;
+    assert_eq!(created["id"], room.as_str());
+    assert_eq!(member_names(&created), ["alice"]);
+    server.join(&bob, &room).await;
+    assert_eq!(member_names(&next_update(&mut ws).await), ["alice", "bob"]);
+    server.send(&bob, &room, "hi alice", "b1").await;
+    let sent = next_update(&mut ws).await;
+    assert_eq!(sent["lastMessage"]["body"], "hi alice");
+    assert_eq!(sent["unreadCount"], 1);
+    server
+        .ok(
+            Some(&alice.token),
+            "mutation($r: ID!) { markRead(roomId: $r, seq: 1) { id } }",
+            json!({ "r": room }),
+        )
+        .await;
+    assert_eq!(next_update(&mut ws).await["unreadCount"], 0);
+    server
+        .ok(
+            Some(&alice.token),
+            UPDATE,
+            json!({ "r": room, "n": "renamed" }),
+        )
+        .await;
+    assert_eq!(next_update(&mut ws).await["name"], "renamed");
+
+    // A direct room bob opens with her is hers too.
+    let direct = server
+        .ok(
+            Some(&bob.token),
+            "mutation($u: ID!) { openDirectRoom(userId: $u) { id } }",
+            json!({ "u": alice.id }),
+        )
+        .await;
+    let direct = direct["openDirectRoom"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(next_update(&mut ws).await["id"], direct.as_str());
+
+    // Leaving: the room comes once more without her, then never again.
+    server
+        .ok(
+            Some(&alice.token),
+            "mutation($r: ID!) { leaveRoom(roomId: $r) { id } }",
+            json!({ "r": room }),
+        )
+        .await;
+    let left = next_update(&mut ws).await;
+    assert_eq!(left["id"], room.as_str());
+    assert_eq!(member_names(&left), ["bob"]);
+    server.send(&bob, &room, "still here?", "b2").await;
+    server.send(&bob, &direct, "in private", "d1").await;
+    let direct_update = next_update(&mut ws).await;
+    assert_eq!(
+        direct_update["id"],
+        direct.as_str(),
+        "the room she left sends nothing more"
+    );
+    assert_eq!(direct_update["lastMessage"]["body"], "in private");
+    ws.quiet("rooms", std::time::Duration::from_millis(300))
+        .await;
+    server.stop().await;
+}
+
+/// The rooms list subscribed on instance B follows what happens through instance A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rooms_list_follows_changes_made_on_another_instance() {
+    let (a, b, _proxy) = a_and_b_behind_a_proxy(Proxied::B, None).await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = a.create_room(&bob, "general", &[]).await;
+    let mut ws = WsClient::connect(b.addr, &alice.token).await;
+    ws.subscribe("rooms", ROOM_UPDATES, json!({})).await;
+    let alice_id = parley_domain::UserId::parse(&alice.id).expect("id");
+    b.wait_for_subscriber(&parley::relay::Channel::User(alice_id))
+        .await;
+    a.join(&alice, &room).await;
+    assert_eq!(member_names(&next_update(&mut ws).await), ["alice", "bob"]);
+    a.send(&bob, &room, "from A", "b1").await;
+    let sent = next_update(&mut ws).await;
+    assert_eq!(sent["lastMessage"]["body"], "from A");
+    assert_eq!(sent["unreadCount"], 1);
+    a.stop().await;
+    b.stop().await;
 }

@@ -367,6 +367,9 @@ pub enum RoomError {
     /// `createRoom(visibility: DIRECT)`.
     #[error("a direct room is opened with openDirectRoom(userId)")]
     DirectNeedsPeer,
+    /// Opening a direct room with someone who blocks you.
+    #[error("this user does not accept direct messages from you")]
+    Blocked,
     /// `openDirectRoom` with oneself.
     #[error("a direct room is between two different users")]
     DirectWithSelf,
@@ -763,6 +766,9 @@ impl Room {
     ) -> Result<Vec<RoomEvent>, RoomError> {
         if by == peer {
             return Err(RoomError::DirectWithSelf);
+        }
+        if services.blocks(peer, by).await? {
+            return Err(RoomError::Blocked);
         }
         if self.id.is_some() {
             if self.visibility != RoomVisibility::Direct {

@@ -21,6 +21,9 @@ pub struct ServiceError(pub String);
 pub trait UserServices: Send + Sync {
     /// Whether any user already registered this username.
     async fn username_taken(&self, username: &Username) -> Result<bool, ServiceError>;
+
+    /// Whether this user is registered.
+    async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError>;
 }
 
 /// Lookups the `Room` aggregate needs.
@@ -37,6 +40,9 @@ pub trait RoomServices: Send + Sync {
         room: RoomId,
         seq: MessageSeq,
     ) -> Result<Option<MessageFacts>, ServiceError>;
+
+    /// Whether `blocker` blocks `user` now (their `User` aggregate says so).
+    async fn blocks(&self, blocker: UserId, user: UserId) -> Result<bool, ServiceError>;
 }
 
 /// What the `Room` aggregate needs to know of an old message.

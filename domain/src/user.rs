@@ -72,6 +72,11 @@ pub enum UserCommand {
         by: Option<UserId>,
         erased_at: DateTime<Utc>,
     },
+    /// The user no longer receives `user`'s messages live, nor direct rooms from them.
+    /// Blocking someone blocked already is a no-op.
+    BlockUser { user: UserId },
+    /// Takes a block back; unblocking someone not blocked is a no-op.
+    UnblockUser { user: UserId },
 }
 
 /// Events of the `User` aggregate. A persisted contract: names and fields never change
@@ -99,6 +104,10 @@ pub enum UserEvent {
         erased_by: Option<UserId>,
         erased_at: DateTime<Utc>,
     },
+    /// The user blocked another. v1.0.
+    UserBlocked { user_id: UserId },
+    /// The user took a block back. v1.0.
+    UserUnblocked { user_id: UserId },
 }
 
 impl DomainEvent for UserEvent {
@@ -108,6 +117,8 @@ impl DomainEvent for UserEvent {
             Self::RoleGranted { .. } => "RoleGranted",
             Self::AnnouncementMade { .. } => "AnnouncementMade",
             Self::UserErased { .. } => "UserErased",
+            Self::UserBlocked { .. } => "UserBlocked",
+            Self::UserUnblocked { .. } => "UserUnblocked",
         }
         .to_owned()
     }
@@ -144,6 +155,12 @@ pub enum UserError {
     /// The user already has this role.
     #[error("user already has role {0}")]
     AlreadyHasRole(Role),
+    /// Blocking oneself.
+    #[error("you may not block yourself")]
+    BlockSelf,
+    /// Blocking a user who was never registered.
+    #[error("no such user to block")]
+    UnknownBlockee,
     /// A lookup the rule needs failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -158,6 +175,9 @@ pub struct User {
     /// Snapshots older than the field load it false; replaying the events sets it.
     #[serde(default)]
     erased: bool,
+    /// Users this one blocks (snapshots older than the field load it empty).
+    #[serde(default)]
+    blocked: BTreeSet<UserId>,
 }
 
 impl User {
@@ -176,6 +196,11 @@ impl User {
     /// Whether the user was erased.
     pub fn is_erased(&self) -> bool {
         self.erased
+    }
+
+    /// Whether this user blocks `user`.
+    pub fn blocks(&self, user: UserId) -> bool {
+        self.blocked.contains(&user)
     }
 }
 
@@ -250,6 +275,28 @@ impl Aggregate for User {
                     sink.write(event, self).await;
                 }
             }
+            UserCommand::BlockUser { user } => {
+                let me = self.id.ok_or(UserError::UnknownUser)?;
+                if user == me {
+                    return Err(UserError::BlockSelf);
+                }
+                if !self.blocked.contains(&user) {
+                    if !services.user_exists(user).await? {
+                        return Err(UserError::UnknownBlockee);
+                    }
+                    sink.write(UserEvent::UserBlocked { user_id: user }, self)
+                        .await;
+                }
+            }
+            UserCommand::UnblockUser { user } => {
+                if self.id.is_none() {
+                    return Err(UserError::UnknownUser);
+                }
+                if self.blocked.contains(&user) {
+                    sink.write(UserEvent::UserUnblocked { user_id: user }, self)
+                        .await;
+                }
+            }
         }
         Ok(())
     }
@@ -269,6 +316,12 @@ impl Aggregate for User {
             UserEvent::UserErased { .. } => {
                 self.erased = true;
                 self.username = None;
+            }
+            UserEvent::UserBlocked { user_id } => {
+                self.blocked.insert(user_id);
+            }
+            UserEvent::UserUnblocked { user_id } => {
+                self.blocked.remove(&user_id);
             }
         }
     }

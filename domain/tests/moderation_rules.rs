@@ -436,3 +436,23 @@ fn a_public_rooms_creation_serializes_as_it_did_before_visibility() {
     let private = serde_json::to_value(private_room_created(ROOM, ALICE)).expect("serializes");
     assert_eq!(private["RoomCreated"]["visibility"], "private");
 }
+
+// --- Blocking --------------------------------------------------------------------------------
+
+#[test]
+fn a_blocked_user_cannot_open_a_direct_room_with_the_blocker_but_the_blocker_can() {
+    with(FakeDirectory::with_cast().with_block(BOB, ALICE))
+        .given_no_previous_events()
+        .when(open_direct(ALICE, BOB))
+        .then_expect_error(RoomError::Blocked);
+    let mut given = direct_opened(BOB, ALICE);
+    given.push(member_left(ALICE));
+    with(FakeDirectory::with_cast().with_block(BOB, ALICE))
+        .given(given)
+        .when(open_direct(ALICE, BOB))
+        .then_expect_error(RoomError::Blocked);
+    with(FakeDirectory::with_cast().with_block(BOB, ALICE))
+        .given_no_previous_events()
+        .when(open_direct(BOB, ALICE))
+        .then_expect_events(direct_opened(BOB, ALICE));
+}

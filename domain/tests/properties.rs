@@ -545,6 +545,8 @@ fn user_event() -> impl Strategy<Value = UserEvent> {
             }
         ),
         role().prop_map(|role| UserEvent::RoleGranted { role }),
+        user_id().prop_map(|user_id| UserEvent::UserBlocked { user_id }),
+        user_id().prop_map(|user_id| UserEvent::UserUnblocked { user_id }),
     ]
 }
 

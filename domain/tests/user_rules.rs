@@ -333,3 +333,64 @@ fn an_erased_user_keeps_no_username() {
     assert_eq!(user.username(), None);
     assert_eq!(user.id(), Some(ALICE));
 }
+
+// --- BlockUser / UnblockUser -----------------------------------------------------------------
+
+fn block(user: parley_domain::UserId) -> parley_domain::UserCommand {
+    parley_domain::UserCommand::BlockUser { user }
+}
+
+fn unblock(user: parley_domain::UserId) -> parley_domain::UserCommand {
+    parley_domain::UserCommand::UnblockUser { user }
+}
+
+fn blocked(user_id: parley_domain::UserId) -> parley_domain::UserEvent {
+    parley_domain::UserEvent::UserBlocked { user_id }
+}
+
+#[test]
+fn a_user_blocks_a_registered_user_once() {
+    with(FakeDirectory::with_cast())
+        .given(registered_alice())
+        .when(block(BOB))
+        .then_expect_events(vec![blocked(BOB)]);
+    let mut given = registered_alice();
+    given.push(blocked(BOB));
+    with(FakeDirectory::with_cast())
+        .given(given.clone())
+        .when(block(BOB))
+        .then_expect_events(vec![]);
+    let mut state = User::default();
+    for event in given {
+        state.apply(event);
+    }
+    assert!(state.blocks(BOB) && !state.blocks(CAROL));
+}
+
+#[test]
+fn nobody_blocks_themselves_or_an_unknown_user() {
+    with(FakeDirectory::with_cast())
+        .given(registered_alice())
+        .when(block(ALICE))
+        .then_expect_error(UserError::BlockSelf);
+    with(FakeDirectory::with_cast())
+        .given(registered_alice())
+        .when(block(MALLORY))
+        .then_expect_error(UserError::UnknownBlockee);
+}
+
+#[test]
+fn unblocking_takes_a_block_back_and_is_a_no_op_otherwise() {
+    let mut given = registered_alice();
+    given.push(blocked(BOB));
+    with(FakeDirectory::with_cast())
+        .given(given)
+        .when(unblock(BOB))
+        .then_expect_events(vec![parley_domain::UserEvent::UserUnblocked {
+            user_id: BOB,
+        }]);
+    with(FakeDirectory::with_cast())
+        .given(registered_alice())
+        .when(unblock(BOB))
+        .then_expect_events(vec![]);
+}

@@ -44,11 +44,13 @@ impl FromStr for AggregateKind {
 }
 
 /// Every event type the log can hold today (the `event_type` column).
-pub const EVENT_TYPES: [&str; 18] = [
+pub const EVENT_TYPES: [&str; 20] = [
     "UserRegistered",
     "RoleGranted",
     "AnnouncementMade",
     "UserErased",
+    "UserBlocked",
+    "UserUnblocked",
     "RoomCreated",
     "RoomUpdated",
     "MemberInvited",
@@ -339,6 +341,8 @@ mod tests {
                 erased_by: None,
                 erased_at: now,
             },
+            UserEvent::UserBlocked { user_id: user },
+            UserEvent::UserUnblocked { user_id: user },
         ];
         let mut names: Vec<String> = room_events
             .iter()

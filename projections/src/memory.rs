@@ -90,6 +90,8 @@ struct State {
     client_ids: HashMap<(RoomId, UserId, String), i64>,
     /// Kept across resets, like `read_cursors` in Postgres.
     cursors: HashMap<(RoomId, UserId), i64>,
+    /// Who blocks whom: blocker → the users they block.
+    blocks: HashMap<UserId, BTreeSet<UserId>>,
     /// The search index: each word of a body (see [`words`]) → the messages holding it.
     words: HashMap<String, HashSet<(RoomId, i64)>>,
 }
@@ -212,6 +214,14 @@ impl State {
                     let old = std::mem::take(&mut message.body);
                     reindex(&mut self.words, message.room_id, message.seq, &old, "");
                     message.erase(GlobalPosition(position));
+                }
+            }
+            DecodedEvent::User(id, UserEvent::UserBlocked { user_id }) => {
+                self.blocks.entry(*id).or_default().insert(*user_id);
+            }
+            DecodedEvent::User(id, UserEvent::UserUnblocked { user_id }) => {
+                if let Some(blocked) = self.blocks.get_mut(id) {
+                    blocked.remove(user_id);
                 }
             }
             DecodedEvent::Room(id, event) => self.apply_room(*id, event, position),
@@ -449,6 +459,16 @@ impl MemoryReadModels {
                 .then(a.room.id.cmp(&b.room.id))
         });
         Ok(items)
+    }
+
+    /// The users `user` blocks, in id order.
+    pub fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
+        let state = self.read();
+        Ok(state
+            .blocks
+            .get(&user)
+            .map(|blocked| blocked.iter().copied().collect())
+            .unwrap_or_default())
     }
 
     pub fn public_rooms(

@@ -79,6 +79,11 @@ impl ReadModels {
         dispatch!(self, rooms_of(user))
     }
 
+    /// The users `user` blocks, in id order.
+    pub async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
+        dispatch!(self, blocked_by(user))
+    }
+
     /// PUBLIC rooms, most recent activity first, `limit` after room `after`.
     pub async fn public_rooms(
         &self,

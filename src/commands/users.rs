@@ -67,6 +67,25 @@ impl CommandBus {
             .position)
     }
 
+    /// `user` blocks (`true`) or unblocks `target`. Returns the change's position (0 when it
+    /// changed nothing).
+    pub async fn set_block(
+        &self,
+        user: UserId,
+        target: UserId,
+        block: bool,
+        meta: &CommandMeta,
+    ) -> Result<i64, CommandError<UserError>> {
+        let command = if block {
+            UserCommand::BlockUser { user: target }
+        } else {
+            UserCommand::UnblockUser { user: target }
+        };
+        Ok(execute(&self.users, user.to_string(), command, meta)
+            .await?
+            .position)
+    }
+
     /// An announcement by `admin` to every connected user.
     pub async fn announce(
         &self,

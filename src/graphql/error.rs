@@ -157,7 +157,8 @@ impl From<RoomError> for ApiError {
             | RoomError::Outranked
             | RoomError::Banned
             | RoomError::NotInvited
-            | RoomError::DirectRoom => Self::Forbidden(message),
+            | RoomError::DirectRoom
+            | RoomError::Blocked => Self::Forbidden(message),
             RoomError::AlreadyBanned | RoomError::NotBanned | RoomError::TargetNotMember => {
                 Self::Conflict(message)
             }
@@ -186,9 +187,10 @@ impl From<UserError> for ApiError {
             UserError::AlreadyRegistered
             | UserError::UsernameTaken(_)
             | UserError::AlreadyHasRole(_) => Self::Conflict(message),
-            UserError::InvalidUsername(_) | UserError::InvalidAnnouncement(_) => {
-                Self::BadInput(message)
-            }
+            UserError::InvalidUsername(_)
+            | UserError::InvalidAnnouncement(_)
+            | UserError::BlockSelf
+            | UserError::UnknownBlockee => Self::BadInput(message),
             UserError::NotAdmin => Self::Forbidden(message),
             UserError::UnknownUser => Self::NotFound(message),
             UserError::MissingPasswordHash | UserError::Service(_) => Self::internal(message),

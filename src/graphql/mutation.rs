@@ -249,6 +249,18 @@ impl Mutation {
         moderate(ctx, &room_id, Moderation::Ban(user, reason)).await
     }
 
+    /// The caller stops receiving `userId`'s messages live (they stay in the history, and
+    /// in `blockedUsers`), and `userId` can no longer open a direct room with the caller.
+    /// Blocking someone blocked already changes nothing. Always `true`.
+    async fn block_user(&self, ctx: &Context<'_>, user_id: ID) -> ApiResult<bool> {
+        set_block(ctx, &user_id, true).await
+    }
+
+    /// Takes a block back (unblocking someone not blocked changes nothing). Always `true`.
+    async fn unblock_user(&self, ctx: &Context<'_>, user_id: ID) -> ApiResult<bool> {
+        set_block(ctx, &user_id, false).await
+    }
+
     /// The host or a moderator lets a banned user join again. `MEMBER_UNBANNED`.
     async fn unban(&self, ctx: &Context<'_>, room_id: ID, user_id: ID) -> ApiResult<Room> {
         let user = self::user_id(&user_id)?;
@@ -485,6 +497,9 @@ impl Mutation {
             .mark_read(room, me, seq)
             .await
             .map_err(ApiError::from)?;
+        // The caller's other sessions keep their rooms list (`roomUpdates`) right.
+        let changed = LiveEvent::RoomsChanged { room_id: room };
+        crate::live::publish_ephemeral(&app.relay, vec![(Channel::User(me), changed)]).await;
         let view = fresh_room(app, room, |_| true).await?;
         with_last_message(ctx, Room::new(view)).await
     }
@@ -503,4 +518,18 @@ async fn moderate(ctx: &Context<'_>, room_id: &ID, action: Moderation) -> ApiRes
     projected_to(app, position, "a moderation step").await;
     let view = fresh_room(app, room, |_| true).await?;
     with_last_message(ctx, Room::new(view)).await
+}
+
+/// Blocks or unblocks `user_id` as the caller, once the read models show it.
+async fn set_block(ctx: &Context<'_>, user_id: &ID, block: bool) -> ApiResult<bool> {
+    let me = actor(ctx)?;
+    let user = self::user_id(user_id)?;
+    let app = app(ctx);
+    let position = app
+        .commands
+        .set_block(me, user, block, &meta(ctx))
+        .await
+        .map_err(ApiError::from)?;
+    projected_to(app, position, "a block").await;
+    Ok(true)
 }

@@ -77,6 +77,22 @@ impl Query {
             .collect())
     }
 
+    /// The users the caller blocks, in id order.
+    #[graphql(complexity = "50 * child_complexity + 1")]
+    async fn blocked_users(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
+        let me = actor(ctx)?;
+        let blocked = app(ctx)
+            .read_models
+            .blocked_by(me)
+            .await
+            .map_err(ApiError::from)?;
+        let mut users = Vec::with_capacity(blocked.len());
+        for id in blocked {
+            users.push(load_user(ctx, id).await?);
+        }
+        Ok(users)
+    }
+
     /// PUBLIC rooms, most recent activity first: `first` (default 20, at most 100) after the
     /// room `after` (the id of the last room of the previous page). Non-members see no
     /// `lastMessage`.

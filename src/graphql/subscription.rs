@@ -7,20 +7,26 @@
 //! from the relay, re-reads the missing part from the read models or the log. Memory stays
 //! bounded: the relay buffer per subscriber is fixed and re-reads go page by page.
 //!
-//! A member who leaves receives their own `MEMBER_LEFT` in order after everything before it
-//! and before anything after it; the subscription ends there.
+//! A member who leaves (or is kicked or banned) receives their own notice of it in order
+//! after everything before it and before anything after it; the subscription ends there.
+//!
+//! `roomUpdates` is the exception to "one channel": it listens on the caller's own channel
+//! and on each of their rooms' channels at once, and answers each change by re-reading the
+//! room from the read models (the relayed event says only *that* a room changed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::pin::Pin;
 
 use async_graphql::{Context, Subscription, ID};
 use async_stream::stream;
-use futures::Stream;
+use futures::{FutureExt, Stream, StreamExt};
 use parley_domain::{RoomId, UserId};
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 
 use super::context::{actor, app, require_member, SubscriptionBudget, SubscriptionSlot};
 use super::error::{ApiError, ApiResult};
-use super::types::{Message, Notice, TypingEvent};
+use super::types::{Message, Notice, Room, TypingEvent};
 use crate::app::App;
 use crate::live::{replayed_room_event, LiveEvent, LiveMessage};
 use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
@@ -117,6 +123,7 @@ impl RoomFeed {
 impl Subscription {
     /// Messages of a room: first those after seq `after` (when given), then live ones, in
     /// seq order with no gap and no duplicate. Members only; ends when the caller leaves.
+    /// Messages of users the caller blocks are not sent (they stay in the history).
     async fn messages(
         &self,
         ctx: &Context<'_>,
@@ -130,6 +137,16 @@ impl Subscription {
             slot,
             mut live,
         } = RoomFeed::open(ctx, &room_id, after).await?;
+        // Whom the caller blocks: read after subscribing to their channel, which says when
+        // it changes.
+        let mut mine = subscribe(&app, Channel::User(me)).await?;
+        let mut blocked: HashSet<UserId> = app
+            .read_models
+            .blocked_by(me)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .collect();
         let mut last = match after {
             Some(after) => after,
             // Anchor on what the read model holds (the newest history page a client reads
@@ -167,12 +184,34 @@ impl Subscription {
                         Ok(page) if page.is_empty() => catch_up = false,
                         Ok(page) => for message in page {
                             last = message.seq;
-                            yield Ok(Message(message));
+                            if !blocked.contains(&message.sender) {
+                                yield Ok(Message(message));
+                            }
                         },
                         Err(error) => { yield Err(error.into()); return; }
                     }
                 }
-                let Some(item) = live.recv().await else { return };
+                let item = tokio::select! {
+                    item = live.recv() => item,
+                    personal = mine.recv() => {
+                        let reread = match &personal {
+                            None => return,
+                            Some(RelayItem::Message(relayed)) => {
+                                matches!(decode(relayed), Some(LiveEvent::BlocksChanged))
+                            }
+                            // The relay may have lost a change of the block list.
+                            Some(_) => true,
+                        };
+                        if reread {
+                            match app.read_models.blocked_by(me).await {
+                                Ok(now) => blocked = now.into_iter().collect(),
+                                Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let Some(item) = item else { return };
                 let relayed = match item {
                     RelayItem::Message(relayed) => relayed,
                     RelayItem::Resync | RelayItem::Lagged(_) => {
@@ -193,14 +232,18 @@ impl Subscription {
                     match read_messages(&app, room, last, message.seq - 1).await {
                         Ok(missing) => for m in missing {
                             last = m.seq;
-                            yield Ok(Message(m));
+                            if !blocked.contains(&m.sender) {
+                                yield Ok(Message(m));
+                            }
                         },
                         Err(error) => { yield Err(error.into()); return; }
                     }
                 }
                 if message.seq == last + 1 {
                     last = message.seq;
-                    yield Ok(Message(message.clone()));
+                    if !blocked.contains(&message.sender) {
+                        yield Ok(Message(message.clone()));
+                    }
                 } else {
                     tracing::error!(%room, expected = last + 1, got = message.seq, "message gap could not be filled");
                 }
@@ -452,4 +495,124 @@ impl Subscription {
         };
         Ok(stream)
     }
+
+    /// The caller's rooms list kept live with one subscription: a room, as `rooms` shows it,
+    /// whenever its last message, unread count, name or topic, or membership changes (a
+    /// burst in one room is one update). A room the caller left, or was removed from, comes
+    /// once more without them among its members, then no more; a room they create, join
+    /// or open comes from then on. After a relay outage every room of the list comes again.
+    async fn room_updates(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = ApiResult<Room>>, async_graphql::Error> {
+        let me = actor(ctx)?;
+        let app = app(ctx).clone();
+        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        // Subscribe first, then read: nothing that changes after the read is missed.
+        let mut mine = subscribe(&app, Channel::User(me)).await?;
+        let mut feeds: StreamMap<RoomId, RelayStream> = StreamMap::new();
+        for item in app.read_models.rooms_of(me).await.map_err(ApiError::from)? {
+            feeds.insert(
+                item.room.id,
+                relay_stream(subscribe(&app, Channel::Room(item.room.id)).await?),
+            );
+        }
+        Ok(stream! {
+            let _slot = slot;
+            loop {
+                let mut dirty = BTreeSet::new();
+                let mut resync = false;
+                tokio::select! {
+                    item = mine.recv() => match item {
+                        None => return,
+                        Some(item) => resync |= personal_change(item, &mut dirty),
+                    },
+                    Some((room, item)) = feeds.next(), if !feeds.is_empty() => {
+                        resync |= room_change(room, item, &mut dirty);
+                    }
+                }
+                // Whatever else is ready now joins this round.
+                while let Some(item) = mine.try_recv() {
+                    resync |= personal_change(item, &mut dirty);
+                }
+                while let Some(Some((room, item))) = feeds.next().now_or_never() {
+                    resync |= room_change(room, item, &mut dirty);
+                }
+                if resync {
+                    dirty.extend(feeds.keys().copied());
+                    match app.read_models.rooms_of(me).await {
+                        Ok(items) => dirty.extend(items.into_iter().map(|item| item.room.id)),
+                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                    }
+                }
+                for room in dirty {
+                    let known = feeds.contains_key(&room);
+                    if !known {
+                        // A room new to the list: subscribe before reading it.
+                        match subscribe(&app, Channel::Room(room)).await {
+                            Ok(live) => { feeds.insert(room, relay_stream(live)); }
+                            Err(error) => { yield Err(error); return; }
+                        }
+                    }
+                    let view = match app.read_models.room(room).await {
+                        Ok(view) => view,
+                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                    };
+                    let Some(view) = view else {
+                        feeds.remove(&room);
+                        continue;
+                    };
+                    if !view.members.contains(&me) {
+                        feeds.remove(&room);
+                        if known {
+                            yield Ok(Room { view, last_message: Some(None), unread_count: Some(0) });
+                        }
+                        continue;
+                    }
+                    let last = match app.read_models.message(room, view.last_seq).await {
+                        Ok(last) => last.map(LiveMessage::from),
+                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                    };
+                    yield Ok(Room { view, last_message: Some(last), unread_count: None });
+                }
+            }
+        })
+    }
+}
+
+/// A room channel's items as a stream (for [`StreamMap`]).
+type RelayStream = Pin<Box<dyn Stream<Item = RelayItem> + Send>>;
+
+fn relay_stream(live: RelaySubscription) -> RelayStream {
+    Box::pin(futures::stream::unfold(live, |mut live| async move {
+        live.recv().await.map(|item| (item, live))
+    }))
+}
+
+/// Notes the room an item of the caller's own channel is about; whether the relay lost
+/// something (then every room is re-read).
+fn personal_change(item: RelayItem, dirty: &mut BTreeSet<RoomId>) -> bool {
+    let RelayItem::Message(relayed) = item else {
+        return true;
+    };
+    let room = match decode(&relayed) {
+        Some(LiveEvent::RoomsChanged { room_id }) => Some(*room_id),
+        Some(LiveEvent::Notice { notice, .. }) => notice.room_id,
+        _ => None,
+    };
+    dirty.extend(room);
+    false
+}
+
+/// Notes `room` when an item of its channel changes what the rooms list shows (a message,
+/// a change of one, a stored notice; not typing or presence); whether the relay lost
+/// something.
+fn room_change(room: RoomId, item: RelayItem, dirty: &mut BTreeSet<RoomId>) -> bool {
+    let RelayItem::Message(relayed) = item else {
+        return true;
+    };
+    if decode(&relayed).is_some_and(|event| event.sequence().is_some()) {
+        dirty.insert(room);
+    }
+    false
 }

@@ -73,6 +73,8 @@ pub struct FakeDirectory {
     pub users: HashSet<UserId>,
     /// Senders of old messages of `ROOM` (older than the room's window), by seq.
     pub senders: HashMap<u64, UserId>,
+    /// Who blocks whom: (blocker, blocked).
+    pub blocks: HashSet<(UserId, UserId)>,
     /// Every lookup fails with `ServiceError(OUTAGE)`.
     pub fail: bool,
 }
@@ -98,6 +100,12 @@ impl FakeDirectory {
 
     pub fn with_users(mut self, users: impl IntoIterator<Item = UserId>) -> Self {
         self.users.extend(users);
+        self
+    }
+
+    /// `blocker` blocks `user`.
+    pub fn with_block(mut self, blocker: UserId, user: UserId) -> Self {
+        self.blocks.insert((blocker, user));
         self
     }
 
@@ -135,6 +143,11 @@ impl UserServices for FakeDirectory {
         self.check()?;
         Ok(self.taken_usernames.contains(username.as_str()))
     }
+
+    async fn user_exists(&self, user: UserId) -> Result<bool, ServiceError> {
+        self.check()?;
+        Ok(self.users.contains(&user))
+    }
 }
 
 #[async_trait]
@@ -152,6 +165,11 @@ impl RoomServices for FakeDirectory {
         self.check()?;
         let sender = (room == ROOM).then(|| self.senders.get(&seq.0)).flatten();
         Ok(sender.map(|&sender| MessageFacts { sender }))
+    }
+
+    async fn blocks(&self, blocker: UserId, user: UserId) -> Result<bool, ServiceError> {
+        self.check()?;
+        Ok(self.blocks.contains(&(blocker, user)))
     }
 }
 
@@ -190,6 +208,10 @@ impl RecordingDirectory {
 impl RoomServices for RecordingDirectory {
     async fn user_exists(&self, _user: UserId) -> Result<bool, ServiceError> {
         Ok(true)
+    }
+
+    async fn blocks(&self, _blocker: UserId, _user: UserId) -> Result<bool, ServiceError> {
+        Ok(false)
     }
 
     async fn message_sender(

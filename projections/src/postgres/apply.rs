@@ -45,7 +45,10 @@ impl Projection {
     /// The live tables this projection owns, with their shadow copies' names.
     pub fn tables(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::Users => &[(USERS_LIVE.users_view, USERS_SHADOW.users_view)],
+            Self::Users => &[
+                (USERS_LIVE.users_view, USERS_SHADOW.users_view),
+                (USERS_LIVE.user_blocks, USERS_SHADOW.user_blocks),
+            ],
             Self::Rooms => &[
                 (ROOMS_LIVE.rooms_view, ROOMS_SHADOW.rooms_view),
                 (ROOMS_LIVE.room_members, ROOMS_SHADOW.room_members),
@@ -55,10 +58,11 @@ impl Projection {
     }
 }
 
-/// The users projection's table.
+/// The users projection's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UsersTables {
     pub users_view: &'static str,
+    pub user_blocks: &'static str,
 }
 
 /// The rooms projection's tables.
@@ -76,9 +80,11 @@ pub(crate) struct MessagesTables {
 
 const USERS_LIVE: UsersTables = UsersTables {
     users_view: "users_view",
+    user_blocks: "user_blocks",
 };
 const USERS_SHADOW: UsersTables = UsersTables {
     users_view: "users_view_shadow",
+    user_blocks: "user_blocks_shadow",
 };
 const ROOMS_LIVE: RoomsTables = RoomsTables {
     rooms_view: "rooms_view",
@@ -350,6 +356,28 @@ async fn apply_user(
             ))
             .bind(user.0)
             .bind(crate::erasure::erased_username(user))
+            .execute(&mut *conn)
+            .await?;
+        }
+        UserEvent::UserBlocked { user_id } => {
+            sqlx::query(&format!(
+                "INSERT INTO {user_blocks} (blocker, blocked, position) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                user_blocks = tables.user_blocks
+            ))
+            .bind(user.0)
+            .bind(user_id.0)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        UserEvent::UserUnblocked { user_id } => {
+            sqlx::query(&format!(
+                "DELETE FROM {user_blocks} WHERE blocker = $1 AND blocked = $2",
+                user_blocks = tables.user_blocks
+            ))
+            .bind(user.0)
+            .bind(user_id.0)
             .execute(&mut *conn)
             .await?;
         }

@@ -25,18 +25,24 @@ pub struct PgReadModels {
     pool: PgPool,
 }
 
+/// A room's columns; the query joins [`ROOM_PEOPLE`] after `rooms_view r`.
 const ROOM_COLUMNS: &str = "r.room_id, r.name, r.topic, r.host, r.created_at, r.last_seq,
-    r.last_activity_position,
-    array(SELECT user_id FROM room_members m
-           WHERE m.room_id = r.room_id AND m.state = 'member' ORDER BY user_id) AS members,
-    array(SELECT user_id FROM room_members m
-           WHERE m.room_id = r.room_id AND m.state = 'invited' ORDER BY user_id) AS invited,
-    array(SELECT user_id FROM room_members m
-           WHERE m.room_id = r.room_id AND m.state = 'member' AND m.role = 'moderator'
-           ORDER BY user_id) AS moderators,
-    array(SELECT user_id FROM room_members m
-           WHERE m.room_id = r.room_id AND m.state = 'banned' ORDER BY user_id) AS banned,
-    r.visibility";
+    r.last_activity_position, r.visibility, people.members, people.invited,
+    people.moderators, people.banned";
+
+/// Who is in a room, by state and role: one pass over the room's `room_members` rows (the
+/// primary key's range), however many lists come out of it.
+const ROOM_PEOPLE: &str = "CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(p.user_id ORDER BY p.user_id)
+                        FILTER (WHERE p.state = 'member'), '{}') AS members,
+           coalesce(array_agg(p.user_id ORDER BY p.user_id)
+                        FILTER (WHERE p.state = 'invited'), '{}') AS invited,
+           coalesce(array_agg(p.user_id ORDER BY p.user_id)
+                        FILTER (WHERE p.state = 'member' AND p.role = 'moderator'), '{}')
+               AS moderators,
+           coalesce(array_agg(p.user_id ORDER BY p.user_id)
+                        FILTER (WHERE p.state = 'banned'), '{}') AS banned
+      FROM room_members p WHERE p.room_id = r.room_id) people";
 
 const MESSAGE_COLUMNS: &str =
     "room_id, seq, message_id, sender, body, client_msg_id, sent_at, position, edited_at, \
@@ -169,7 +175,7 @@ impl PgReadModels {
 
     pub async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
         let row = sqlx::query(&format!(
-            "SELECT {ROOM_COLUMNS} FROM rooms_view r WHERE r.room_id = $1"
+            "SELECT {ROOM_COLUMNS} FROM rooms_view r {ROOM_PEOPLE} WHERE r.room_id = $1"
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
@@ -201,6 +207,7 @@ impl PgReadModels {
                     m.changed AS m_changed
                FROM room_members rm
                JOIN rooms_view r ON r.room_id = rm.room_id
+               {ROOM_PEOPLE}
                LEFT JOIN messages_view m ON m.room_id = r.room_id AND m.seq = r.last_seq
                LEFT JOIN read_cursors c ON c.room_id = rm.room_id AND c.user_id = rm.user_id
               WHERE rm.user_id = $1 AND rm.state = 'member'
@@ -347,6 +354,17 @@ impl PgReadModels {
         Ok(rows.iter().map(message_view).collect())
     }
 
+    /// The users `user` blocks, in id order.
+    pub async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
+        let blocked: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT blocked FROM user_blocks WHERE blocker = $1 ORDER BY blocked",
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(blocked.into_iter().map(UserId).collect())
+    }
+
     /// PUBLIC rooms, most recent activity first: `limit` of them after room `after` (the
     /// last of the previous page), by keyset on (last activity, id).
     pub async fn public_rooms(
@@ -355,7 +373,7 @@ impl PgReadModels {
         limit: i64,
     ) -> Result<Vec<RoomView>, ReadModelError> {
         let rows = sqlx::query(&format!(
-            "SELECT {ROOM_COLUMNS} FROM rooms_view r
+            "SELECT {ROOM_COLUMNS} FROM rooms_view r {ROOM_PEOPLE}
               WHERE r.visibility = 'public'
                 AND ($1::uuid IS NULL
                      OR (r.last_activity_position, r.room_id)
