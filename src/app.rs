@@ -48,8 +48,9 @@ pub struct App {
     pub tokens: Tokens,
     /// Budgets per IP, account and user (see [`crate::limits`]).
     pub limits: Arc<RateLimits>,
-    /// Users known to exist here (a token's subject is checked against it, then the store).
-    known_users: Arc<std::sync::Mutex<lru::LruCache<UserId, ()>>>,
+    /// Users known to exist here, with when that was last read from the store (a token's
+    /// subject is checked against it, then the store).
+    known_users: Arc<std::sync::Mutex<lru::LruCache<UserId, std::time::Instant>>>,
     background: Background,
     /// Open WebSockets, closed cleanly (1001) at shutdown.
     pub sockets: Sockets,
@@ -246,13 +247,18 @@ impl App {
         }
     }
 
-    /// Whether `user` is registered here: from a cache of users seen, else the store's
-    /// index (so a user who registered a moment ago is known before the read models are).
+    /// Whether `user` is registered here and not erased: from a cache of users seen in the
+    /// last [`KNOWN_USER_TTL`], else the store's index (so a user who registered a moment ago
+    /// is known before the read models are). An erased user's tokens stop working at once on
+    /// the instance that erased them ([`Self::forget_user`]), within the TTL on the others.
     pub async fn user_exists(&self, user: UserId) -> Result<bool, String> {
         if self
             .known_users
             .lock()
-            .map(|mut c| c.get(&user).is_some())
+            .map(|mut c| {
+                c.get(&user)
+                    .is_some_and(|seen| seen.elapsed() < KNOWN_USER_TTL)
+            })
             .unwrap_or(false)
         {
             return Ok(true);
@@ -264,10 +270,17 @@ impl App {
             .map_err(|e| e.to_string())?;
         if exists {
             if let Ok(mut cache) = self.known_users.lock() {
-                cache.put(user, ());
+                cache.put(user, std::time::Instant::now());
             }
         }
         Ok(exists)
+    }
+
+    /// Drops `user` from the cache of known users (they were just erased).
+    pub fn forget_user(&self, user: UserId) {
+        if let Ok(mut cache) = self.known_users.lock() {
+            cache.pop(&user);
+        }
     }
 
     /// Stops the background tasks and waits for them to finish.
@@ -282,6 +295,10 @@ impl App {
         self.background.stop.clone().cancelled_owned()
     }
 }
+
+/// How long the token check trusts that a user it saw still exists (an erasure on another
+/// instance takes effect here within this).
+const KNOWN_USER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How many known users the token check remembers.
 const KNOWN_USERS_CACHED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(100_000) {

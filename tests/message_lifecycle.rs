@@ -479,6 +479,15 @@ async fn an_erased_user_leaves_no_name_and_no_text_anywhere(store: Store) {
         .ok(Some(&admin.token), erase, json!({ "u": zed.id }))
         .await;
     assert_eq!(again["eraseUser"], true, "erasing again is a no-op");
+    // The erased user's token (used above, so known to this instance) no longer signs in.
+    server
+        .fails(
+            Some(&zed.token),
+            "query { me { id } }",
+            json!({}),
+            "UNAUTHENTICATED",
+        )
+        .await;
 
     let page = history(&server, &alice, &room).await;
     assert_eq!(page[0]["body"], "");

@@ -465,6 +465,8 @@ impl Mutation {
             .erase_user(user, Some(me), &meta(ctx))
             .await
             .map_err(ApiError::from)?;
+        // Their tokens stop working here now (elsewhere within the known-user TTL).
+        app.forget_user(user);
         projected_to(app, position, "an erasure").await;
         Ok(true)
     }

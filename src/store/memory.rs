@@ -223,10 +223,15 @@ impl MemoryLog {
         self.lock().usernames.contains(username.as_str())
     }
 
-    pub(super) fn aggregate_exists(&self, aggregate_type: &str, aggregate_id: &str) -> bool {
-        self.lock()
-            .streams
-            .contains_key(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+    /// Whether this user registered and was not erased since.
+    pub(super) fn user_exists(&self, user: &str) -> bool {
+        let inner = self.lock();
+        let Some(stream) = inner.streams.get(&("User".to_owned(), user.to_owned())) else {
+            return false;
+        };
+        !stream
+            .iter()
+            .any(|&index| inner.log[index].event.event_type == "UserErased")
     }
 
     pub(super) fn find_message(&self, key: &MessageKey) -> Option<(SerializedEvent, i64)> {

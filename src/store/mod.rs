@@ -174,8 +174,8 @@ impl EventLog {
 
     pub async fn user_exists(&self, user: UserId) -> Result<bool, PersistenceError> {
         match self {
-            Self::Postgres(log) => log.aggregate_exists("User", &user.to_string()).await,
-            Self::Memory(log) => Ok(log.aggregate_exists("User", &user.to_string())),
+            Self::Postgres(log) => log.user_exists(&user.to_string()).await,
+            Self::Memory(log) => Ok(log.user_exists(&user.to_string())),
         }
     }
 

@@ -199,18 +199,17 @@ impl PostgresLog {
         .map_err(db_error)
     }
 
-    pub(super) async fn aggregate_exists(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<bool, PersistenceError> {
+    /// Whether this user registered and was not erased since (a user's few events, by the
+    /// primary key).
+    pub(super) async fn user_exists(&self, user: &str) -> Result<bool, PersistenceError> {
         sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2)",
+            "SELECT bool_or(event_type = 'UserRegistered') AND NOT bool_or(event_type = 'UserErased')
+               FROM events WHERE aggregate_type = 'User' AND aggregate_id = $1",
         )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
+        .bind(user)
         .fetch_one(&self.pool)
         .await
+        .map(|live: Option<bool>| live.unwrap_or(false))
         .map_err(db_error)
     }
 
