@@ -282,8 +282,12 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
         .await;
     carol_ws.subscribe("mine", MY_NOTICES, json!({})).await;
     // Her own channel: the messages subscription (for blocks) and her notices.
-    wait_for_channel(&server, Channel::User(carol_id), 2).await;
-    wait_for_subscribers(&server, room_id, 2).await;
+    server
+        .wait_for_subscribers(&Channel::User(carol_id), 2)
+        .await;
+    server
+        .wait_for_subscribers(&Channel::Room(room_id), 2)
+        .await;
     server
         .fails(Some(&bob.token), KICK, vars(&room, &alice), "FORBIDDEN")
         .await;
@@ -311,7 +315,9 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
     carol_ws
         .subscribe("m2", MESSAGES, json!({ "r": room }))
         .await;
-    wait_for_subscribers(&server, room_id, 2).await;
+    server
+        .wait_for_subscribers(&Channel::Room(room_id), 2)
+        .await;
     let banned = server
         .ok(
             Some(&bob.token),
@@ -383,22 +389,6 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
     server.stop().await;
 }
 
-/// Waits until `server` has at least `count` local subscriptions on `room`'s channel.
-async fn wait_for_subscribers(server: &TestServer, room: RoomId, count: usize) {
-    wait_for_channel(server, Channel::Room(room), count).await;
-}
-
-/// Waits until `server` has at least `count` local subscriptions on `channel`.
-async fn wait_for_channel(server: &TestServer, channel: Channel, count: usize) {
-    for _ in 0..500 {
-        if server.app.relay.local_subscribers(&channel) >= count {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("fewer than {count} subscriptions on {channel:?} after 5 s");
-}
-
 /// The next room notice that is not presence (members coming online or going offline).
 async fn next_notice(ws: &mut WsClient) -> Value {
     loop {
@@ -450,7 +440,9 @@ async fn a_blocked_users_messages_are_not_pushed_to_the_blocker(store: Store) {
     alice_ws
         .subscribe("m", MESSAGES, json!({ "r": room }))
         .await;
-    wait_for_subscribers(&server, room_id, 2).await;
+    server
+        .wait_for_subscribers(&Channel::Room(room_id), 2)
+        .await;
     server.send(&zed, &room, "from zed", "z1").await;
     server.send(&alice, &room, "from alice", "a1").await;
     assert_eq!(alice_ws.next("m").await["messages"]["body"], "from zed");

@@ -410,10 +410,7 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
     let mut late = WsClient::connect(b.addr, &bob.token).await;
     late.subscribe("m", MESSAGES, json!({ "r": room, "a": TOTAL }))
         .await;
-    eventually("the late subscription is taken on B", || async {
-        b.app.relay.local_subscribers(&Channel::Room(room_id)) >= 2
-    })
-    .await;
+    b.wait_for_subscribers(&Channel::Room(room_id), 2).await;
     a.send(&alice, &room, "after", "after").await;
     assert_eq!(late.next("m").await["messages"]["seq"], TOTAL as i64 + 1);
     drop(watcher);

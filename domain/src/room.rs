@@ -96,6 +96,23 @@ pub enum RoomRole {
 }
 
 impl RoomRole {
+    /// The role of a member of a room of `visibility`: both users of a direct room are
+    /// plain members; otherwise the host, a moderator or a member. (The room aggregate and
+    /// the read model's view of a room both answer `role(user)` with this.)
+    pub fn of_member(visibility: RoomVisibility, is_host: bool, is_moderator: bool) -> Self {
+        match visibility {
+            RoomVisibility::Direct => Self::Member,
+            _ if is_host => Self::Host,
+            _ if is_moderator => Self::Moderator,
+            _ => Self::Member,
+        }
+    }
+
+    /// Whether this role holds moderator powers.
+    pub fn moderates(self) -> bool {
+        matches!(self, Self::Host | Self::Moderator)
+    }
+
     /// The lower-case name stored in read models.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -520,23 +537,18 @@ impl Room {
 
     /// `user`'s role, if a member. Both users of a direct room are plain members.
     pub fn role(&self, user: UserId) -> Option<RoomRole> {
-        if !self.members.contains(&user) {
-            return None;
-        }
-        Some(if self.visibility == RoomVisibility::Direct {
-            RoomRole::Member
-        } else if self.host == Some(user) {
-            RoomRole::Host
-        } else if self.moderators.contains(&user) {
-            RoomRole::Moderator
-        } else {
-            RoomRole::Member
+        self.members.contains(&user).then(|| {
+            RoomRole::of_member(
+                self.visibility,
+                self.host == Some(user),
+                self.moderators.contains(&user),
+            )
         })
     }
 
     /// Whether `user` holds moderator powers now (the host or a moderator, and a member).
     pub fn moderates(&self, user: UserId) -> bool {
-        matches!(self.role(user), Some(RoomRole::Host | RoomRole::Moderator))
+        self.role(user).is_some_and(RoomRole::moderates)
     }
 
     /// The seq of the newest message (0 before the first).

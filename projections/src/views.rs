@@ -47,17 +47,12 @@ pub struct RoomView {
 impl RoomView {
     /// `user`'s role, if a member (both users of a direct room are plain members).
     pub fn role(&self, user: UserId) -> Option<RoomRole> {
-        if !self.members.contains(&user) {
-            return None;
-        }
-        Some(if self.visibility == RoomVisibility::Direct {
-            RoomRole::Member
-        } else if self.host == user {
-            RoomRole::Host
-        } else if self.moderators.contains(&user) {
-            RoomRole::Moderator
-        } else {
-            RoomRole::Member
+        self.members.contains(&user).then(|| {
+            RoomRole::of_member(
+                self.visibility,
+                self.host == user,
+                self.moderators.contains(&user),
+            )
         })
     }
 

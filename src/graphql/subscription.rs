@@ -26,7 +26,7 @@ use tokio_stream::StreamMap;
 
 use super::context::{actor, app, require_member, SubscriptionBudget, SubscriptionSlot};
 use super::error::{ApiError, ApiResult};
-use super::types::{Message, Notice, Room, TypingEvent};
+use super::types::{last_message_for, Message, Notice, Room, TypingEvent};
 use crate::app::App;
 use crate::live::{replayed_room_event, LiveEvent, LiveMessage};
 use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
@@ -54,6 +54,12 @@ fn decode(item: &Relayed) -> Option<&LiveEvent> {
 /// Whether `event` takes `me` out of the room (a leave, a kick, a ban).
 fn left(event: &LiveEvent, me: UserId) -> bool {
     matches!(event, LiveEvent::Notice { notice, .. } if notice.removes(me))
+}
+
+/// The users `me` blocks.
+async fn blocked_by(app: &App, me: UserId) -> Result<HashSet<UserId>, ApiError> {
+    let blocked = app.read_models.blocked_by(me).await?;
+    Ok(blocked.into_iter().collect())
 }
 
 /// Messages of `room` with `after < seq <= up_to`, read page by page.
@@ -140,13 +146,7 @@ impl Subscription {
         // Whom the caller blocks: read after subscribing to their channel, which says when
         // it changes.
         let mut mine = subscribe(&app, Channel::User(me)).await?;
-        let mut blocked: HashSet<UserId> = app
-            .read_models
-            .blocked_by(me)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .collect();
+        let mut blocked = blocked_by(&app, me).await?;
         let mut last = match after {
             Some(after) => after,
             // Anchor on what the read model holds (the newest history page a client reads
@@ -203,9 +203,9 @@ impl Subscription {
                             Some(_) => true,
                         };
                         if reread {
-                            match app.read_models.blocked_by(me).await {
-                                Ok(now) => blocked = now.into_iter().collect(),
-                                Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                            match blocked_by(&app, me).await {
+                                Ok(now) => blocked = now,
+                                Err(error) => { yield Err(error.into()); return; }
                             }
                         }
                         continue;
@@ -563,17 +563,16 @@ impl Subscription {
                         continue;
                     };
                     if !view.members.contains(&me) {
+                        // Sent once more (no messages, nothing unread), then no more.
                         feeds.remove(&room);
-                        if known {
-                            yield Ok(Room { view, last_message: Some(None), unread_count: Some(0) });
+                        if !known {
+                            continue;
                         }
-                        continue;
                     }
-                    let last = match app.read_models.message(room, view.last_seq).await {
-                        Ok(last) => last.map(LiveMessage::from),
-                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
-                    };
-                    yield Ok(Room { view, last_message: Some(last), unread_count: None });
+                    match last_message_for(&app, Some(me), Room::new(view)).await {
+                        Ok(room) => yield Ok(room),
+                        Err(error) => { yield Err(error); return; }
+                    }
                 }
             }
         })

@@ -149,10 +149,11 @@ impl Room {
     #[graphql(complexity = "20 * child_complexity + 1")]
     async fn banned(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
         let me = actor(ctx)?;
-        if !matches!(
-            self.view.role(me),
-            Some(parley_domain::RoomRole::Host | parley_domain::RoomRole::Moderator)
-        ) {
+        if !self
+            .view
+            .role(me)
+            .is_some_and(parley_domain::RoomRole::moderates)
+        {
             return Err(ApiError::Forbidden(
                 "only the room's host and moderators see its bans".to_owned(),
             )
@@ -218,14 +219,24 @@ impl Room {
 
 /// Fills in a room's last message from the read model, for a member; anyone else (an
 /// invitee, someone who just left) sees none.
-pub async fn with_last_message(ctx: &Context<'_>, mut room: Room) -> ApiResult<Room> {
-    let member = actor(ctx).is_ok_and(|me| room.view.members.contains(&me));
+pub async fn with_last_message(ctx: &Context<'_>, room: Room) -> ApiResult<Room> {
+    last_message_for(app(ctx), actor(ctx).ok(), room).await
+}
+
+/// [`with_last_message`] as seen by `viewer` (for a subscription, which has no request
+/// context when it yields).
+pub async fn last_message_for(
+    app: &crate::app::App,
+    viewer: Option<UserId>,
+    mut room: Room,
+) -> ApiResult<Room> {
+    let member = viewer.is_some_and(|me| room.view.members.contains(&me));
     if !member {
         room.last_message = Some(None);
     }
     if room.last_message.is_none() {
         let seq = room.view.last_seq;
-        let last = app(ctx)
+        let last = app
             .read_models
             .message(room.view.id, seq)
             .await

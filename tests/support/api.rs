@@ -253,13 +253,19 @@ impl TestServer {
     /// Waits until this instance's relay has a local subscriber on `channel` (a
     /// subscription the server has taken), polling its count; fails after 5 s.
     pub async fn wait_for_subscriber(&self, channel: &parley::relay::Channel) {
+        self.wait_for_subscribers(channel, 1).await;
+    }
+
+    /// Waits until this instance's relay has at least `count` local subscribers on
+    /// `channel`; fails after 5 s.
+    pub async fn wait_for_subscribers(&self, channel: &parley::relay::Channel, count: usize) {
         for _ in 0..500 {
-            if self.app.relay.local_subscribers(channel) > 0 {
+            if self.app.relay.local_subscribers(channel) >= count {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("no subscription on {channel:?} was taken within 5 s");
+        panic!("fewer than {count} subscriptions on {channel:?} were taken within 5 s");
     }
 
     pub async fn event_count(&self) -> i64 {

@@ -399,19 +399,14 @@ impl PgReadModels {
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError> {
         let rows = sqlx::query(&format!(
-            "SELECT {columns}
+            "SELECT {MESSAGE_COLUMNS}
                FROM messages_view m, websearch_to_tsquery('simple', $2) q
               WHERE m.search @@ q
                 AND m.room_id IN (SELECT room_id FROM room_members
                                    WHERE user_id = $1 AND state = 'member'
                                      AND ($3::uuid IS NULL OR room_id = $3))
               ORDER BY ts_rank(m.search, q) DESC, m.position DESC
-              LIMIT $4",
-            columns = MESSAGE_COLUMNS
-                .split(", ")
-                .map(|c| format!("m.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
+              LIMIT $4"
         ))
         .bind(user.0)
         .bind(query)
