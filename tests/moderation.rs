@@ -33,6 +33,8 @@ const UNBAN: &str =
 const ROLE: &str = "query($r: ID!, $u: ID!) { room(id: $r) { role(userId: $u) } }";
 const BANNED: &str = "query($r: ID!) { room(id: $r) { banned { username } } }";
 const MESSAGES: &str = "subscription($r: ID!) { messages(roomId: $r) { seq body } }";
+const MESSAGES_AFTER: &str =
+    "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body } }";
 const ROOM_NOTICES: &str = "subscription($r: ID) { notices(roomId: $r) { kind text } }";
 const MY_NOTICES: &str = "subscription { notices { kind roomId } }";
 const DELETE: &str =
@@ -277,8 +279,10 @@ async fn the_host_and_moderators_run_the_room(store: Store) {
     // A kick ends the member's subscriptions to the room and tells them.
     server.send(&carol, &room, "spam", "c1").await;
     let mut carol_ws = WsClient::connect(server.addr, &carol.token).await;
+    // After her message: without `after` the subscription would replay it when it starts
+    // before the read model holds it, and this part is about what comes next.
     carol_ws
-        .subscribe("m", MESSAGES, json!({ "r": room }))
+        .subscribe("m", MESSAGES_AFTER, json!({ "r": room, "a": 1 }))
         .await;
     carol_ws.subscribe("mine", MY_NOTICES, json!({})).await;
     // Her own channel: the messages subscription (for blocks) and her notices.
