@@ -4,7 +4,8 @@
 //! 1. guesses an attacker gets against one account in one minute (all default limits);
 //! 2. a well-behaved client's p99 (`{ me { username } }`, from another address) unloaded,
 //!    then while an attacker hammers logins; the ratio (per-address request budget off: the
-//!    probe sends back to back);
+//!    probe sends back to back); once with refused sign-ins answered at once (as before
+//!    `PARLEY_LOGIN_FAILURE_DELAY_MS`) and once with the default delay;
 //! 3. server RSS and `{ __typename }` p99 during 200 concurrent registrations (registration
 //!    budget off, so every one reaches the hashing stage), with the unloaded p99 as baseline.
 //!
@@ -213,11 +214,19 @@ async fn register(url: &str, client: &reqwest::Client, name: &str) -> String {
         .to_owned()
 }
 
-async fn guesses_and_good_client() {
+/// Phase 2: the good client's p99, unloaded and then while an attacker hammers logins, on
+/// a server whose refused sign-ins are answered after `delay_ms`.
+async fn good_client_under_attack(delay_ms: &str, label: &str) {
     // The probe sends thousands of requests back to back, more than a person would: the
     // per-address request budget is off here (the login budgets are the defaults).
     let db = support::TestDb::new().await;
-    let server = Server::start(&db, &[("PARLEY_RATE_REQUESTS_PER_IP", "off")]);
+    let server = Server::start(
+        &db,
+        &[
+            ("PARLEY_RATE_REQUESTS_PER_IP", "off"),
+            ("PARLEY_LOGIN_FAILURE_DELAY_MS", delay_ms),
+        ],
+    );
     server.ready().await;
     let good = client_from(2);
     let token = register(&server.url, &good, "gooduser").await;
@@ -230,8 +239,6 @@ async fn guesses_and_good_client() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     latencies(&good, &server.url, Some(&token), me, 200).await; // warm-up
-
-    // 2. The good client, unloaded, then under attack (same number of requests).
     let n = 2000;
     let unloaded = p99(latencies(&good, &server.url, Some(&token), me, n).await);
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,13 +248,22 @@ async fn guesses_and_good_client() {
     stop.store(true, Ordering::Relaxed);
     let (checked, limited, other) = attack.await.unwrap();
     println!(
-        "good client p99 ({n} × `me`): unloaded {:.2} ms, while an attacker hammers logins {:.2} ms: ratio {:.2} (goal ≤ 1.2); attacker meanwhile: {checked} checks, {limited} RATE_LIMITED, {other} other",
+        "good client p99 ({n} × `me`), {label}: unloaded {:.2} ms, while an attacker hammers logins {:.2} ms: ratio {:.2} (goal ≤ 1.2); attacker meanwhile: {checked} checks, {limited} RATE_LIMITED, {other} other",
         ms(unloaded),
         ms(loaded),
         loaded.as_secs_f64() / unloaded.as_secs_f64()
     );
-    drop(server);
+}
 
+async fn guesses_and_good_client() {
+    // 2. With refused sign-ins answered at once (as before the delay) and then after the
+    //    default delay, each on a fresh server.
+    for (delay_ms, label) in [
+        ("0", "refusals answered at once"),
+        ("1000", "default 1 s refusal delay"),
+    ] {
+        good_client_under_attack(delay_ms, label).await;
+    }
     // 1. Guesses against one fresh account in a fresh server over a full window.
     let secs: u64 = std::env::var("ABUSE_GUESS_SECS")
         .ok()
@@ -256,6 +272,7 @@ async fn guesses_and_good_client() {
     let db = support::TestDb::new().await;
     let server = Server::start(&db, &[]);
     server.ready().await;
+    let good = client_from(2);
     register(&server.url, &good, "victim").await;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

@@ -30,7 +30,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     telemetry::init();
     let result = match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Events(EventsCommand::Export(args))) => events::export(args).await,
         Some(Command::Projections(ProjectionsCommand::Status(args))) => {
@@ -81,8 +81,17 @@ async fn serve(args: config::ServeArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
-    server::run_limited(
+    let metrics = match config.metrics_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics"))?,
+        ),
+        None => None,
+    };
+    server::run_serving(
         listener,
+        metrics,
         app,
         crate::graphql::WsConfig::default(),
         config.http,

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations to DATABASE_URL and exit.
     Migrate(MigrateArgs),
     /// The global event log, for analysts.
@@ -220,6 +220,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLEY_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// Serve `/metrics` on this address only (e.g. one only the operators' network
+    /// reaches) instead of beside the API. Unset: on the API's address.
+    #[arg(long, env = "PARLEY_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// PostgreSQL URL. Unset: the embedded in-memory store (data is lost on exit).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -259,6 +264,9 @@ pub struct ServeArgs {
     /// Expensive reads (event log, time travel) by one user.
     #[arg(long, env = "PARLEY_RATE_EXPENSIVE_PER_USER", default_value_t = RateLimitConfig::default().expensive_per_user)]
     pub rate_expensive_per_user: Budget,
+    /// Milliseconds before a refused sign-in is answered, counted from its arrival.
+    #[arg(long, env = "PARLEY_LOGIN_FAILURE_DELAY_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub login_failure_delay_ms: u64,
 
     /// Seconds a client has to send a request's headers, from connecting or from its first
     /// byte.
@@ -297,6 +305,7 @@ impl Default for ServeArgs {
         let limits = RateLimitConfig::default();
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_bind: None,
             database_url: None,
             redis_url: None,
             jwt_secret: None,
@@ -308,6 +317,7 @@ impl Default for ServeArgs {
             rate_registrations_per_ip: limits.registrations_per_ip,
             rate_sends_per_user: limits.sends_per_user,
             rate_expensive_per_user: limits.expensive_per_user,
+            login_failure_delay_ms: 1_000,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             request_timeout_secs: 30,
@@ -360,6 +370,8 @@ pub enum ConfigError {
     UnknownRole(String),
     #[error("invalid username: {0}")]
     Username(ValueError),
+    #[error("PARLEY_METRICS_BIND must differ from PARLEY_BIND ({0})")]
+    MetricsBind(SocketAddr),
     #[error("PARLEY_JWT_AUDIENCE must be 1–200 visible characters")]
     Audience,
 }
@@ -426,6 +438,8 @@ impl Default for HttpLimits {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub bind: SocketAddr,
+    /// `/metrics` on an address of its own; `None`: beside the API.
+    pub metrics_bind: Option<SocketAddr>,
     pub store: StoreConfig,
     pub redis_url: Option<String>,
     /// `None`: generate a random secret at start (embedded mode only).
@@ -491,8 +505,13 @@ impl ServeArgs {
         if audience.is_empty() || audience.len() > 200 || audience.chars().any(|c| c.is_control()) {
             return Err(ConfigError::Audience);
         }
+        // Port 0 asks for any free port: two of those never clash.
+        if self.metrics_bind == Some(self.bind) && self.bind.port() != 0 {
+            return Err(ConfigError::MetricsBind(self.bind));
+        }
         Ok(ServerConfig {
             bind: self.bind,
+            metrics_bind: self.metrics_bind,
             store,
             redis_url,
             jwt_secret,
@@ -504,6 +523,7 @@ impl ServeArgs {
                 registrations_per_ip: self.rate_registrations_per_ip,
                 sends_per_user: self.rate_sends_per_user,
                 expensive_per_user: self.rate_expensive_per_user,
+                failed_login_delay: Duration::from_millis(self.login_failure_delay_ms),
             },
             http: HttpLimits {
                 header_timeout: Duration::from_secs(self.header_timeout_secs),

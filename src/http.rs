@@ -110,13 +110,39 @@ pub fn router(app: App) -> Router {
     router_with(app, WsConfig::default())
 }
 
+/// Everything, `/metrics` included.
 pub fn router_with(app: App, ws: WsConfig) -> Router {
+    api_router(app, ws, Metrics::Here)
+}
+
+/// Where `/metrics` is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metrics {
+    /// On the API's address, beside GraphQL.
+    Here,
+    /// On an address of its own ([`metrics_router`]); the API's answers 404.
+    Elsewhere,
+}
+
+/// `/metrics` alone, for an address only the operators' network reaches.
+pub fn metrics_router(app: App) -> Router {
+    prometheus();
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(app)
+}
+
+/// The API: GraphQL, health, readiness, the web client and (if [`Metrics::Here`]) metrics.
+pub fn api_router(app: App, ws: WsConfig, metrics: Metrics) -> Router {
     prometheus();
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/readyz", get(readyz));
+    if metrics == Metrics::Here {
+        routes = routes.route("/metrics", get(metrics_text));
+    }
+    routes
         .with_state(app.clone())
         .merge(graphql::routes(app, ws))
         .merge(crate::web::routes())

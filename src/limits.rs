@@ -113,6 +113,10 @@ pub struct RateLimitConfig {
     pub sends_per_user: Budget,
     /// Expensive reads (the event log, time travel) by one user.
     pub expensive_per_user: Budget,
+    /// A refused sign-in (wrong password, unknown user, over a budget) is answered no sooner
+    /// than this after it arrived: a guesser's loop waits instead of spinning the server's
+    /// cores, and every refusal takes the same time whatever its reason.
+    pub failed_login_delay: Duration,
 }
 
 impl Default for RateLimitConfig {
@@ -124,6 +128,7 @@ impl Default for RateLimitConfig {
             registrations_per_ip: Budget::per_minute(20, 10),
             sends_per_user: Budget::per_minute(300, 30),
             expensive_per_user: Budget::per_minute(120, 30),
+            failed_login_delay: Duration::from_secs(1),
         }
     }
 }
@@ -138,6 +143,7 @@ impl RateLimitConfig {
             registrations_per_ip: Budget::OFF,
             sends_per_user: Budget::OFF,
             expensive_per_user: Budget::OFF,
+            failed_login_delay: Duration::ZERO,
         }
     }
 }

@@ -64,6 +64,68 @@ pub async fn run_limited(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_serving(listener, None, app, ws, limits, shutdown).await
+}
+
+/// Connections a metrics listener accepts at once (scrapers, not clients).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// [`run_limited`], with `/metrics` on `metrics` instead of the API's listener when given
+/// (the API then answers 404 there). Both stop on `shutdown`.
+pub async fn run_serving(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    app: App,
+    ws: WsConfig,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let scraped = match metrics {
+        Some(metrics) => {
+            tracing::info!(metrics = %metrics.local_addr()?, "serving /metrics");
+            let router = http::metrics_router(app.clone());
+            let stop = stopping.clone().cancelled_owned();
+            Some(tokio::spawn(serve(
+                metrics,
+                router,
+                limits,
+                METRICS_CONNECTIONS,
+                stop,
+            )))
+        }
+        None => None,
+    };
+    let placement = if scraped.is_some() {
+        http::Metrics::Elsewhere
+    } else {
+        http::Metrics::Here
+    };
+    let stop = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    let served = run_api(listener, placement, app, ws, limits, shutdown).await;
+    stopping.cancel();
+    if let Some(scraped) = scraped {
+        match scraped.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics listener failed"),
+            Err(error) => tracing::warn!(%error, "the metrics listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served
+}
+
+async fn run_api(
+    listener: TcpListener,
+    metrics: http::Metrics,
+    app: App,
+    ws: WsConfig,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let max_connections = limits
         .max_connections
@@ -77,7 +139,7 @@ pub async fn run_limited(
         "listening"
     );
     let request_timeout = limits.request_timeout;
-    let router = http::router_with(app.clone(), ws).layer(middleware::from_fn(
+    let router = http::api_router(app.clone(), ws, metrics).layer(middleware::from_fn(
         move |request: Request, next: Next| answer_within(request_timeout, request, next),
     ));
     let sockets = app.sockets.clone();

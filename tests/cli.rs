@@ -18,6 +18,7 @@ fn parley() -> Command {
         "PARLEY_JWT_SECRET",
         "PARLEY_BIND",
         "PARLEY_DB_POOL_SIZE",
+        "PARLEY_METRICS_BIND",
     ] {
         command.env_remove(var);
     }
@@ -150,6 +151,56 @@ async fn embedded_mode_answers_health_checks_and_exits_cleanly_on_sigterm() {
     assert!(
         stderr.iter().any(|l| l.contains("stopped")),
         "stderr: {stderr:?}"
+    );
+}
+
+/// With `PARLEY_METRICS_BIND`, `/metrics` is served there and nowhere else.
+#[tokio::test]
+async fn metrics_can_move_to_an_address_of_their_own() {
+    let mut command = parley();
+    command.env("PARLEY_METRICS_BIND", "127.0.0.1:0");
+    let server = start(command);
+    let metrics_addr = server
+        .startup_log
+        .iter()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("metrics=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no metrics address in {:?}", server.startup_log))
+        .to_owned();
+    assert_eq!(server.get("/metrics").await.status(), 404);
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    let scraped = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("GET /metrics on the metrics address");
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.expect("metrics text");
+    assert!(text.contains("parley_http_requests_total"), "{text}");
+    let graphql = reqwest::Client::new()
+        .post(format!("http://{metrics_addr}/graphql"))
+        .json(&serde_json::json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .expect("POST /graphql on the metrics address");
+    assert_eq!(
+        graphql.status(),
+        404,
+        "the metrics address serves metrics only"
+    );
+    let (status, stderr) = server.terminate();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr:?}");
+}
+
+#[test]
+fn metrics_on_the_api_address_twice_is_refused_at_start() {
+    let mut command = parley();
+    command
+        .arg("serve")
+        .env("PARLEY_BIND", "127.0.0.1:18081")
+        .env("PARLEY_METRICS_BIND", "127.0.0.1:18081");
+    assert_config_error(
+        &mut command,
+        "PARLEY_METRICS_BIND must differ from PARLEY_BIND",
     );
 }
 

@@ -199,6 +199,47 @@ async fn password_guesses_against_one_account_are_limited() {
     server.stop().await;
 }
 
+/// Every refused sign-in, whatever the reason, is answered after the configured delay, so a
+/// guesser's loop waits on the server instead of spinning its cores; the right password is not
+/// held back.
+#[tokio::test]
+async fn refused_sign_ins_are_answered_after_the_delay() {
+    let delay = Duration::from_millis(400);
+    let server = limited(RateLimitConfig {
+        logins_per_account: Budget::per_minute(2, 2),
+        failed_login_delay: delay,
+        ..RateLimitConfig::unlimited()
+    })
+    .await;
+    server.register("victim").await;
+    let attempts = [
+        ("victim", "wrong-password", "UNAUTHENTICATED"),
+        ("nobody_here", "password-123", "UNAUTHENTICATED"),
+        ("Not A Name!", "password-123", "UNAUTHENTICATED"),
+        ("victim", "short", "UNAUTHENTICATED"),
+        ("victim", "wrong-again", "UNAUTHENTICATED"),
+        ("victim", "password-123", "RATE_LIMITED"),
+    ];
+    for (user, password, expected) in attempts {
+        let started = Instant::now();
+        server
+            .fails(None, LOGIN, json!({ "u": user, "p": password }), expected)
+            .await;
+        assert!(
+            started.elapsed() >= delay,
+            "{user}/{password}: answered {expected} after {:?}, before the {delay:?} delay",
+            started.elapsed()
+        );
+    }
+    // The right password of an account with budget left signs in.
+    server.register("other").await;
+    let data = server
+        .ok(None, LOGIN, json!({ "u": "other", "p": "password-123" }))
+        .await;
+    assert!(data["login"]["token"].is_string(), "{data}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn password_guesses_from_one_address_are_limited_across_accounts() {
     let server = limited(RateLimitConfig {

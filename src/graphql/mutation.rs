@@ -71,6 +71,63 @@ async fn publish_typing(relay: &Relay, room: parley_domain::RoomId, user: UserId
     crate::live::publish_ephemeral(relay, vec![(Channel::Room(room), event)]).await;
 }
 
+/// The password check behind `login`, without its answer delay.
+async fn sign_in(ctx: &Context<'_>, username: String, password: String) -> ApiResult<AuthPayload> {
+    let app = app(ctx);
+    // A name that cannot exist or a password that cannot be right costs no hash.
+    let Ok(name) = parley_domain::Username::parse(&username) else {
+        return Err(bad_credentials());
+    };
+    if Password::parse(&password).is_err() {
+        return Err(bad_credentials());
+    }
+    within(app.limits.login(client_ip(ctx), name.as_str()))?;
+    let mut credentials = app
+        .read_models
+        .credentials(&username)
+        .await
+        .map_err(ApiError::from)?;
+    if credentials.is_none() {
+        // Registered a moment ago? The directory is a few milliseconds behind the store.
+        if app
+            .log
+            .username_taken(&name)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            for _ in 0..100 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                credentials = app
+                    .read_models
+                    .credentials(&username)
+                    .await
+                    .map_err(ApiError::from)?;
+                if credentials.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    let stored = credentials.as_ref().map(|c| c.password_hash.clone());
+    if !auth::verify_password(password, stored)
+        .await
+        .map_err(hashing_error)?
+    {
+        return Err(bad_credentials());
+    }
+    let Some(credentials) = credentials else {
+        return Err(bad_credentials());
+    };
+    let token = app
+        .tokens
+        .issue(credentials.user.id)
+        .map_err(ApiError::internal)?;
+    Ok(AuthPayload {
+        token,
+        user: User(credentials.user),
+    })
+}
+
 #[Object]
 impl Mutation {
     /// Creates an account and signs in. Username: 3–32 of `[a-z0-9_]`; password 8–128.
@@ -105,66 +162,21 @@ impl Mutation {
         Ok(AuthPayload { token, user })
     }
 
-    /// Signs in. The same error for an unknown user and a wrong password.
+    /// Signs in. The same error for an unknown user and a wrong password, and every refusal
+    /// is answered after the same delay (`PARLEY_LOGIN_FAILURE_DELAY_MS`).
     async fn login(
         &self,
         ctx: &Context<'_>,
         username: String,
         password: String,
     ) -> ApiResult<AuthPayload> {
-        let app = app(ctx);
-        // A name that cannot exist or a password that cannot be right costs no hash.
-        let Ok(name) = parley_domain::Username::parse(&username) else {
-            return Err(bad_credentials());
-        };
-        if Password::parse(&password).is_err() {
-            return Err(bad_credentials());
+        let arrived = tokio::time::Instant::now();
+        let signed_in = sign_in(ctx, username, password).await;
+        if signed_in.is_err() {
+            let delay = app(ctx).limits.config().failed_login_delay;
+            tokio::time::sleep_until(arrived + delay).await;
         }
-        within(app.limits.login(client_ip(ctx), name.as_str()))?;
-        let mut credentials = app
-            .read_models
-            .credentials(&username)
-            .await
-            .map_err(ApiError::from)?;
-        if credentials.is_none() {
-            // Registered a moment ago? The directory is a few milliseconds behind the store.
-            if app
-                .log
-                .username_taken(&name)
-                .await
-                .map_err(ApiError::internal)?
-            {
-                for _ in 0..100 {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    credentials = app
-                        .read_models
-                        .credentials(&username)
-                        .await
-                        .map_err(ApiError::from)?;
-                    if credentials.is_some() {
-                        break;
-                    }
-                }
-            }
-        }
-        let stored = credentials.as_ref().map(|c| c.password_hash.clone());
-        if !auth::verify_password(password, stored)
-            .await
-            .map_err(hashing_error)?
-        {
-            return Err(bad_credentials());
-        }
-        let Some(credentials) = credentials else {
-            return Err(bad_credentials());
-        };
-        let token = app
-            .tokens
-            .issue(credentials.user.id)
-            .map_err(ApiError::internal)?;
-        Ok(AuthPayload {
-            token,
-            user: User(credentials.user),
-        })
+        signed_in
     }
 
     /// Opens a room: the caller is its host and first member; `participants` are invited.
