@@ -409,3 +409,24 @@ fn the_administrative_commands_say_they_need_a_database() {
         );
     }
 }
+
+/// The README's `--event-type` row names every event type the log can hold (it fell behind
+/// once, when moderation and blocking added six).
+#[test]
+fn the_readme_lists_every_event_type_export_accepts() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `--event-type E` |"))
+        .expect("the README's --event-type row");
+    let missing: Vec<&str> = parley_projections::events::EVENT_TYPES
+        .iter()
+        .copied()
+        .filter(|t| !row.contains(&format!("`{t}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's --event-type row lacks {missing:?}"
+    );
+}

@@ -807,3 +807,48 @@ async fn analysts_page_the_event_log_and_look_back_in_time(store: Store) {
     assert_eq!(as_analyst["room"]["name"], "general");
     server.stop().await;
 }
+
+/// `login` right after `register`, while the users directory is held behind (its table
+/// locked, so the projector waits): the login waits for the projector to catch up and signs
+/// in, instead of refusing the new account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_right_after_register_waits_for_the_directory() {
+    let server = TestServer::start(Store::Postgres).await;
+    let pool = server.db.as_ref().expect("a database").pool.clone();
+    let mut hold = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE users_view IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("locking users_view");
+    server.register("newcomer").await;
+    // The projector is stuck behind the lock: the directory does not know the newcomer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projector never waited on the lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    let login = server.ok(
+        None,
+        "mutation { login(username: \"newcomer\", password: \"password-123\") { token } }",
+        json!({}),
+    );
+    let release = async {
+        hold.commit().await.expect("releasing the lock");
+    };
+    let (signed_in, ()) = tokio::join!(login, release);
+    assert!(signed_in["login"]["token"].is_string(), "{signed_in}");
+    server.stop().await;
+}

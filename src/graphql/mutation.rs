@@ -87,24 +87,29 @@ async fn sign_in(ctx: &Context<'_>, username: String, password: String) -> ApiRe
         .credentials(&username)
         .await
         .map_err(ApiError::from)?;
-    if credentials.is_none() {
-        // Registered a moment ago? The directory is a few milliseconds behind the store.
-        if app
+    if credentials.is_none()
+        && app
             .log
             .username_taken(&name)
             .await
             .map_err(ApiError::internal)?
-        {
-            for _ in 0..100 {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                credentials = app
-                    .read_models
-                    .credentials(&username)
-                    .await
-                    .map_err(ApiError::from)?;
-                if credentials.is_some() {
-                    break;
-                }
+    {
+        // Registered a moment ago: the directory is a few milliseconds behind the store.
+        // Read again each time the projector announces a checkpoint, for at most 1 s.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut checkpoints = app.projected.watch();
+        loop {
+            credentials = app
+                .read_models
+                .credentials(&username)
+                .await
+                .map_err(ApiError::from)?;
+            if credentials.is_some() {
+                break;
+            }
+            let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
+            if !matches!(moved, Ok(Ok(()))) {
+                break;
             }
         }
     }
