@@ -148,3 +148,31 @@ async fn a_shutdown_closes_every_socket_with_1001_then_exits() {
         .expect("server task");
     assert_eq!(app.sockets.open(), 0, "no socket outlives the server");
 }
+
+/// The read buffer is small (idle sockets are the common case), but a client's frame of any
+/// size up to the 1 MiB cap still arrives whole: a subscription whose query carries 200 KiB
+/// of comment is taken and delivers; a frame over the cap closes the socket with 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_far_larger_than_the_read_buffer_arrive_whole() {
+    let server = TestServer::start(Store::Memory).await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, "general", &[]).await;
+    let mut client = WsClient::connect(server.addr, &alice.token).await;
+    let padded = format!("# {}\n{MESSAGES}", "x".repeat(200 * 1024));
+    client
+        .subscribe("big", &padded, json!({ "r": room, "a": 0 }))
+        .await;
+    server.send(&alice, &room, "after a big frame", "c1").await;
+    let data = client.next("big").await;
+    assert_eq!(data["messages"]["body"], "after a big frame");
+
+    let too_big = json!({
+        "id": "huge",
+        "type": "subscribe",
+        "payload": { "query": format!("# {}\n{MESSAGES}", "x".repeat(1100 * 1024)) },
+    });
+    client.send_json(too_big).await;
+    let closed = client.closed().await;
+    assert_eq!(closed.code, WsClient::close_code(CloseCode::Size));
+    server.stop().await;
+}
