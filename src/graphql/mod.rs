@@ -6,6 +6,7 @@ mod error;
 mod guard;
 mod loaders;
 mod mutation;
+mod parse_cache;
 mod query;
 mod subscription;
 mod timestamp;
@@ -42,6 +43,8 @@ pub const MAX_COMPLEXITY: usize = 20_000;
 pub const PERSISTED_QUERIES: usize = 1000;
 /// Longest query text an APQ registration keeps (longer ones run, uncached).
 pub const MAX_PERSISTED_QUERY: usize = 16 * 1024;
+/// Parsed documents kept for query texts that come again (see `parse_cache`).
+pub const PARSED_QUERIES: usize = 512;
 
 /// The schema over `app`.
 pub fn schema(app: App) -> ParleySchema {
@@ -57,6 +60,8 @@ pub fn schema(app: App) -> ParleySchema {
             PERSISTED_QUERIES,
         )))
         .extension(guard::RequestGuard)
+        // Innermost: everything above checks the document it returns, cached or not.
+        .extension(parse_cache::ParseCache::new(PARSED_QUERIES))
         .finish()
 }
 
