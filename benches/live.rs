@@ -12,7 +12,9 @@
 //! `PARLEY_BENCH_ROOMS` (16) rooms (so every message reaches every subscriber);
 //! `PARLEY_BENCH_SENDERS` (32) sender tasks, each on its own HTTP/1.1 keep-alive connection,
 //! sender `k` writing to room `k % rooms`, paced together at 100 msg/s for
-//! `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 and at 2,000 msg/s for as long each (a
+//! `PARLEY_BENCH_PHASE_SECS` (10) s, then at 1,000 and at 2,000 msg/s for as long each
+//! (`PARLEY_BENCH_RATES`, comma-separated, sets other phases: e.g. one past the maximum,
+//! which the achieved rate then shows) (a
 //! `tokio::time::interval` per task, staggered; a task that falls behind catches up in a
 //! burst, and whatever was not started before the phase ends is not sent, so the achieved
 //! rate is reported). Several rooms because one room's writes are serialized: on 2 cores one
@@ -57,7 +59,23 @@ use tokio_util::sync::CancellationToken;
 
 const SEND: &str = "mutation($r: ID!, $b: String!, $c: String!) { sendMessage(roomId: $r, body: $b, clientMsgId: $c) { seq } }";
 const MESSAGES: &str = "subscription($r: ID!) { messages(roomId: $r) { seq } }";
-const RATES: [u32; 3] = [100, 1_000, 2_000];
+/// The paced phases, msg/s: `PARLEY_BENCH_RATES` (comma-separated), default 100,1000,2000.
+fn rates() -> &'static [u32] {
+    static RATES: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    RATES.get_or_init(|| {
+        let wanted = std::env::var("PARLEY_BENCH_RATES").unwrap_or_default();
+        let parsed: Vec<u32> = wanted
+            .split(',')
+            .filter_map(|r| r.trim().replace('_', "").parse().ok())
+            .filter(|&r| r > 0)
+            .collect();
+        if parsed.is_empty() {
+            vec![100, 1_000, 2_000]
+        } else {
+            parsed
+        }
+    })
+}
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -388,7 +406,7 @@ impl Sender {
     async fn paced(self, senders: usize, start: Instant, phase: Duration) -> Vec<Sent> {
         let mut sent = Vec::new();
         let mut phase_start = start;
-        for (p, rate) in RATES.iter().enumerate() {
+        for (p, rate) in rates().iter().enumerate() {
             let rate = f64::from(*rate);
             let phase_end = phase_start + phase;
             let period = Duration::from_secs_f64(senders as f64 / rate);
@@ -562,7 +580,7 @@ async fn scenario(
 
     // Measured phases.
     let start = Instant::now() + Duration::from_millis(100);
-    let phase_starts: Vec<Instant> = (0..RATES.len())
+    let phase_starts: Vec<Instant> = (0..rates().len())
         .map(|p| start + cfg.phase * p as u32)
         .collect();
     let paced: Vec<_> = senders
@@ -604,14 +622,14 @@ async fn scenario(
     // Latencies: receipts joined to sends by (room, seq).
     let by_key: HashMap<(usize, i64), &Sent> = sent.iter().map(|s| ((s.room, s.seq), s)).collect();
     assert_eq!(by_key.len(), sent.len(), "{label}: (room, seq) repeated");
-    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
-    let mut after_projection: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
-    let mut after_redis: Vec<Vec<Duration>> = vec![Vec::new(); RATES.len()];
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); rates().len()];
+    let mut after_projection: Vec<Vec<Duration>> = vec![Vec::new(); rates().len()];
+    let mut after_redis: Vec<Vec<Duration>> = vec![Vec::new(); rates().len()];
     // Per phase, per second of the phase (by send start): the latencies.
     let mut by_second: Vec<Vec<Vec<Duration>>> =
-        vec![vec![Vec::new(); cfg.phase.as_secs().max(1) as usize]; RATES.len()];
-    let mut before_response = vec![0; RATES.len()];
-    let mut seen_per_phase = vec![0; RATES.len()];
+        vec![vec![Vec::new(); cfg.phase.as_secs().max(1) as usize]; rates().len()];
+    let mut before_response = vec![0; rates().len()];
+    let mut seen_per_phase = vec![0; rates().len()];
     let mut duplicates = 0;
     for subscriber in &receipts {
         let mut seen = std::collections::HashSet::new();
@@ -641,7 +659,7 @@ async fn scenario(
             }
         }
     }
-    let phases = RATES
+    let phases = rates()
         .iter()
         .enumerate()
         .map(|(p, rate)| {
@@ -922,7 +940,7 @@ async fn main() {
         cfg.rooms,
         cfg.senders,
         cfg.phase,
-        RATES,
+        rates(),
         std::thread::available_parallelism().map_or(0, usize::from),
     );
 

@@ -272,6 +272,25 @@ async fn automatic_persisted_queries_register_and_replay() {
         post_raw(&server, None, None, &json!({ "extensions": persisted })).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(parse(&text)["data"]["__typename"], "Query", "{text}");
+    // A second registered query: replayed by hash in turn with the first, each is its own
+    // operation (hash-only requests carry no text, so no cache keyed by text may mix them).
+    let other = "{ other: __typename }";
+    let other_hash = "69b2937ee6f6d4a92b42ace902455c68ba49042b7bb280690c50426973a0b810";
+    let other_persisted = json!({ "persistedQuery": { "version": 1, "sha256Hash": other_hash } });
+    post_raw(
+        &server,
+        None,
+        None,
+        &json!({ "query": other, "extensions": other_persisted }),
+    )
+    .await;
+    for _ in 0..2 {
+        for (extensions, field) in [(&other_persisted, "other"), (&persisted, "__typename")] {
+            let (_, _, text) =
+                post_raw(&server, None, None, &json!({ "extensions": extensions })).await;
+            assert_eq!(parse(&text)["data"][field], "Query", "{field}: {text}");
+        }
+    }
     server.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //! and the allocations of a fresh tree). The innermost extension: the guard and the
 //! conventions still check every document they get, cached or not; only documents that
 //! parsed (and passed the parser's own limits) are kept, so an error is always the parser's.
+//! Requests without text (automatic persisted queries by hash) pass through.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -62,7 +63,10 @@ impl Extension for ParseCache {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        if query.len() > MAX_CACHED_QUERY {
+        // No text: an automatic persisted query, whose document the APQ extension has
+        // already (its own cache, by hash); an empty key would hand one operation's document
+        // to another.
+        if query.is_empty() || query.len() > MAX_CACHED_QUERY {
             return next.run(ctx, query, variables).await;
         }
         if let Some(document) = self.get(query) {
