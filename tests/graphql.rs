@@ -8,6 +8,8 @@ mod support;
 use std::time::Duration;
 
 use parley::graphql::WsConfig;
+use parley::relay::Channel;
+use parley_domain::{RoomId, UserId};
 use serde_json::{json, Value};
 use support::api::{closed, open_socket, Store, TestServer, WsClient};
 
@@ -36,9 +38,11 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
     bob_ws
         .subscribe("mine", NOTICES_ROOM, json!({ "r": null }))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bob_id = UserId::parse(&bob.id).expect("user id");
+    server.wait_for_subscriber(&Channel::User(bob_id)).await;
 
     let room = server.create_room(&alice, "general", &[&bob]).await;
+    let room_id = RoomId::parse(&room).expect("room id");
     let invitation = bob_ws.next("mine").await;
     assert_eq!(invitation["notices"]["kind"], "MEMBER_INVITED");
     assert_eq!(invitation["notices"]["roomId"], room.as_str());
@@ -49,6 +53,9 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
     alice_ws
         .subscribe("notices", NOTICES_ROOM, json!({ "r": room }))
         .await;
+    // The subscription reads the room's state after it subscribes, and a join committed
+    // before that read is behind it: taken subscriptions alone do not say the read is done.
+    server.wait_for_subscriber(&Channel::Room(room_id)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.join(&bob, &room).await;
     let joined = alice_ws.next("notices").await;
@@ -62,6 +69,11 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
         .await;
     bob_ws
         .subscribe("typing", TYPING, json!({ "r": room }))
+        .await;
+    // Alice's notices, Bob's messages and his typing; then the messages subscription's
+    // anchor read (without `after` it starts at what the read model holds).
+    server
+        .wait_for_subscribers(&Channel::Room(room_id), 3)
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 1..=3 {
@@ -170,7 +182,7 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing(store: Store) {
     let mallory = server.register("mallory").await;
     let room = server.create_room(&alice, "general", &[]).await;
     server.send(&alice, &room, "hi", "c1").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every command commits before it is answered, so the counts below are exact.
     let before = server.event_count().await;
     let send = "mutation($r: ID!, $b: String!, $c: String!) { sendMessage(roomId: $r, body: $b, clientMsgId: $c) { seq } }";
 
@@ -388,7 +400,6 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing(store: Store) {
         )
         .await;
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         server.event_count().await,
         before,
@@ -615,6 +626,9 @@ async fn the_legacy_graphql_ws_protocol_works_too() {
     client
         .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
         .await;
+    let room_id = RoomId::parse(&room).expect("room id");
+    server.wait_for_subscriber(&Channel::Room(room_id)).await;
+    // Then its anchor read (see above).
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.send(&alice, &room, "hi", "c1").await;
     assert_eq!(client.next("m").await["messages"]["seq"], 1);
