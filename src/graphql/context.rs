@@ -193,29 +193,38 @@ where
     Read: Fn() -> Fut,
     Fut: std::future::Future<Output = ApiResult<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    match read_when_projected(app, Duration::from_secs(5), read, &ready).await? {
+        Some(found) if ready(&found) => Ok(found),
+        Some(found) => {
+            tracing::warn!(what, "read model still behind after 5 s; answering with it");
+            Ok(found)
+        }
+        None => Err(ApiError::internal(format!("{what} not projected within 5 s")).into()),
+    }
+}
+
+/// What `read` answers once it is `ready`, re-read only when the projector announces a new
+/// checkpoint; after `within` (or if the projector follower stopped), its last answer.
+pub async fn read_when_projected<T, Read, Fut>(
+    app: &App,
+    within: Duration,
+    read: Read,
+    ready: impl Fn(&T) -> bool,
+) -> ApiResult<Option<T>>
+where
+    Read: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     let mut checkpoints = app.projected.watch();
     loop {
-        match read().await? {
-            Some(found) if ready(&found) => return Ok(found),
-            found => {
-                let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
-                if matches!(moved, Ok(Ok(()))) {
-                    continue;
-                }
-                return match found {
-                    Some(found) => {
-                        tracing::warn!(
-                            what,
-                            "read model still behind after 5 s; answering with it"
-                        );
-                        Ok(found)
-                    }
-                    None => {
-                        Err(ApiError::internal(format!("{what} not projected within 5 s")).into())
-                    }
-                };
-            }
+        let found = read().await?;
+        if found.as_ref().is_some_and(&ready) {
+            return Ok(found);
+        }
+        let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
+        if !matches!(moved, Ok(Ok(()))) {
+            return Ok(found);
         }
     }
 }

@@ -95,23 +95,20 @@ async fn sign_in(ctx: &Context<'_>, username: String, password: String) -> ApiRe
             .map_err(ApiError::internal)?
     {
         // Registered a moment ago: the directory is a few milliseconds behind the store.
-        // Read again each time the projector announces a checkpoint, for at most 1 s.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        let mut checkpoints = app.projected.watch();
-        loop {
-            credentials = app
+        let read = || async {
+            Ok(app
                 .read_models
                 .credentials(&username)
                 .await
-                .map_err(ApiError::from)?;
-            if credentials.is_some() {
-                break;
-            }
-            let moved = tokio::time::timeout_at(deadline, checkpoints.changed()).await;
-            if !matches!(moved, Ok(Ok(()))) {
-                break;
-            }
-        }
+                .map_err(ApiError::from)?)
+        };
+        credentials = super::context::read_when_projected(
+            app,
+            std::time::Duration::from_secs(1),
+            read,
+            |_| true,
+        )
+        .await?;
     }
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
     if !auth::verify_password(password, stored)
