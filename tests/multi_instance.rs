@@ -422,19 +422,23 @@ async fn bob_listening_on_b(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_leave() {
+async fn a_member_who_leaves_while_the_relay_is_down_gets_what_came_before_the_leave_and_nothing_after(
+) {
     let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::B, None).await;
     let alice = a.register("alice").await;
     let (room, bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
 
-    // B loses Redis; meanwhile Bob leaves through A, and the room goes on.
+    // B loses Redis; meanwhile the room goes on, Bob leaves through A, and it goes on.
     proxy.cut();
+    a.send(&alice, &room, "before 2", "m2").await;
+    a.send(&alice, &room, "before 3", "m3").await;
     a.ok(
         Some(&bob.token),
         "mutation($r: ID!) { leaveRoom(roomId: $r) { id } }",
         json!({ "r": room }),
     )
     .await;
+    a.send(&alice, &room, "after 4", "m4").await;
     proxy.restore();
     let http = reqwest::Client::new();
     eventually("B is ready again", || async {
@@ -445,9 +449,17 @@ async fn a_member_who_leaves_while_the_relay_is_down_receives_nothing_after_the_
             .unwrap_or(false)
     })
     .await;
-    for i in 2..=6 {
+    for i in 5..=6 {
         a.send(&alice, &room, &format!("after {i}"), &format!("m{i}"))
             .await;
+    }
+    // The re-read after the outage stops exactly at the leave.
+    for body in ["before 2", "before 3"] {
+        let next = bob_on_b.message("m").await;
+        assert_eq!(
+            next["payload"]["data"]["messages"]["body"], body,
+            "what came before the leave, in order: {next}"
+        );
     }
     let ended = bob_on_b.message("m").await;
     assert_eq!(

@@ -4,8 +4,10 @@
 //! must replay, so nothing falls between the two. From then on it keeps a cursor — the
 //! message `seq` for `messages`, the room's aggregate sequence for room notices — drops what
 //! it has already delivered and, on a jump (an event the relay lost) or a `Resync`/`Lagged`
-//! from the relay, re-reads the missing part from the read models or the log. Memory stays
-//! bounded: the relay buffer per subscriber is fixed and re-reads go page by page.
+//! from the relay, re-reads the missing part. For `messages` the room's log says what was
+//! missed, up to the caller's leave if it is among it (`missed_since`); the messages
+//! themselves come from the read model. Memory stays bounded: the relay buffer per
+//! subscriber is fixed and re-reads go page by page.
 //!
 //! A member who leaves (or is kicked or banned) receives their own notice of it in order
 //! after everything before it and before anything after it; the subscription ends there.
@@ -16,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_graphql::{Context, Subscription, ID};
 use async_stream::stream;
@@ -86,6 +89,91 @@ async fn read_messages(
         }
     }
     Ok(out)
+}
+
+/// What a `messages` feed missed after its cursor when the relay lost events, found in the
+/// room's log (only integers are kept, so a long outage costs reads, not memory).
+#[derive(Debug)]
+struct Missed {
+    /// The room's aggregate sequence of the newest message at or before the cursor: the
+    /// messages after the cursor are all after it.
+    from_sequence: i64,
+    /// The newest message `seq` to deliver: the room's newest, or the last before the
+    /// caller's leave.
+    up_to: i64,
+    /// The global position of that message (the read models must hold it to re-read it).
+    position: i64,
+    /// The caller is no longer a member: the feed ends after `up_to`.
+    ends: bool,
+}
+
+/// Reads what `me`'s feed of `room` missed after message `last`: back from the room's
+/// newest event to the message at the cursor, then forward to the newest event or the
+/// caller's first leave (kick, ban) after it, whichever comes first. `None` if the room
+/// is gone.
+async fn missed_since(
+    app: &App,
+    room: RoomId,
+    me: UserId,
+    last: i64,
+) -> Result<Option<Missed>, ApiError> {
+    let Some((state, newest)) = app
+        .commands
+        .room_state(room)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(None);
+    };
+    let newest = newest as i64;
+    let read = |after: i64, up_to: i64| async move {
+        app.log
+            .room_events(room, after, up_to)
+            .await
+            .map_err(ApiError::internal)
+    };
+    let mut from_sequence = 0;
+    let mut upper = newest;
+    'back: while upper > 0 {
+        let lower = (upper - PAGE).max(0);
+        for logged in read(lower, upper).await?.iter().rev() {
+            if let Some(LiveEvent::Message { message, .. }) = replayed_room_event(logged) {
+                if message.seq <= last {
+                    from_sequence = logged.sequence;
+                    break 'back;
+                }
+            }
+        }
+        upper = lower;
+    }
+    let mut missed = Missed {
+        from_sequence,
+        up_to: last,
+        position: 0,
+        ends: !state.is_member(me),
+    };
+    let mut cursor = from_sequence;
+    'forward: while cursor < newest {
+        let page = read(cursor, (cursor + PAGE).min(newest)).await?;
+        let Some(end) = page.last().map(|logged| logged.sequence) else {
+            break;
+        };
+        for logged in &page {
+            match replayed_room_event(logged) {
+                Some(LiveEvent::Message { message, .. }) if message.seq > missed.up_to => {
+                    missed.up_to = message.seq;
+                    missed.position = logged.position.0;
+                }
+                Some(event) if left(&event, me) => {
+                    missed.ends = true;
+                    break 'forward;
+                }
+                _ => {}
+            }
+        }
+        cursor = end;
+    }
+    Ok(Some(missed))
 }
 
 /// A members-only subscription to a room, opened in the order that loses nothing: the
@@ -161,24 +249,13 @@ impl Subscription {
         };
         Ok(stream! {
             let _slot = slot;
-            // At the start (replay after `after`), and again whenever the relay says it
-            // dropped something: read from the cursor, page by page, up to what the read
-            // model holds now.
+            // At the start, replay after `after` from the read model, page by page, up to
+            // what it holds now.
             let mut catch_up = true;
-            let mut check_membership = false;
+            // The relay lost events (a resync, a lag, a jump in seq): the room's log says
+            // exactly what was missed, up to the caller's leave if one was among it.
+            let mut resync = false;
             loop {
-                if check_membership {
-                    // The relay dropped events, and a leave may have been among them: the
-                    // room itself says whether the caller is still a member, before
-                    // anything is re-read. (An ex-member whose leave fell into an outage is
-                    // not sent what the outage held: nothing after a leave ever is.)
-                    check_membership = false;
-                    match app.commands.membership(room, me).await {
-                        Ok(Some(true)) => {}
-                        Ok(_) => return,
-                        Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                    }
-                }
                 while catch_up {
                     match read_messages(&app, room, last, last + PAGE).await {
                         Ok(page) if page.is_empty() => catch_up = false,
@@ -189,6 +266,54 @@ impl Subscription {
                             }
                         },
                         Err(error) => { yield Err(error.into()); return; }
+                    }
+                }
+                if resync {
+                    resync = false;
+                    let missed = match missed_since(&app, room, me, last).await {
+                        Ok(Some(missed)) => missed,
+                        Ok(None) => return,
+                        Err(error) => { yield Err(error.into()); return; }
+                    };
+                    if missed.up_to > last {
+                        // As the message now is (edited, deleted) from the read model once
+                        // it holds them; whatever it still lacks after 5 s, from the log.
+                        if !app.projected.reached(missed.position, Duration::from_secs(5)).await {
+                            tracing::warn!(%room, position = missed.position, "read models behind a re-read after 5 s; reading the log");
+                        }
+                        while last < missed.up_to {
+                            match read_messages(&app, room, last, missed.up_to.min(last + PAGE)).await {
+                                Ok(page) if page.is_empty() => break,
+                                Ok(page) => for message in page {
+                                    last = message.seq;
+                                    if !blocked.contains(&message.sender) {
+                                        yield Ok(Message(message));
+                                    }
+                                },
+                                Err(error) => { yield Err(error.into()); return; }
+                            }
+                        }
+                        let mut cursor = missed.from_sequence;
+                        while last < missed.up_to {
+                            let page = match app.log.room_events(room, cursor, cursor + PAGE).await {
+                                Ok(page) => page,
+                                Err(error) => { yield Err(ApiError::internal(error).into()); return; }
+                            };
+                            let Some(end) = page.last().map(|logged| logged.sequence) else { break };
+                            cursor = end;
+                            for logged in &page {
+                                let Some(LiveEvent::Message { message, .. }) = replayed_room_event(logged) else { continue };
+                                if message.seq == last + 1 && message.seq <= missed.up_to {
+                                    last = message.seq;
+                                    if !blocked.contains(&message.sender) {
+                                        yield Ok(Message(message));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if missed.ends {
+                        return;
                     }
                 }
                 let item = tokio::select! {
@@ -215,8 +340,7 @@ impl Subscription {
                 let relayed = match item {
                     RelayItem::Message(relayed) => relayed,
                     RelayItem::Resync | RelayItem::Lagged(_) => {
-                        catch_up = true;
-                        check_membership = true;
+                        resync = true;
                         continue;
                     }
                 };
@@ -229,23 +353,15 @@ impl Subscription {
                     continue;
                 }
                 if message.seq > last + 1 {
-                    match read_messages(&app, room, last, message.seq - 1).await {
-                        Ok(missing) => for m in missing {
-                            last = m.seq;
-                            if !blocked.contains(&m.sender) {
-                                yield Ok(Message(m));
-                            }
-                        },
-                        Err(error) => { yield Err(error.into()); return; }
-                    }
+                    // The relay lost messages without saying so (messages are relayed once
+                    // projected, in log order): this one and what came before it are in
+                    // the log, and a leave may be among them.
+                    resync = true;
+                    continue;
                 }
-                if message.seq == last + 1 {
-                    last = message.seq;
-                    if !blocked.contains(&message.sender) {
-                        yield Ok(Message(message.clone()));
-                    }
-                } else {
-                    tracing::error!(%room, expected = last + 1, got = message.seq, "message gap could not be filled");
+                last = message.seq;
+                if !blocked.contains(&message.sender) {
+                    yield Ok(Message(message.clone()));
                 }
             }
         })
