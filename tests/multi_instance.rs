@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use parley::graphql::WsConfig;
+use parley::relay::Channel;
 use parley::store::{EventLog, PostgresLog};
+use parley_domain::RoomId;
 use serde_json::{json, Value};
 use support::api::{a_and_b_behind_a_proxy, redis_options, Proxied, Session, TestServer, WsClient};
 use support::redis::{
@@ -427,6 +429,14 @@ async fn a_member_who_leaves_while_the_relay_is_down_gets_what_came_before_the_l
     let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::B, None).await;
     let alice = a.register("alice").await;
     let (room, bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
+    // Bob also follows the room's notices and who types, on the same socket.
+    bob_on_b.subscribe("n", NOTICES, json!({ "r": room })).await;
+    bob_on_b.subscribe("t", TYPING, json!({ "r": room })).await;
+    let channel = Channel::Room(RoomId::parse(&room).expect("room id"));
+    eventually("B has Bob's three subscriptions to the room", || async {
+        b.app.relay.local_subscribers(&channel) == 3
+    })
+    .await;
 
     // B loses Redis; meanwhile the room goes on, Bob leaves through A, and it goes on.
     proxy.cut();
@@ -466,6 +476,29 @@ async fn a_member_who_leaves_while_the_relay_is_down_gets_what_came_before_the_l
         ended["type"], "complete",
         "the ex-member's subscription ends instead of delivering {ended}"
     );
+    // The notices: his own leave, re-read in order, then the end; typing ends with it.
+    let left = loop {
+        let notice = bob_on_b.message("n").await;
+        let kind = &notice["payload"]["data"]["notices"]["kind"];
+        if kind != "MEMBER_ONLINE" && kind != "MEMBER_OFFLINE" {
+            break notice;
+        }
+    };
+    assert_eq!(
+        left["payload"]["data"]["notices"]["kind"], "MEMBER_LEFT",
+        "{left}"
+    );
+    assert_eq!(
+        left["payload"]["data"]["notices"]["user"]["username"], "bob",
+        "{left}"
+    );
+    for id in ["n", "t"] {
+        let ended = bob_on_b.message(id).await;
+        assert_eq!(
+            ended["type"], "complete",
+            "the ex-member's {id} subscription ends instead of delivering {ended}"
+        );
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -127,6 +127,15 @@ pub async fn require_member(
     room: RoomId,
     user: UserId,
 ) -> ApiResult<parley_domain::Room> {
+    Ok(member_at(app, room, user).await?.0)
+}
+
+/// [`require_member`], with the room's aggregate sequence the answer holds at.
+pub async fn member_at(
+    app: &App,
+    room: RoomId,
+    user: UserId,
+) -> ApiResult<(parley_domain::Room, i64)> {
     let state = app
         .commands
         .room_state(room)
@@ -137,7 +146,7 @@ pub async fn require_member(
         Some((state, _)) if !state.is_member(user) => {
             Err(ApiError::Forbidden("you are not a member of this room".to_owned()).into())
         }
-        Some((state, _)) => Ok(state),
+        Some((state, sequence)) => Ok((state, sequence as i64)),
     }
 }
 

@@ -1,22 +1,20 @@
 //! `Subscription`: live messages, message changes, typing and notices, over the relay.
 //!
-//! Each subscription subscribes to its relay channel *first* and only then reads what it
-//! must replay, so nothing falls between the two. From then on it keeps a cursor — the
-//! message `seq` for `messages`, the room's aggregate sequence for room notices — drops what
-//! it has already delivered and, on a jump (an event the relay lost) or a `Resync`/`Lagged`
-//! from the relay, re-reads the missing part. For `messages` the room's log says what was
-//! missed, up to the caller's leave if it is among it (`missed_since`); the messages
-//! themselves come from the read model. Memory stays bounded: the relay buffer per
-//! subscriber is fixed and re-reads go page by page.
-//!
-//! A member who leaves (or is kicked or banned) receives their own notice of it in order
-//! after everything before it and before anything after it; the subscription ends there.
+//! The room subscriptions (`messages`, `messageUpdates`, `typing`, `notices(roomId)`) are
+//! thin adapters over one [`RoomFeed`] each, which owns the rules once: subscribe to the
+//! room's relay channel first, then check membership and read; one cursor over all of the
+//! room's stored events (its aggregate sequence), so each comes exactly once and in log
+//! order, relayed or — after a jump, a `Resync` or a `Lagged` — re-read from the log page
+//! by page; the caller's own removal (leave, kick, ban) in order, then the end. An adapter
+//! only replays what came before the feed's start from the read model (`messages` after
+//! `after`, `messageUpdates` after its position) and picks the events it shows. Memory
+//! stays bounded: the relay buffer per subscriber is fixed and re-reads go page by page.
 //!
 //! `roomUpdates` is the exception to "one channel": it listens on the caller's own channel
 //! and on each of their rooms' channels at once, and answers each change by re-reading the
 //! room from the read models (the relayed event says only *that* a room changed).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -27,7 +25,7 @@ use parley_domain::{RoomId, UserId};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use super::context::{actor, app, require_member, SubscriptionBudget, SubscriptionSlot};
+use super::context::{actor, app, member_at, SubscriptionBudget, SubscriptionSlot};
 use super::error::{ApiError, ApiResult};
 use super::types::{last_message_for, Message, Notice, Room, TypingEvent};
 use crate::app::App;
@@ -91,125 +89,205 @@ async fn read_messages(
     Ok(out)
 }
 
-/// What a `messages` feed missed after its cursor when the relay lost events, found in the
-/// room's log (only integers are kept, so a long outage costs reads, not memory).
-#[derive(Debug)]
-struct Missed {
-    /// The room's aggregate sequence of the newest message at or before the cursor: the
-    /// messages after the cursor are all after it.
-    from_sequence: i64,
-    /// The newest message `seq` to deliver: the room's newest, or the last before the
-    /// caller's leave.
-    up_to: i64,
-    /// The global position of that message (the read models must hold it to re-read it).
-    position: i64,
-    /// The caller is no longer a member: the feed ends after `up_to`.
-    ends: bool,
+/// A cursor given by the client is never negative.
+fn not_negative(after: Option<i64>) -> Result<(), async_graphql::Error> {
+    match after {
+        Some(after) if after < 0 => {
+            Err(ApiError::BadInput("after must not be negative".to_owned()).into())
+        }
+        _ => Ok(()),
+    }
 }
 
-/// Reads what `me`'s feed of `room` missed after message `last`: back from the room's
-/// newest event to the message at the cursor, then forward to the newest event or the
-/// caller's first leave (kick, ban) after it, whichever comes first. `None` if the room
-/// is gone.
-async fn missed_since(
-    app: &App,
-    room: RoomId,
-    me: UserId,
-    last: i64,
-) -> Result<Option<Missed>, ApiError> {
-    let Some((state, newest)) = app
-        .commands
-        .room_state(room)
-        .await
-        .map_err(ApiError::internal)?
-    else {
-        return Ok(None);
-    };
-    let newest = newest as i64;
-    let read = |after: i64, up_to: i64| async move {
-        app.log
-            .room_events(room, after, up_to)
-            .await
-            .map_err(ApiError::internal)
-    };
-    let mut from_sequence = 0;
-    let mut upper = newest;
-    'back: while upper > 0 {
-        let lower = (upper - PAGE).max(0);
-        for logged in read(lower, upper).await?.iter().rev() {
-            if let Some(LiveEvent::Message { message, .. }) = replayed_room_event(logged) {
-                if message.seq <= last {
-                    from_sequence = logged.sequence;
-                    break 'back;
-                }
-            }
-        }
-        upper = lower;
-    }
-    let mut missed = Missed {
-        from_sequence,
-        up_to: last,
-        position: 0,
-        ends: !state.is_member(me),
-    };
-    let mut cursor = from_sequence;
-    'forward: while cursor < newest {
-        let page = read(cursor, (cursor + PAGE).min(newest)).await?;
-        let Some(end) = page.last().map(|logged| logged.sequence) else {
-            break;
-        };
-        for logged in &page {
-            match replayed_room_event(logged) {
-                Some(LiveEvent::Message { message, .. }) if message.seq > missed.up_to => {
-                    missed.up_to = message.seq;
-                    missed.position = logged.position.0;
-                }
-                Some(event) if left(&event, me) => {
-                    missed.ends = true;
-                    break 'forward;
-                }
-                _ => {}
-            }
-        }
-        cursor = end;
-    }
-    Ok(Some(missed))
-}
-
-/// A members-only subscription to a room, opened in the order that loses nothing: the
-/// relay channel is subscribed *before* membership is checked and anything is read, so a
-/// leave or an event between the two is delivered live (or re-read), never missed.
+/// One subscriber's feed of one room: the rules every room subscription shares, in one
+/// place. Opened in the order that loses nothing: the relay channel is subscribed *before*
+/// membership is checked and anything is read, so a leave or an event between the two is
+/// delivered live (or re-read), never missed.
+///
+/// It starts from what the read models held when it opened (checkpoint `opened_at`): the
+/// room's stored events after that, each exactly once and in log order, whether relayed or
+/// re-read from the log (a jump in the room's aggregate sequence, a `Resync`, a `Lagged`),
+/// with the ephemeral ones (typing, presence) as they come. It hands an event out only once
+/// the read models hold it, as the relay does (live events are relayed once projected), so
+/// an adapter may read the read models for what an event names. It hands out the caller's
+/// own removal (a leave, a kick, a ban) in order and then ends.
 struct RoomFeed {
     me: UserId,
     room: RoomId,
     app: App,
-    slot: SubscriptionSlot,
+    /// Held for as long as the feed: the caller's share of the subscription budget.
+    _slot: SubscriptionSlot,
     live: RelaySubscription,
+    /// The projector checkpoint the feed starts from (what the read models held then).
+    opened_at: i64,
+    /// The room's aggregate sequence of the newest stored event handed out or passed.
+    cursor: i64,
+    /// The room's aggregate sequence at which the caller was found a member: a removal at
+    /// or before it (then a join again) is not the caller's end. `i64::MAX` until admitted.
+    member_at: i64,
+    /// Re-read the log after `cursor` up to this sequence before taking live events.
+    refill: Option<i64>,
+    /// Events re-read from the log and not yet handed out (at most a page).
+    replayed: VecDeque<LiveEvent>,
+    /// The caller's removal has been handed out.
+    ended: bool,
+}
+
+/// An event of a room feed: relayed (shared with the instance's other subscribers), or
+/// re-read from the log.
+enum FeedEvent {
+    Relayed(Relayed),
+    Replayed(LiveEvent),
+}
+
+impl FeedEvent {
+    fn event(&self) -> Option<&LiveEvent> {
+        match self {
+            Self::Relayed(relayed) => decode(relayed),
+            Self::Replayed(event) => Some(event),
+        }
+    }
 }
 
 impl RoomFeed {
-    /// Opens the caller's feed of `room_id`, resuming `after` a cursor (never negative).
-    async fn open(
-        ctx: &Context<'_>,
-        room_id: &ID,
-        after: Option<i64>,
-    ) -> Result<Self, async_graphql::Error> {
+    /// Opens the caller's feed of `room_id`: [`Self::start`], then [`Self::admit`].
+    async fn open(ctx: &Context<'_>, room_id: &ID) -> Result<Self, async_graphql::Error> {
+        let mut feed = Self::start(ctx, room_id).await?;
+        feed.admit().await?;
+        Ok(feed)
+    }
+
+    /// Subscribes to the room's channel and notes where the feed starts. Membership is
+    /// checked next, by [`Self::admit`]; what an adapter replays from the read models is
+    /// read in between (it then holds everything before the start, and nothing after a
+    /// removal the feed would end with).
+    async fn start(ctx: &Context<'_>, room_id: &ID) -> Result<Self, async_graphql::Error> {
         let me = actor(ctx)?;
         let room = super::context::room_id(room_id)?;
-        if after.is_some_and(|a| a < 0) {
-            return Err(ApiError::BadInput("after must not be negative".to_owned()).into());
-        }
         let app = app(ctx).clone();
         let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
         let live = subscribe(&app, Channel::Room(room)).await?;
-        require_member(&app, room, me).await?;
+        let opened_at = app.projected.now();
+        let cursor = app
+            .log
+            .room_sequence_at(room, opened_at)
+            .await
+            .map_err(ApiError::internal)?;
         Ok(Self {
             me,
             room,
             app,
-            slot,
+            _slot: slot,
             live,
+            opened_at,
+            cursor,
+            member_at: i64::MAX,
+            refill: None,
+            replayed: VecDeque::new(),
+            ended: false,
         })
+    }
+
+    /// Requires the caller to be a member now. The room's state it reads is at or after the
+    /// feed's start, so a removal after it is after the start (and ends the feed), and one
+    /// before it (then a join again) does not.
+    async fn admit(&mut self) -> Result<(), async_graphql::Error> {
+        let (_, sequence) = member_at(&self.app, self.room, self.me).await?;
+        self.member_at = sequence;
+        Ok(())
+    }
+
+    /// The next event; `None` once the caller's removal has been handed out or the relay is
+    /// gone. Cancel-safe: dropped while waiting, it loses nothing (a page being re-read is
+    /// read again).
+    async fn next(&mut self) -> Option<ApiResult<FeedEvent>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(event) = self.replayed.pop_front() {
+                return Some(Ok(self.hand_out(FeedEvent::Replayed(event))));
+            }
+            if let Some(up_to) = self.refill {
+                if let Err(error) = self.reread(up_to).await {
+                    self.ended = true;
+                    return Some(Err(error.into()));
+                }
+                continue;
+            }
+            let relayed = match self.live.recv().await? {
+                RelayItem::Message(relayed) => relayed,
+                // The relay dropped events: re-read the log up to its end.
+                RelayItem::Resync | RelayItem::Lagged(_) => {
+                    self.refill = Some(i64::MAX);
+                    continue;
+                }
+            };
+            let Some(event) = decode(&relayed) else {
+                continue;
+            };
+            let Some(sequence) = event.sequence() else {
+                return Some(Ok(FeedEvent::Relayed(relayed)));
+            };
+            if sequence <= self.cursor {
+                continue;
+            }
+            if sequence > self.cursor + 1 {
+                // The relay lost something: re-read up to and including this one.
+                self.refill = Some(sequence);
+                continue;
+            }
+            self.cursor = sequence;
+            return Some(Ok(self.hand_out(FeedEvent::Relayed(relayed))));
+        }
+    }
+
+    /// Re-reads one page of the log after the cursor (up to `up_to`), once the read models
+    /// hold it (after 5 s, with a warning, anyway).
+    async fn reread(&mut self, up_to: i64) -> Result<(), ApiError> {
+        let page_end = up_to.min(self.cursor.saturating_add(PAGE));
+        let page = self
+            .app
+            .log
+            .room_events(self.room, self.cursor, page_end)
+            .await
+            .map_err(ApiError::internal)?;
+        let Some(newest) = page.last() else {
+            self.refill = None;
+            return Ok(());
+        };
+        let position = newest.position.0;
+        if !self
+            .app
+            .projected
+            .reached(position, Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(room = %self.room, position, "read models behind a re-read after 5 s");
+        }
+        for logged in &page {
+            if logged.sequence > self.cursor {
+                self.cursor = logged.sequence;
+                self.replayed.extend(replayed_room_event(logged));
+            }
+        }
+        if self.cursor >= up_to {
+            self.refill = None;
+        }
+        Ok(())
+    }
+
+    /// Hands out a stored event, ending the feed if it removes the caller.
+    fn hand_out(&mut self, event: FeedEvent) -> FeedEvent {
+        let (me, member_at) = (self.me, self.member_at);
+        let ends = event.event().is_some_and(|event| {
+            left(event, me)
+                && event
+                    .sequence()
+                    .is_some_and(|sequence| sequence > member_at)
+        });
+        self.ended |= ends;
+        event
     }
 }
 
@@ -224,100 +302,43 @@ impl Subscription {
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        let RoomFeed {
-            me,
-            room,
-            app,
-            slot,
-            mut live,
-        } = RoomFeed::open(ctx, &room_id, after).await?;
+        not_negative(after)?;
+        let mut feed = RoomFeed::start(ctx, &room_id).await?;
+        let (me, room, app) = (feed.me, feed.room, feed.app.clone());
+        // The replay ends at what the read model holds now: everything before the feed's
+        // start, and nothing after the removal the feed would end with (read before the
+        // membership check). It is also the anchor without `after`: the newest history page
+        // a client reads next (the aggregate runs ahead of the read model).
+        let newest = app
+            .read_models
+            .room(room)
+            .await
+            .map_err(ApiError::from)?
+            .map_or(0, |view| view.last_seq);
+        feed.admit().await?;
         // Whom the caller blocks: read after subscribing to their channel, which says when
         // it changes.
         let mut mine = subscribe(&app, Channel::User(me)).await?;
         let mut blocked = blocked_by(&app, me).await?;
-        let mut last = match after {
-            Some(after) => after,
-            // Anchor on what the read model holds (the newest history page a client reads
-            // next), not on the aggregate, which runs ahead of it: a message committed but
-            // not yet projected is then delivered live, once it is projected.
-            None => app
-                .read_models
-                .room(room)
-                .await
-                .map_err(ApiError::from)?
-                .map_or(0, |view| view.last_seq),
-        };
+        let mut last = after.unwrap_or(newest);
         Ok(stream! {
-            let _slot = slot;
-            // At the start, replay after `after` from the read model, page by page, up to
-            // what it holds now.
-            let mut catch_up = true;
-            // The relay lost events (a resync, a lag, a jump in seq): the room's log says
-            // exactly what was missed, up to the caller's leave if one was among it.
-            let mut resync = false;
+            // The replay, from the read model, page by page; the feed's messages up to its
+            // end are dropped by seq.
+            while last < newest {
+                match read_messages(&app, room, last, newest.min(last + PAGE)).await {
+                    Ok(page) if page.is_empty() => break,
+                    Ok(page) => for message in page {
+                        last = message.seq;
+                        if !blocked.contains(&message.sender) {
+                            yield Ok(Message(message));
+                        }
+                    },
+                    Err(error) => { yield Err(error.into()); return; }
+                }
+            }
             loop {
-                while catch_up {
-                    match read_messages(&app, room, last, last + PAGE).await {
-                        Ok(page) if page.is_empty() => catch_up = false,
-                        Ok(page) => for message in page {
-                            last = message.seq;
-                            if !blocked.contains(&message.sender) {
-                                yield Ok(Message(message));
-                            }
-                        },
-                        Err(error) => { yield Err(error.into()); return; }
-                    }
-                }
-                if resync {
-                    resync = false;
-                    let missed = match missed_since(&app, room, me, last).await {
-                        Ok(Some(missed)) => missed,
-                        Ok(None) => return,
-                        Err(error) => { yield Err(error.into()); return; }
-                    };
-                    if missed.up_to > last {
-                        // As the message now is (edited, deleted) from the read model once
-                        // it holds them; whatever it still lacks after 5 s, from the log.
-                        if !app.projected.reached(missed.position, Duration::from_secs(5)).await {
-                            tracing::warn!(%room, position = missed.position, "read models behind a re-read after 5 s; reading the log");
-                        }
-                        while last < missed.up_to {
-                            match read_messages(&app, room, last, missed.up_to.min(last + PAGE)).await {
-                                Ok(page) if page.is_empty() => break,
-                                Ok(page) => for message in page {
-                                    last = message.seq;
-                                    if !blocked.contains(&message.sender) {
-                                        yield Ok(Message(message));
-                                    }
-                                },
-                                Err(error) => { yield Err(error.into()); return; }
-                            }
-                        }
-                        let mut cursor = missed.from_sequence;
-                        while last < missed.up_to {
-                            let page = match app.log.room_events(room, cursor, cursor + PAGE).await {
-                                Ok(page) => page,
-                                Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                            };
-                            let Some(end) = page.last().map(|logged| logged.sequence) else { break };
-                            cursor = end;
-                            for logged in &page {
-                                let Some(LiveEvent::Message { message, .. }) = replayed_room_event(logged) else { continue };
-                                if message.seq == last + 1 && message.seq <= missed.up_to {
-                                    last = message.seq;
-                                    if !blocked.contains(&message.sender) {
-                                        yield Ok(Message(message));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    if missed.ends {
-                        return;
-                    }
-                }
-                let item = tokio::select! {
-                    item = live.recv() => item,
+                let event = tokio::select! {
+                    event = feed.next() => event,
                     personal = mine.recv() => {
                         let reread = match &personal {
                             None => return,
@@ -336,33 +357,35 @@ impl Subscription {
                         continue;
                     }
                 };
-                let Some(item) = item else { return };
-                let relayed = match item {
-                    RelayItem::Message(relayed) => relayed,
-                    RelayItem::Resync | RelayItem::Lagged(_) => {
-                        resync = true;
-                        continue;
-                    }
+                let event = match event {
+                    None => return,
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => { yield Err(error); return; }
                 };
-                let Some(event) = decode(&relayed) else { continue };
-                if left(event, me) {
-                    return;
-                }
-                let LiveEvent::Message { message, .. } = event else { continue };
+                let Some(LiveEvent::Message { message, .. }) = event.event() else { continue };
                 if message.seq <= last {
                     continue;
                 }
                 if message.seq > last + 1 {
-                    // The relay lost messages without saying so (messages are relayed once
-                    // projected, in log order): this one and what came before it are in
-                    // the log, and a leave may be among them.
-                    resync = true;
-                    continue;
+                    // The feed has every stored event after where it started and the replay
+                    // everything before: this would be a defect, so it is logged.
+                    tracing::error!(%room, expected = last + 1, got = message.seq, "a message feed skipped messages");
                 }
                 last = message.seq;
-                if !blocked.contains(&message.sender) {
-                    yield Ok(Message(message.clone()));
+                if blocked.contains(&message.sender) {
+                    continue;
                 }
+                let mut message = message.clone();
+                if matches!(event, FeedEvent::Replayed(_)) && message.body.is_empty() {
+                    // Re-read from the log with its text erased since (a body is never
+                    // blank otherwise): the read model says how (deleted, by whom).
+                    match app.read_models.message(room, message.seq).await {
+                        Ok(Some(now)) => message = LiveMessage::from(now),
+                        Ok(None) => {}
+                        Err(error) => { yield Err(ApiError::from(error).into()); return; }
+                    }
+                }
+                yield Ok(Message(message));
             }
         })
     }
@@ -370,78 +393,56 @@ impl Subscription {
     /// Changes of a room's messages — edits, deletions, reactions — as the changed message
     /// in its current state. With `after` (a global position): first every message whose
     /// newest change is after it, oldest change first, then live. Without: live only.
-    /// Members only; ends when the caller leaves. Gaps (a change the relay lost) and relay
-    /// resyncs are filled from the read model, by position.
+    /// Members only; ends when the caller leaves.
     async fn message_updates(
         &self,
         ctx: &Context<'_>,
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        let RoomFeed {
-            me,
-            room,
-            app,
-            slot,
-            mut live,
-        } = RoomFeed::open(ctx, &room_id, after).await?;
-        // What the caller has: every change up to `delivered` (for live events), and
-        // everything a replay would give up to `replay_from`. Without `after`, a live change
-        // is delivered whatever its position: the checkpoint this instance knows may already
-        // be past a change whose relayed event is still on its way.
-        let mut delivered = after.unwrap_or(0);
-        let mut replay_from = after.unwrap_or_else(|| app.projected.now());
+        not_negative(after)?;
+        let mut feed = RoomFeed::open(ctx, &room_id).await?;
+        let (room, app) = (feed.room, feed.app.clone());
+        // Every change up to `delivered` is in what the caller has: the feed's changes
+        // start after `opened_at`, and the replay's messages hold their changes up to it.
+        let opened_at = feed.opened_at;
+        let mut delivered = after.unwrap_or(opened_at);
         Ok(stream! {
-            let _slot = slot;
-            let mut catch_up = after.is_some();
-            // The room's aggregate sequence of the newest relayed event, to see gaps.
-            let mut last_sequence: Option<i64> = None;
-            loop {
-                while catch_up {
-                    let page = match app.read_models.changed_messages(room, replay_from, PAGE).await {
+            // The replay ends at the feed's start: a message changed since comes from the
+            // feed, and nothing after the caller's removal is replayed.
+            if let Some(mut from) = after {
+                'replay: while from < opened_at {
+                    let page = match app.read_models.changed_messages(room, from, PAGE).await {
                         Ok(page) => page,
                         Err(error) => { yield Err(ApiError::from(error).into()); return; }
                     };
-                    catch_up = page.len() as i64 == PAGE;
+                    let full = page.len() as i64 == PAGE;
                     for message in page {
-                        replay_from = replay_from.max(message.position.0);
-                        delivered = delivered.max(message.position.0);
+                        if message.position.0 > opened_at {
+                            break 'replay;
+                        }
+                        from = message.position.0;
+                        delivered = delivered.max(from);
                         yield Ok(Message(LiveMessage::from(message)));
                     }
-                }
-                let Some(item) = live.recv().await else { return };
-                let relayed = match item {
-                    RelayItem::Message(relayed) => relayed,
-                    RelayItem::Resync | RelayItem::Lagged(_) => {
-                        match app.commands.membership(room, me).await {
-                            Ok(Some(true)) => {}
-                            Ok(_) => return,
-                            Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                        }
-                        catch_up = true;
-                        last_sequence = None;
-                        continue;
+                    if !full {
+                        break;
                     }
+                }
+            }
+            loop {
+                let event = match feed.next().await {
+                    None => return,
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => { yield Err(error); return; }
                 };
-                let Some(event) = decode(&relayed) else { continue };
-                if left(event, me) {
-                    return;
-                }
-                let Some(sequence) = event.sequence() else { continue };
-                let gap = last_sequence.is_some_and(|last| sequence > last + 1);
-                last_sequence = Some(last_sequence.map_or(sequence, |last| last.max(sequence)));
-                if gap {
-                    catch_up = true;
-                    continue;
-                }
-                let &LiveEvent::MessageChanged { seq, position, .. } = event else { continue };
+                let Some(&LiveEvent::MessageChanged { seq, position, .. }) = event.event() else { continue };
                 if position <= delivered {
                     continue;
                 }
                 match app.read_models.message(room, seq).await {
                     Ok(found) => {
                         delivered = position;
-                        replay_from = replay_from.max(position);
                         if let Some(message) = found {
                             yield Ok(Message(LiveMessage::from(message)));
                         }
@@ -454,24 +455,20 @@ impl Subscription {
 
     /// Who is typing in a room: `isTyping: true` when someone starts, `false` when they send a
     /// message or after ~5 s without a refresh. The caller's own typing is not echoed.
+    /// Members only; ends when the caller leaves.
     async fn typing(
         &self,
         ctx: &Context<'_>,
         room_id: ID,
     ) -> Result<impl Stream<Item = ApiResult<TypingEvent>>, async_graphql::Error> {
-        let me = actor(ctx)?;
-        let room = super::context::room_id(&room_id)?;
-        let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        require_member(&app, room, me).await?;
-        let mut live = subscribe(&app, Channel::Room(room)).await?;
+        let mut feed = RoomFeed::open(ctx, &room_id).await?;
+        let (me, room) = (feed.me, feed.room);
         Ok(stream! {
-            let _slot = slot;
             let mut typing: HashMap<UserId, Instant> = HashMap::new();
             loop {
                 let next_expiry = typing.values().min().copied();
-                let item = tokio::select! {
-                    item = live.recv() => item,
+                let event = tokio::select! {
+                    event = feed.next() => event,
                     () = async {
                         match next_expiry {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -487,13 +484,12 @@ impl Subscription {
                         continue;
                     }
                 };
-                let Some(item) = item else { return };
-                let RelayItem::Message(relayed) = item else { continue };
-                let Some(event) = decode(&relayed) else { continue };
-                if left(event, me) {
-                    return;
-                }
-                let &LiveEvent::Typing { user, is_typing, .. } = event else { continue };
+                let event = match event {
+                    None => return,
+                    Some(Ok(event)) => event,
+                    Some(Err(error)) => { yield Err(error); return; }
+                };
+                let Some(&LiveEvent::Typing { user, is_typing, .. }) = event.event() else { continue };
                 if user == me {
                     continue;
                 }
@@ -510,87 +506,33 @@ impl Subscription {
     }
 
     /// System notices. With `roomId`: that room's (created, invited, joined, left, online,
-    /// offline), members only, in log order with gaps re-read from the log. Without: the
-    /// caller's own (invitations) and announcements.
+    /// offline), members only, in log order with gaps re-read from the log; ends with the
+    /// caller's own leave. Without: the caller's own (invitations) and announcements.
     async fn notices(
         &self,
         ctx: &Context<'_>,
         room_id: Option<ID>,
     ) -> Result<impl Stream<Item = ApiResult<Notice>>, async_graphql::Error> {
-        let me = actor(ctx)?;
-        let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        let room = room_id.as_ref().map(super::context::room_id).transpose()?;
-        let stream: std::pin::Pin<Box<dyn Stream<Item = ApiResult<Notice>> + Send>> = match room {
-            Some(room) => {
-                require_member(&app, room, me).await?;
-                let mut live = subscribe(&app, Channel::Room(room)).await?;
-                let mut last = app
-                    .commands
-                    .room_state(room)
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_or(0, |(_, sequence)| sequence as i64);
+        let stream: Pin<Box<dyn Stream<Item = ApiResult<Notice>> + Send>> = match room_id {
+            Some(room_id) => {
+                let mut feed = RoomFeed::open(ctx, &room_id).await?;
                 Box::pin(stream! {
-                    let _slot = slot;
-                    // Re-read the log up to this sequence before going on: a gap before a
-                    // relayed event, or everything after a relay resync (`i64::MAX`).
-                    let mut refill: Option<i64> = None;
                     loop {
-                        // Page by page: a long outage never loads a room's backlog at once.
-                        while let Some(up_to) = refill {
-                            let page_end = up_to.min(last.saturating_add(PAGE));
-                            let page = match app.log.room_events(room, last, page_end).await {
-                                Ok(page) => page,
-                                Err(error) => { yield Err(ApiError::internal(error).into()); return; }
-                            };
-                            let Some(newest) = page.last().map(|event| event.sequence) else {
-                                refill = None;
-                                break;
-                            };
-                            for logged in &page {
-                                if logged.sequence <= last { continue; }
-                                last = logged.sequence;
-                                let Some(LiveEvent::Notice { notice, .. }) = replayed_room_event(logged) else { continue };
-                                let is_my_leave = notice.removes(me);
-                                yield Ok(Notice(notice));
-                                if is_my_leave { return; }
-                            }
-                            last = last.max(newest);
-                            if last >= up_to { refill = None; }
-                        }
-                        let Some(item) = live.recv().await else { return };
-                        let relayed = match item {
-                            RelayItem::Message(relayed) => relayed,
-                            RelayItem::Resync | RelayItem::Lagged(_) => {
-                                refill = Some(i64::MAX);
-                                continue;
-                            }
+                        let event = match feed.next().await {
+                            None => return,
+                            Some(Ok(event)) => event,
+                            Some(Err(error)) => { yield Err(error); return; }
                         };
-                        let Some(event) = decode(&relayed) else { continue };
-                        let Some(sequence) = event.sequence() else {
-                            // Ephemeral (presence): no cursor.
-                            if let LiveEvent::Notice { notice, .. } = event { yield Ok(Notice(notice.clone())); }
-                            continue;
-                        };
-                        if sequence <= last { continue; }
-                        if sequence > last + 1 {
-                            // The relay lost something: re-read up to and including this one.
-                            refill = Some(sequence);
-                            continue;
-                        }
-                        last = sequence;
-                        let is_my_leave = left(event, me);
-                        if let LiveEvent::Notice { notice, .. } = event {
+                        if let Some(LiveEvent::Notice { notice, .. }) = event.event() {
                             yield Ok(Notice(notice.clone()));
-                        }
-                        if is_my_leave {
-                            return;
                         }
                     }
                 })
             }
             None => {
+                let me = actor(ctx)?;
+                let app = app(ctx).clone();
+                let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
                 let mut mine = subscribe(&app, Channel::User(me)).await?;
                 let mut everyone = subscribe(&app, Channel::Broadcast).await?;
                 Box::pin(stream! {

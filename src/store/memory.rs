@@ -261,6 +261,15 @@ impl MemoryLog {
             .collect()
     }
 
+    pub(super) fn room_sequence_at(&self, room: &str, position: i64) -> i64 {
+        let inner = self.lock();
+        let Some(stream) = inner.streams.get(&("Room".to_owned(), room.to_owned())) else {
+            return 0;
+        };
+        // Log indexes grow with position: the events at or before it are a prefix.
+        stream.partition_point(|&i| inner.log[i].id as i64 <= position) as i64
+    }
+
     pub(super) fn count(&self) -> i64 {
         self.lock().log.len() as i64
     }

@@ -221,6 +221,19 @@ impl EventLog {
         }
     }
 
+    /// The sequence of `room`'s newest event at or before global `position` (0 if none):
+    /// where a live feed that starts from what the read models held at `position` begins.
+    pub async fn room_sequence_at(
+        &self,
+        room: RoomId,
+        position: i64,
+    ) -> Result<i64, PersistenceError> {
+        match self {
+            Self::Postgres(log) => log.room_sequence_at(&room.to_string(), position).await,
+            Self::Memory(log) => Ok(log.room_sequence_at(&room.to_string(), position)),
+        }
+    }
+
     /// How many events the log holds.
     pub async fn count(&self) -> Result<i64, PersistenceError> {
         match self {

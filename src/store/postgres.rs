@@ -289,6 +289,26 @@ impl PostgresLog {
         Ok(rows.iter().map(log_event).collect())
     }
 
+    pub(super) async fn room_sequence_at(
+        &self,
+        room: &str,
+        position: i64,
+    ) -> Result<i64, PersistenceError> {
+        // Backward along (aggregate_type, aggregate_id, sequence): only the room's events
+        // after `position` are passed over.
+        let sequence: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM events
+              WHERE aggregate_type = 'Room' AND aggregate_id = $1 AND position <= $2
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(room)
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(sequence.unwrap_or(0))
+    }
+
     pub(super) async fn count(&self) -> Result<i64, PersistenceError> {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)
