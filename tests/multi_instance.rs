@@ -18,7 +18,7 @@ use support::redis::{
 use support::TestDb;
 
 const MESSAGES: &str =
-    "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body } }";
+    "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body deleted } }";
 const NOTICES: &str =
     "subscription($r: ID) { notices(roomId: $r) { kind text user { username } } }";
 const TYPING: &str = "subscription($r: ID!) { typing(roomId: $r) { isTyping user { username } } }";
@@ -499,6 +499,48 @@ async fn a_member_who_leaves_while_the_relay_is_down_gets_what_came_before_the_l
             "the ex-member's {id} subscription ends instead of delivering {ended}"
         );
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_deleted_during_an_outage_is_re_read_as_deleted() {
+    let (a, b, proxy) = a_and_b_behind_a_proxy(Proxied::B, None).await;
+    let alice = a.register("alice").await;
+    let (room, _bob, mut bob_on_b) = bob_listening_on_b(&a, &alice, &b).await;
+
+    // While B has no relay, Alice sends a message and deletes it; then one more.
+    proxy.cut();
+    a.send(&alice, &room, "a secret", "m2").await;
+    a.ok(
+        Some(&alice.token),
+        "mutation($r: ID!) { deleteMessage(roomId: $r, seq: 2) { seq } }",
+        json!({ "r": room }),
+    )
+    .await;
+    proxy.restore();
+    let http = reqwest::Client::new();
+    eventually("B is ready again", || async {
+        http.get(b.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+    a.send(&alice, &room, "after", "m3").await;
+    let deleted = bob_on_b.next("m").await;
+    assert_eq!(deleted["messages"]["seq"], 2, "{deleted}");
+    assert_eq!(
+        (
+            &deleted["messages"]["body"],
+            &deleted["messages"]["deleted"]
+        ),
+        (&json!(""), &json!(true)),
+        "the re-read shows the message as deleted, never its text: {deleted}"
+    );
+    let next = bob_on_b.next("m").await;
+    assert_eq!(next["messages"]["body"], "after", "{next}");
     a.stop().await;
     b.stop().await;
 }

@@ -8,7 +8,6 @@ use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEve
 use cqrs_es::Aggregate;
 use parley_domain::Username;
 use parley_projections::erasure;
-use parley_projections::postgres::log_event;
 use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
@@ -272,9 +271,11 @@ impl PostgresLog {
         after: i64,
         up_to: i64,
     ) -> Result<Vec<LogEvent>, PersistenceError> {
+        // The text goes back into its placeholder here, not in SQL (`event_payload` re-parses
+        // every payload as it casts back to json): live subscribers re-read these pages.
         let rows = sqlx::query(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    event_payload(payload, erasable) AS payload, metadata, recorded_at
+                    payload::text AS payload, erasable, metadata, recorded_at
                FROM events
               WHERE aggregate_type = 'Room' AND aggregate_id = $1
                 AND sequence > $2 AND sequence <= $3 AND position IS NOT NULL
@@ -286,7 +287,31 @@ impl PostgresLog {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(rows.iter().map(log_event).collect())
+        rows.iter()
+            .map(|row| {
+                let aggregate_type: String = row.get("aggregate_type");
+                let event_type: String = row.get("event_type");
+                let stored: String = row.get("payload");
+                let text: Option<String> = row.get("erasable");
+                let payload = text
+                    .and_then(|text| {
+                        erasure::with_text(&aggregate_type, &event_type, &stored, &text)
+                    })
+                    .unwrap_or(stored);
+                Ok(LogEvent {
+                    position: parley_projections::GlobalPosition(row.get("position")),
+                    aggregate_type,
+                    aggregate_id: row.get("aggregate_id"),
+                    sequence: row.get("sequence"),
+                    event_type,
+                    event_version: row.get("event_version"),
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+                    metadata: row.get("metadata"),
+                    recorded_at: row.get("recorded_at"),
+                })
+            })
+            .collect()
     }
 
     pub(super) async fn room_sequence_at(
