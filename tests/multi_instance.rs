@@ -48,6 +48,19 @@ async fn two_instances() -> (TestServer, TestServer) {
     (a, b)
 }
 
+/// Waits until `server` answers `/readyz` with 200 again (its relay is back).
+async fn ready_again(server: &TestServer) {
+    let http = reqwest::Client::new();
+    eventually("the instance is ready again", || async {
+        http.get(server.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
@@ -384,14 +397,7 @@ async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
     );
 
     proxy.restore();
-    eventually("ready again", || async {
-        http.get(server.url("/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    ready_again(&server).await;
     // A subscriber started after the outage sees everything, the outage's messages too.
     let mut ws = WsClient::connect(server.addr, &alice.token).await;
     ws.subscribe("m", MESSAGES, json!({ "r": room, "a": 0 }))
@@ -450,15 +456,7 @@ async fn a_member_who_leaves_while_the_relay_is_down_gets_what_came_before_the_l
     .await;
     a.send(&alice, &room, "after 4", "m4").await;
     proxy.restore();
-    let http = reqwest::Client::new();
-    eventually("B is ready again", || async {
-        http.get(b.url("/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    ready_again(&b).await;
     for i in 5..=6 {
         a.send(&alice, &room, &format!("after {i}"), &format!("m{i}"))
             .await;
@@ -519,15 +517,7 @@ async fn a_message_deleted_during_an_outage_is_re_read_as_deleted() {
     )
     .await;
     proxy.restore();
-    let http = reqwest::Client::new();
-    eventually("B is ready again", || async {
-        http.get(b.url("/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    ready_again(&b).await;
     a.send(&alice, &room, "after", "m3").await;
     let deleted = bob_on_b.next("m").await;
     assert_eq!(deleted["messages"]["seq"], 2, "{deleted}");
