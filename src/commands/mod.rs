@@ -174,14 +174,6 @@ impl CommandBus {
             .map_err(|e| e.to_string())?;
         Ok(loaded.state().has_role(role))
     }
-
-    /// Whether `user` is a member of `room` right now (`None`: no such room).
-    pub async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<bool>, String> {
-        Ok(self
-            .room_state(room)
-            .await?
-            .map(|(state, _)| state.is_member(user)))
-    }
 }
 
 /// Runs one command through its aggregate type's pipeline, timing it.
