@@ -68,6 +68,20 @@ pub fn with_text(
     Some(out)
 }
 
+/// The stored payload text as readers see it: with the row's erasable `text` put back in
+/// its placeholder, or as stored when it has none (or it was erased).
+pub fn restored<'a>(
+    aggregate_type: &str,
+    event_type: &str,
+    payload: &'a str,
+    text: Option<&str>,
+) -> std::borrow::Cow<'a, str> {
+    match text.and_then(|text| with_text(aggregate_type, event_type, payload, text)) {
+        Some(restored) => std::borrow::Cow::Owned(restored),
+        None => std::borrow::Cow::Borrowed(payload),
+    }
+}
+
 /// What an event erases when it is written: the text of one message (a `MessageDeleted`),
 /// or a user's username and every message they wrote (a `UserErased`). Both stores use it:
 /// PostgreSQL to blank the events of the same batch (its UPDATE cannot see them), the
@@ -152,6 +166,20 @@ mod tests {
             Some(r#"{"UserRegistered":{"password_hash":"h","username":"ann"}}"#)
         );
         assert_eq!(with_text("Room", "MemberJoined", stored, "x"), None);
+    }
+
+    #[test]
+    fn a_payload_without_text_is_read_as_stored() {
+        let stored = r#"{"MessageSent":{"body":"","seq":3}}"#;
+        assert_eq!(
+            restored("Room", "MessageSent", stored, Some("hi")),
+            r#"{"MessageSent":{"body":"hi","seq":3}}"#
+        );
+        // Erased (no text left): the placeholder stays.
+        assert!(matches!(
+            restored("Room", "MessageSent", stored, None),
+            std::borrow::Cow::Borrowed(s) if s == stored
+        ));
     }
 
     fn event(aggregate: &str, id: &str, event_type: &str, payload: Value) -> SerializedEvent {

@@ -230,11 +230,13 @@ impl<W: Write> EventWriter<W> {
 
     /// Writes one row of binary COPY output, secrets redacted.
     fn write_copy_row(&mut self, row: &CopyRow<'_>) -> Result<(), ExportError> {
-        let restored = row.erasable.and_then(|text| {
-            crate::erasure::with_text(row.aggregate_type, row.event_type, row.payload, text)
-        });
-        let payload = restored.as_deref().unwrap_or(row.payload);
-        let redacted = redacted_text(row.event_type, payload).map_err(io::Error::from)?;
+        let payload = crate::erasure::restored(
+            row.aggregate_type,
+            row.event_type,
+            row.payload,
+            row.erasable,
+        );
+        let redacted = redacted_text(row.event_type, &payload).map_err(io::Error::from)?;
         self.write_text(
             &Fields {
                 position: row.position,
@@ -245,7 +247,7 @@ impl<W: Write> EventWriter<W> {
                 event_version: row.event_version,
                 recorded_at: &row.recorded_at,
             },
-            redacted.as_deref().unwrap_or(payload),
+            redacted.as_deref().unwrap_or(&payload),
             row.metadata,
         )
     }

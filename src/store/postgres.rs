@@ -8,6 +8,7 @@ use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEve
 use cqrs_es::Aggregate;
 use parley_domain::Username;
 use parley_projections::erasure;
+use parley_projections::postgres::log_event_with_payload;
 use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
@@ -289,27 +290,16 @@ impl PostgresLog {
         .map_err(db_error)?;
         rows.iter()
             .map(|row| {
-                let aggregate_type: String = row.get("aggregate_type");
-                let event_type: String = row.get("event_type");
-                let stored: String = row.get("payload");
-                let text: Option<String> = row.get("erasable");
-                let payload = text
-                    .and_then(|text| {
-                        erasure::with_text(&aggregate_type, &event_type, &stored, &text)
-                    })
-                    .unwrap_or(stored);
-                Ok(LogEvent {
-                    position: parley_projections::GlobalPosition(row.get("position")),
-                    aggregate_type,
-                    aggregate_id: row.get("aggregate_id"),
-                    sequence: row.get("sequence"),
-                    event_type,
-                    event_version: row.get("event_version"),
-                    payload: serde_json::from_str(&payload)
-                        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
-                    metadata: row.get("metadata"),
-                    recorded_at: row.get("recorded_at"),
-                })
+                let stored: &str = row.get("payload");
+                let payload = erasure::restored(
+                    row.get("aggregate_type"),
+                    row.get("event_type"),
+                    stored,
+                    row.get("erasable"),
+                );
+                let payload = serde_json::from_str(&payload)
+                    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+                Ok(log_event_with_payload(row, payload))
             })
             .collect()
     }

@@ -42,6 +42,11 @@ pub struct PgEventLog {
 /// A row of `events` as a [`LogEvent`]. Needs the columns position, aggregate_type,
 /// aggregate_id, sequence, event_type, event_version, payload, metadata and recorded_at.
 pub fn log_event(row: &PgRow) -> LogEvent {
+    log_event_with_payload(row, row.get::<Value, _>("payload"))
+}
+
+/// [`log_event`] with the payload read by the caller (who put its text back itself).
+pub fn log_event_with_payload(row: &PgRow, payload: Value) -> LogEvent {
     LogEvent {
         position: GlobalPosition(row.get("position")),
         aggregate_type: row.get("aggregate_type"),
@@ -49,7 +54,7 @@ pub fn log_event(row: &PgRow) -> LogEvent {
         sequence: row.get("sequence"),
         event_type: row.get("event_type"),
         event_version: row.get("event_version"),
-        payload: row.get::<Value, _>("payload"),
+        payload,
         metadata: row.get::<Value, _>("metadata"),
         recorded_at: row.get::<DateTime<Utc>, _>("recorded_at"),
     }

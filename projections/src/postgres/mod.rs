@@ -8,7 +8,7 @@ mod projector;
 mod queries;
 mod rebuild;
 
-pub use log_reader::{log_event, PgEventLog};
+pub use log_reader::{log_event, log_event_with_payload, PgEventLog};
 pub use projector::{ActiveSession, PgProjector, ProjectorConfig, StepOutcome};
 pub use queries::PgReadModels;
 pub use rebuild::{RebuildConfig, RebuildPhase, RebuildProgress, RebuildReport};
