@@ -45,6 +45,8 @@ pub struct App {
     pub presence: Presence,
     /// Who this instance saw typing (to send "stopped typing" when they send).
     pub typing: Arc<crate::live::TypingTracker>,
+    /// The room subscriptions this instance serves, by room.
+    pub feeds: Arc<crate::live::OpenFeeds>,
     pub tokens: Tokens,
     /// Budgets per IP, account and user (see [`crate::limits`]).
     pub limits: Arc<RateLimits>,
@@ -229,6 +231,7 @@ impl App {
             relay,
             presence,
             typing: Arc::default(),
+            feeds: Arc::default(),
             tokens: Tokens::new(&jwt_secret),
             limits: Arc::default(),
             known_users: Arc::new(std::sync::Mutex::new(lru::LruCache::new(

@@ -84,6 +84,11 @@ fn describe() {
     // Exported as 0 from the start rather than absent until the first subscription.
     metrics::gauge!("parley_active_subscriptions").increment(0.0);
     describe_gauge!(
+        "parley_room_feeds",
+        "Room subscriptions (messages, messageUpdates, typing, a room's notices) past their membership check"
+    );
+    metrics::gauge!("parley_room_feeds").increment(0.0);
+    describe_gauge!(
         "parley_projection_lag_events",
         "Events not yet applied, by projection"
     );

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parley::graphql::WsConfig;
 use parley::relay::Channel;
-use parley_domain::{RoomId, UserId};
+use parley_domain::UserId;
 use serde_json::{json, Value};
 use support::api::{closed, open_socket, Store, TestServer, WsClient};
 
@@ -42,7 +42,6 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
     server.wait_for_subscriber(&Channel::User(bob_id)).await;
 
     let room = server.create_room(&alice, "general", &[&bob]).await;
-    let room_id = RoomId::parse(&room).expect("room id");
     let invitation = bob_ws.next("mine").await;
     assert_eq!(invitation["notices"]["kind"], "MEMBER_INVITED");
     assert_eq!(invitation["notices"]["roomId"], room.as_str());
@@ -53,10 +52,8 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
     alice_ws
         .subscribe("notices", NOTICES_ROOM, json!({ "r": room }))
         .await;
-    // The subscription reads the room's state after it subscribes, and a join committed
-    // before that read is behind it: taken subscriptions alone do not say the read is done.
-    server.wait_for_subscriber(&Channel::Room(room_id)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Started: a join committed from now on reaches it.
+    server.wait_for_feeds(&room, 1).await;
     server.join(&bob, &room).await;
     let joined = alice_ws.next("notices").await;
     assert_eq!(joined["notices"]["kind"], "MEMBER_JOINED");
@@ -70,12 +67,9 @@ async fn the_full_flow_of_api_md_works_over_http_and_websocket(store: Store) {
     bob_ws
         .subscribe("typing", TYPING, json!({ "r": room }))
         .await;
-    // Alice's notices, Bob's messages and his typing; then the messages subscription's
-    // anchor read (without `after` it starts at what the read model holds).
-    server
-        .wait_for_subscribers(&Channel::Room(room_id), 3)
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Alice's notices, Bob's messages and his typing, started (without `after`, messages
+    // start at what the read model holds when the subscription starts).
+    server.wait_for_feeds(&room, 3).await;
     for i in 1..=3 {
         let sent = server
             .send(&alice, &room, &format!("hello {i}"), &format!("a-{i}"))
@@ -626,10 +620,7 @@ async fn the_legacy_graphql_ws_protocol_works_too() {
     client
         .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
         .await;
-    let room_id = RoomId::parse(&room).expect("room id");
-    server.wait_for_subscriber(&Channel::Room(room_id)).await;
-    // Then its anchor read (see above).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_feeds(&room, 1).await;
     server.send(&alice, &room, "hi", "c1").await;
     assert_eq!(client.next("m").await["messages"]["seq"], 1);
     server.stop().await;

@@ -603,10 +603,7 @@ async fn message_updates_cross_instances() {
 
     let mut ws = WsClient::connect(b.addr, &bob.token).await;
     ws.subscribe("u", UPDATES, json!({ "r": room })).await;
-    // The subscription is taken once B's relay counts a local subscriber on the room.
-    let room_id = parley_domain::RoomId::parse(&room).expect("room id");
-    b.wait_for_subscriber(&parley::relay::Channel::Room(room_id))
-        .await;
+    b.wait_for_feeds(&room, 1).await;
     edit(&a, &alice, &room, 1, "hello, edited").await;
     let edited = ws.next("u").await;
     assert_eq!(edited["messageUpdates"]["body"], "hello, edited");

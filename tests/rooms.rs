@@ -113,10 +113,7 @@ async fn the_host_renames_the_room_and_sets_its_topic(store: Store) {
     server.join(&bob, &room).await;
     let mut bob_ws = WsClient::connect(server.addr, &bob.token).await;
     bob_ws.subscribe("n", NOTICES, json!({ "r": room })).await;
-    let room_id = parley_domain::RoomId::parse(&room).expect("room id");
-    server
-        .wait_for_subscriber(&parley::relay::Channel::Room(room_id))
-        .await;
+    server.wait_for_feeds(&room, 1).await;
 
     let topic = server
         .ok(

@@ -29,7 +29,7 @@ use super::context::{actor, app, member_at, SubscriptionBudget, SubscriptionSlot
 use super::error::{ApiError, ApiResult};
 use super::types::{last_message_for, Message, Notice, Room, TypingEvent};
 use crate::app::App;
-use crate::live::{replayed_room_event, LiveEvent, LiveMessage};
+use crate::live::{replayed_room_event, LiveEvent, LiveMessage, OpenFeed};
 use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
 
 pub use crate::live::TYPING_TTL;
@@ -131,6 +131,8 @@ struct RoomFeed {
     replayed: VecDeque<LiveEvent>,
     /// The caller's removal has been handed out.
     ended: bool,
+    /// Counts the feed among its room's open feeds once admitted.
+    open: Option<OpenFeed>,
 }
 
 /// An event of a room feed: relayed (shared with the instance's other subscribers), or
@@ -185,6 +187,7 @@ impl RoomFeed {
             refill: None,
             replayed: VecDeque::new(),
             ended: false,
+            open: None,
         })
     }
 
@@ -194,6 +197,7 @@ impl RoomFeed {
     async fn admit(&mut self) -> Result<(), async_graphql::Error> {
         let (_, sequence) = member_at(&self.app, self.room, self.me).await?;
         self.member_at = sequence;
+        self.open = Some(self.app.feeds.open(self.room));
         Ok(())
     }
 

@@ -268,6 +268,22 @@ impl TestServer {
         panic!("fewer than {count} subscriptions on {channel:?} were taken within 5 s");
     }
 
+    /// Waits until this instance serves at least `count` room subscriptions of `room` past
+    /// their start: each has its starting point and has found its caller a member, so what
+    /// is committed from now on reaches it (and a removal ends it rather than refusing it);
+    /// fails after 5 s. A taken relay channel ([`Self::wait_for_subscribers`]) says less: a
+    /// subscription takes it first, then reads where it starts.
+    pub async fn wait_for_feeds(&self, room: &str, count: usize) {
+        let room = parley_domain::RoomId::parse(room).expect("room id");
+        for _ in 0..500 {
+            if self.app.feeds.count(room) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {count} subscriptions of room {room} started within 5 s");
+    }
+
     pub async fn event_count(&self) -> i64 {
         self.app.log.count().await.expect("counting events")
     }
