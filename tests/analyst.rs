@@ -533,7 +533,10 @@ async fn an_export_of_a_range_is_the_same_before_and_while_events_are_written() 
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::eventually("the writers are writing", || async {
+        written.load(Ordering::Relaxed) >= 20
+    })
+    .await;
     for _ in 0..3 {
         let db_url = db.url();
         let range = range.clone();
@@ -1319,8 +1322,14 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
 
     let stop = Arc::new(AtomicBool::new(false));
     // Live traffic: messages, new users, new rooms with invitations, joins and leaves.
+    let sent = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (bus, stop, users) = (app.commands.clone(), stop.clone(), users.clone());
+        let (bus, stop, users, sent) = (
+            app.commands.clone(),
+            stop.clone(),
+            users.clone(),
+            sent.clone(),
+        );
         tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -1333,6 +1342,7 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
                 )
                 .await
                 .expect("send during rebuild");
+                sent.fetch_add(1, Ordering::Relaxed);
                 if i % 50 == 0 {
                     let newcomer = bus
                         .register_user(&format!("newcomer_{i}"), "h".into(), &meta())
@@ -1391,7 +1401,14 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic is flowing and being read when the rebuild starts, and goes on after it.
+    let flowing = |sent_at: u64, reads_at: u64| {
+        let (sent, reads) = (sent.clone(), reads.clone());
+        async move {
+            sent.load(Ordering::Relaxed) >= sent_at + 50 && reads.load(Ordering::Relaxed) > reads_at
+        }
+    };
+    support::eventually("traffic flows before the rebuild", || flowing(0, 0)).await;
     let phases = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = phases.clone();
     let models = PgReadModels::new(db.pool.clone());
@@ -1408,7 +1425,11 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
         .await
         .expect("rebuild");
     let reads_during = reads.load(Ordering::Relaxed) - reads_before;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent_after, reads_after) = (sent.load(Ordering::Relaxed), reads.load(Ordering::Relaxed));
+    support::eventually("traffic flows after the rebuild", || {
+        flowing(sent_after, reads_after)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
     reader

@@ -18,7 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::api::{a_and_b_behind_a_proxy, Proxied, Session, TestServer, WsClient};
-use support::redis::{eventually, FaultyProxy};
+use support::eventually;
+use support::redis::FaultyProxy;
 
 const MESSAGES: &str = "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq } }";
 const NEWEST_PAGE: &str = "query($r: ID!) { messages(roomId: $r, last: 100) { messages { seq } } }";

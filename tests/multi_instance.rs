@@ -13,9 +13,10 @@ use parley_domain::RoomId;
 use serde_json::{json, Value};
 use support::api::{a_and_b_behind_a_proxy, redis_options, Proxied, Session, TestServer, WsClient};
 use support::redis::{
-    eventually, kill_clients_named, redis_url, unique_prefix, upstream_of, url_via, FaultyProxy,
+    kill_clients_named, redis_subscribers, redis_url, unique_prefix, upstream_of, url_via,
+    FaultyProxy,
 };
-use support::TestDb;
+use support::{eventually, TestDb};
 
 const MESSAGES: &str =
     "subscription($r: ID!, $a: Int) { messages(roomId: $r, after: $a) { seq body deleted } }";
@@ -61,10 +62,6 @@ async fn ready_again(server: &TestServer) {
     .await;
 }
 
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_on_one_instance_reaches_subscribers_on_the_other_in_order_exactly_once() {
     let (a, b) = two_instances().await;
@@ -80,7 +77,7 @@ async fn a_member_on_one_instance_reaches_subscribers_on_the_other_in_order_exac
         .await;
     bob_on_b.subscribe("t", TYPING, json!({ "r": room })).await;
     bob_on_b.subscribe("n", NOTICES, json!({ "r": room })).await;
-    settle().await;
+    b.wait_for_feeds(&room, 3).await;
 
     for i in 1..=50 {
         a.send(&alice, &room, &format!("from A {i}"), &format!("a{i}"))
@@ -128,7 +125,11 @@ async fn a_member_on_one_instance_reaches_subscribers_on_the_other_in_order_exac
     bob_on_b
         .subscribe("mine", NOTICES, json!({ "r": null }))
         .await;
-    settle().await;
+    let broadcast = a.app.relay.channel_name(&Channel::Broadcast);
+    eventually("both instances listen for announcements", || async {
+        redis_subscribers(&broadcast).await == 2
+    })
+    .await;
     b.ok(
         Some(&alice.token),
         "mutation { announce(text: \"all.service-check\") }",
@@ -185,7 +186,8 @@ async fn killing_the_relay_connections_mid_stream_loses_and_repeats_nothing() {
             .await;
         subscribers.push(client);
     }
-    settle().await;
+    a.wait_for_feeds(&room, 2).await;
+    b.wait_for_feeds(&room, 2).await;
     let collectors: Vec<_> = subscribers
         .into_iter()
         .map(|client| tokio::spawn(collect(client, "m", 1000)))
@@ -216,8 +218,14 @@ async fn killing_the_relay_connections_mid_stream_loses_and_repeats_nothing() {
         .iter()
         .map(|s| s.app.relay.client_name().expect("redis relay").to_owned())
         .collect();
+    // Each time once more messages have gone through since the last kill.
+    let received = || a.app.relay.stats().received + b.app.relay.stats().received;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let before = received();
+        eventually("messages go through between kills", || async {
+            received() >= before + 100
+        })
+        .await;
         for name in &names {
             kill_clients_named(name).await;
         }
@@ -265,8 +273,13 @@ async fn an_instance_listens_to_a_room_only_while_it_has_subscribers_there() {
         "A has no subscriber there"
     );
 
+    b.wait_for_feeds(&room, 2).await;
     client.unsubscribe("m1").await;
-    settle().await;
+    let room_id = RoomId::parse(&room).expect("room id");
+    eventually("m1 has ended", || async {
+        b.app.relay.local_subscribers(&Channel::Room(room_id)) == 1
+    })
+    .await;
     assert!(
         b.app.relay.active_channels().contains(&channel),
         "one subscriber is left"
@@ -306,8 +319,11 @@ async fn presence_follows_connections_on_any_instance() {
 
     let mut alice_ws = WsClient::connect(a.addr, &alice.token).await;
     alice_ws.subscribe("n", NOTICES, json!({ "r": room })).await;
-    settle().await;
-    assert_eq!(online(&a, &alice, &room).await, vec!["alice"]);
+    a.wait_for_feeds(&room, 1).await;
+    eventually("alice is online", || async {
+        online(&a, &alice, &room).await == vec!["alice".to_owned()]
+    })
+    .await;
 
     // Bob on two devices, one per instance.
     let bob_on_a = WsClient::connect(a.addr, &bob.token).await;
@@ -423,7 +439,7 @@ async fn bob_listening_on_b(
     bob_on_b
         .subscribe("m", MESSAGES, json!({ "r": room, "a": null }))
         .await;
-    settle().await;
+    b.wait_for_feeds(&room, 1).await;
     a.send(alice, &room, "first", "m1").await;
     assert_eq!(bob_on_b.next("m").await["messages"]["body"], "first");
     (room, bob, bob_on_b)
@@ -548,7 +564,10 @@ async fn the_last_message_arrives_even_if_the_projecting_instance_could_not_rela
     // would reveal the gap.
     proxy.cut();
     a.send(&alice, &room, "last", "m2").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("A's publish of it has failed", || async {
+        a.app.relay.stats().publish_errors > 0
+    })
+    .await;
     proxy.restore();
     let last = bob_on_b.next("m").await;
     assert_eq!(last["messages"]["body"], "last");

@@ -20,9 +20,10 @@ use parley::store::{EventLog, PostgresLog};
 use parley_domain::{RoomId, UserId};
 use serde_json::{json, Value};
 use support::api::{fast_projector, TestServer, WsClient};
-use support::redis::{eventually, unique_prefix, WAIT};
+use support::redis::unique_prefix;
 use support::redis_cluster::RedisCluster;
 use support::TestDb;
+use support::{eventually, WAIT};
 use tokio::time::timeout;
 
 const MESSAGES: &str =

@@ -18,9 +18,10 @@ use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant};
 
 use support::redis::{
-    admin, client_ids_named, eventually, kill_clients_named, redis_url, unique_prefix,
-    unreachable_message, upstream_of, url_via, FaultyProxy, WAIT,
+    admin, client_ids_named, kill_clients_named, redis_url, unique_prefix, unreachable_message,
+    upstream_of, url_via, FaultyProxy,
 };
+use support::{eventually, WAIT};
 
 async fn redis_relay(prefix: &str) -> Relay {
     redis_relay_with(&redis_url(), RelayConfig::with_prefix(prefix)).await

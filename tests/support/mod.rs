@@ -27,11 +27,31 @@ macro_rules! on_both_stores {
     )*};
 }
 
+use std::future::Future;
 use std::time::Duration;
 
 use parley::app::MIGRATOR;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// How long a test waits for a condition before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `check` is true, failing with `what` after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// The maintenance database tests connect to in order to create their own databases.
 pub fn admin_url() -> String {

@@ -2,7 +2,6 @@
 //! when Redis is unreachable, per-test prefixes, connection kills by client name, and a TCP
 //! proxy that plays a Redis outage.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,9 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
-use tokio::time::{sleep, timeout, Instant};
-
-pub const WAIT: Duration = Duration::from_secs(10);
+use tokio::time::timeout;
 
 pub fn redis_url() -> String {
     std::env::var("PARLEY_TEST_REDIS_URL")
@@ -53,17 +50,17 @@ pub fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Waits until `check` is true, failing with `what` after [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        sleep(Duration::from_millis(20)).await;
-    }
+/// How many Redis connections are subscribed to `channel` (`PUBSUB NUMSUB`; one per instance
+/// listening there).
+pub async fn redis_subscribers(channel: &str) -> i64 {
+    let mut conn = admin().await;
+    let (_, count): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut conn)
+        .await
+        .expect("PUBSUB NUMSUB");
+    count
 }
 
 /// `CLIENT LIST` ids of connections named `name`.
