@@ -32,12 +32,18 @@ async fn two_instances() -> (TestServer, TestServer) {
     let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
     let prefix = unique_prefix();
     let url = redis_url();
+    let projecting = db.pool.clone();
     let a = TestServer::on_log(
         log.clone(),
         Some(db),
         redis_options(&url, &prefix, PRESENCE_TTL).await,
         WsConfig::default(),
     )
+    .await;
+    // A projects: B starts once A's projector has the lock.
+    eventually("A's projector is active", || {
+        support::projector_active(&projecting)
+    })
     .await;
     let b = TestServer::on_log(
         log,

@@ -577,12 +577,18 @@ pub async fn a_and_b_behind_a_proxy(
             options
         }
     };
+    let projecting = db.pool.clone();
     let a = TestServer::on_log(
         log.clone(),
         Some(db),
         options(url_for(Proxied::A)).await,
         WsConfig::default(),
     )
+    .await;
+    // A projects: B starts once A's projector has the lock.
+    super::eventually("A's projector is active", || async {
+        super::projector_active(&projecting).await
+    })
     .await;
     let b = TestServer::on_log(
         log,

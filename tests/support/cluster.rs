@@ -14,7 +14,7 @@ use super::proxy::Proxy;
 use super::services::{PrivatePostgres, PrivateRedis};
 
 /// The projector's advisory lock key (`projections/src/postgres/projector.rs`).
-const PROJECTOR_LOCK: i64 = 0x7061_726c_6579_7072;
+use parley_projections::postgres::LOCK_KEY as PROJECTOR_LOCK;
 
 pub struct Cluster {
     pub pg: PrivatePostgres,

@@ -140,6 +140,23 @@ async fn pool_for(database: &str, size: u32) -> PgPool {
         .unwrap_or_else(|e| panic!("connecting to test database {database}: {e}"))
 }
 
+/// Whether some session holds the projector lock in `pool`'s database (one instance's
+/// projector is active).
+pub async fn projector_active(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND granted
+                           AND database = (SELECT oid FROM pg_database
+                                            WHERE datname = current_database())
+                           AND classid::bigint = ($1 >> 32)
+                           AND objid::bigint = ($1 & 4294967295))",
+    )
+    .bind(parley_projections::postgres::LOCK_KEY)
+    .fetch_one(pool)
+    .await
+    .expect("reading pg_locks")
+}
+
 /// A fresh, migrated database that is dropped when this value is.
 pub struct TestDb {
     pub name: String,

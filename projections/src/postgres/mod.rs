@@ -9,6 +9,6 @@ mod queries;
 mod rebuild;
 
 pub use log_reader::{log_event, log_event_with_payload, PgEventLog};
-pub use projector::{ActiveSession, PgProjector, ProjectorConfig, StepOutcome};
+pub use projector::{ActiveSession, PgProjector, ProjectorConfig, StepOutcome, LOCK_KEY};
 pub use queries::PgReadModels;
 pub use rebuild::{RebuildConfig, RebuildPhase, RebuildProgress, RebuildReport};

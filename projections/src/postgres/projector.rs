@@ -46,7 +46,7 @@ use crate::log::{DecodedEvent, LogEvent};
 use crate::PROJECTIONS;
 
 /// The advisory lock key that makes one projector active ("parley_projector").
-const LOCK_KEY: i64 = 0x7061_726c_6579_7072;
+pub const LOCK_KEY: i64 = 0x7061_726c_6579_7072;
 
 /// Tuning of the projector.
 #[derive(Clone, Debug)]
