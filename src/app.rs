@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cqrs_es::persist::PersistenceError;
 use parley_projections::memory::{MemoryProjector, MemoryReadModels};
 use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
 use parley_projections::{LiveFeed, ReadModels};
@@ -254,7 +255,7 @@ impl App {
     /// last [`KNOWN_USER_TTL`], else the store's index (so a user who registered a moment ago
     /// is known before the read models are). An erased user's tokens stop working at once on
     /// the instance that erased them ([`Self::forget_user`]), within the TTL on the others.
-    pub async fn user_exists(&self, user: UserId) -> Result<bool, String> {
+    pub async fn user_exists(&self, user: UserId) -> Result<bool, PersistenceError> {
         if self
             .known_users
             .lock()
@@ -266,11 +267,7 @@ impl App {
         {
             return Ok(true);
         }
-        let exists = self
-            .log
-            .user_exists(user)
-            .await
-            .map_err(|e| e.to_string())?;
+        let exists = self.log.user_exists(user).await?;
         if exists {
             if let Ok(mut cache) = self.known_users.lock() {
                 cache.put(user, std::time::Instant::now());

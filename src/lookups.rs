@@ -23,7 +23,7 @@ impl StoreLookups {
 }
 
 fn service_error(error: impl std::fmt::Display) -> ServiceError {
-    ServiceError(error.to_string())
+    ServiceError::Unavailable(error.to_string())
 }
 
 #[async_trait]

@@ -635,9 +635,7 @@ impl Room {
         }
         match services.message_sender(room, seq).await? {
             Some(MessageFacts { sender }) => Ok(sender),
-            None => Err(RoomError::Service(ServiceError(format!(
-                "message {seq} is not readable yet; retry"
-            )))),
+            None => Err(RoomError::Service(ServiceError::NotReadableYet(seq))),
         }
     }
 

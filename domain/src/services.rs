@@ -10,11 +10,17 @@ use async_trait::async_trait;
 use crate::ids::{MessageSeq, RoomId, UserId};
 use crate::values::Username;
 
-/// A lookup could not be answered (the store was unreachable, say). The command fails and
-/// changes nothing.
+/// A lookup could not be answered. The command fails and changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("lookup failed: {0}")]
-pub struct ServiceError(pub String);
+pub enum ServiceError {
+    /// The store behind the lookup failed (unreachable, say); its own words.
+    #[error("lookup failed: {0}")]
+    Unavailable(String),
+    /// The message is older than the room's window of recent ones and not in the store's
+    /// index yet (it is a moment behind the room): a retry finds it.
+    #[error("lookup failed: message {0} is not readable yet; retry")]
+    NotReadableYet(MessageSeq),
+}
 
 /// Lookups the `User` aggregate needs.
 #[async_trait]

@@ -22,11 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateContext, EventEnvelope, EventStore};
 use tokio::sync::{mpsc, oneshot};
 
-use super::CommandError;
+use super::{CommandError, StoreError};
 use crate::store::{AggregateStore, AppendError, EventLog, LoadedAggregate, WriteTurn};
 
 /// Most commands carried out in one batch.
@@ -137,10 +137,10 @@ where
         self.queue
             .send(job)
             .await
-            .map_err(|_| CommandError::Store("the command writer has stopped".to_owned()))?;
-        answer.await.map_err(|_| {
-            CommandError::Store("the command writer stopped before answering".to_owned())
-        })?
+            .map_err(|_| CommandError::Store(StoreError::WriterStopped))?;
+        answer
+            .await
+            .map_err(|_| CommandError::Store(StoreError::WriterStopped))?
     }
 }
 
@@ -202,7 +202,7 @@ where
                 match self.log.write_turn().await {
                     Ok(turn) => Some(turn),
                     Err(error) => {
-                        fail_jobs(open, &format!("event store error: {error}"));
+                        fail_jobs(open, &StoreError::log(error));
                         return;
                     }
                 }
@@ -267,7 +267,7 @@ where
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
-                fail_jobs(jobs, &format!("loading the aggregate: {error}"));
+                fail_jobs(jobs, &StoreError::load(error));
                 return None;
             }
         };
@@ -283,8 +283,8 @@ where
                 let current = match self.store.load_aggregate(&aggregate_id).await {
                     Ok(current) => current,
                     Err(error) => {
-                        let message = format!("loading the aggregate: {error}");
-                        fail_jobs(outcomes.into_iter().map(Outcome::into_job), &message);
+                        let error = StoreError::load(error);
+                        fail_jobs(outcomes.into_iter().map(Outcome::into_job), &error);
                         return None;
                     }
                 };
@@ -345,7 +345,9 @@ where
                     );
                     self.store.forget(aggregate_id);
                     let failure = || {
-                        CommandError::Store("the aggregate refused a command inconsistently".into())
+                        CommandError::Store(StoreError::Defect(
+                            "the aggregate refused a command inconsistently",
+                        ))
                     };
                     job.answer(Err(failure()));
                     for outcome in outcomes {
@@ -385,8 +387,7 @@ where
                         Ok(event) => serialized.push(event),
                         Err(error) => {
                             // Our own events always serialize; refuse the whole batch if not.
-                            let message = format!("cannot serialize an event: {error}");
-                            fail_all(groups, &message);
+                            fail_all(groups, &StoreError::log(error));
                             return None;
                         }
                     }
@@ -415,7 +416,7 @@ where
                 Some(self.resolve_collisions(groups, &owner, &colliding).await)
             }
             Err(AppendError::NotSent(error)) => {
-                fail_all(groups, &format!("event store error: {error}"));
+                fail_all(groups, &StoreError::log(error));
                 None
             }
             Err(AppendError::Store(error)) => {
@@ -424,13 +425,13 @@ where
                         tracing::warn!(%error, "the append's connection failed after its commit");
                         answer_committed(&self.store, groups, envelopes, first).await;
                     }
-                    Ok(None) => fail_all(groups, &format!("event store error: {error}")),
+                    Ok(None) => fail_all(groups, &StoreError::log(error)),
                     Err(check) => fail_all(
                         groups,
-                        &format!(
-                            "event store error: {error}; whether the batch was stored is \
-                             unknown ({check}): retry with the same clientMsgId"
-                        ),
+                        &StoreError::Unknown {
+                            error: std::sync::Arc::new(error),
+                            check: std::sync::Arc::new(check),
+                        },
                     ),
                 }
                 None
@@ -468,7 +469,7 @@ where
                 Ok(reloaded) => reloaded,
                 Err(error) => {
                     let jobs = group.accepted.into_iter().map(|(job, _)| job);
-                    fail_jobs(jobs, &format!("reloading the aggregate: {error}"));
+                    fail_jobs(jobs, &StoreError::load(error));
                     continue;
                 }
             };
@@ -495,18 +496,19 @@ where
     async fn outcome_of_failed_append(
         &self,
         first_event: &SerializedEvent,
-    ) -> Result<Option<i64>, String> {
+    ) -> Result<Option<i64>, PersistenceError> {
         let mut delay = Duration::from_millis(50);
-        let mut last = String::new();
-        for _ in 0..4 {
+        let mut attempt = 1;
+        loop {
             match self.log.stored_position(first_event).await {
                 Ok(position) => return Ok(position),
-                Err(error) => last = error.to_string(),
+                Err(error) if attempt == 4 => return Err(error),
+                Err(_) => {}
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
+            attempt += 1;
         }
-        Err(last)
     }
 }
 
@@ -552,15 +554,15 @@ async fn answer_committed<A: Batched>(
     }
 }
 
-fn fail_all<A: Aggregate>(groups: Vec<Group<A>>, message: &str) {
+fn fail_all<A: Aggregate>(groups: Vec<Group<A>>, error: &StoreError) {
     let jobs = groups
         .into_iter()
         .flat_map(|group| group.accepted.into_iter().map(|(job, _)| job));
-    fail_jobs(jobs, message);
+    fail_jobs(jobs, error);
 }
 
-fn fail_jobs<A: Aggregate>(jobs: impl IntoIterator<Item = Job<A>>, message: &str) {
+fn fail_jobs<A: Aggregate>(jobs: impl IntoIterator<Item = Job<A>>, error: &StoreError) {
     for job in jobs {
-        job.answer(Err(CommandError::Store(message.to_owned())));
+        job.answer(Err(CommandError::Store(error.clone())));
     }
 }

@@ -71,9 +71,59 @@ pub enum CommandError<E: std::error::Error> {
     /// It kept conflicting with concurrent writers after every retry.
     #[error("the aggregate kept changing concurrently; try again")]
     Conflict,
-    /// The store failed.
+    /// The store failed, or the write path could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An error of the store, shared by every command of the batch it failed.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why the store did not carry out a command. Nothing was written, except where
+/// [`StoreError::Unknown`] says it cannot tell.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the event log failed.
     #[error("event store error: {0}")]
-    Store(String),
+    Log(SharedError),
+    /// Loading the aggregate failed.
+    #[error("loading the aggregate: {0}")]
+    Load(SharedError),
+    /// The append failed after it was sent, and whether it was stored could not be read
+    /// back either.
+    #[error(
+        "event store error: {error}; whether the batch was stored is unknown ({check}): \
+         retry with the same clientMsgId"
+    )]
+    Unknown {
+        error: SharedError,
+        check: SharedError,
+    },
+    /// The aggregate type's writer has stopped (the instance is shutting down).
+    #[error("the command writer has stopped")]
+    WriterStopped,
+    /// A rule of the write path itself was broken (a defect, logged where it was found).
+    #[error("internal error: {0}")]
+    Defect(&'static str),
+}
+
+impl StoreError {
+    /// The log failed with `error`.
+    pub fn log(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Log(Arc::new(error))
+    }
+
+    /// Loading an aggregate failed with `error` (never a business rule: loading runs none).
+    pub fn load<E: std::error::Error>(error: cqrs_es::AggregateError<E>) -> Self {
+        use cqrs_es::AggregateError as E;
+        match error {
+            E::DatabaseConnectionError(error)
+            | E::DeserializationError(error)
+            | E::UnexpectedError(error) => Self::Load(Arc::from(error)),
+            E::AggregateConflict => Self::Defect("loading an aggregate conflicted"),
+            E::UserError(_) => Self::Defect("loading an aggregate ran a business rule"),
+        }
+    }
 }
 
 /// A message as stored: what `sendMessage` returns.
@@ -152,12 +202,12 @@ impl CommandBus {
     /// The room's current state and the sequence of its last event, read through the
     /// aggregate store (one read of newer events for a cached room): authoritative, unlike
     /// the read models.
-    pub async fn room_state(&self, room: RoomId) -> Result<Option<(Room, usize)>, String> {
+    pub async fn room_state(&self, room: RoomId) -> Result<Option<(Room, usize)>, StoreError> {
         let loaded = self
             .room_store
             .load_aggregate(&room.to_string())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::load)?;
         if loaded.state().id().is_none() {
             return Ok(None);
         }
@@ -166,12 +216,12 @@ impl CommandBus {
     }
 
     /// Whether `user` exists and holds `role`, by the User aggregate (O(1) when cached).
-    pub async fn has_role(&self, user: UserId, role: Role) -> Result<bool, String> {
+    pub async fn has_role(&self, user: UserId, role: Role) -> Result<bool, StoreError> {
         let loaded = self
             .user_store
             .load_aggregate(&user.to_string())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::load)?;
         Ok(loaded.state().has_role(role))
     }
 }

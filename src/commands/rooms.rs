@@ -9,7 +9,7 @@ use parley_domain::{
 };
 
 use super::batch::{Batched, Collision};
-use super::{execute, CommandBus, CommandError, CommandMeta, SentMessage};
+use super::{execute, CommandBus, CommandError, CommandMeta, SentMessage, StoreError};
 
 impl Batched for Room {
     fn on_unique_collision(command: &RoomCommand) -> Collision<RoomError> {
@@ -186,25 +186,27 @@ impl CommandBus {
         };
         let committed = execute(&self.rooms, room.to_string(), command, meta).await?;
         if let Some(envelope) = committed.events.into_iter().next() {
-            return sent_message(room, envelope.payload, committed.position, false)
-                .ok_or_else(|| CommandError::Store("a send stored no message".to_owned()));
+            return sent_message(room, envelope.payload, committed.position, false).ok_or(
+                CommandError::Store(StoreError::Defect("a send stored no message")),
+            );
         }
         // No new event: this clientMsgId was used before, and the original is committed.
-        let client_msg_id = ClientMsgId::parse(client_msg_id)
-            .map_err(|e| CommandError::Store(format!("validated value rejected: {e}")))?;
+        let client_msg_id = ClientMsgId::parse(client_msg_id).map_err(|_| {
+            CommandError::Store(StoreError::Defect("a validated clientMsgId was rejected"))
+        })?;
         let stored = self
             .log
             .find_message(room, sender, &client_msg_id)
             .await
-            .map_err(|e| CommandError::Store(e.to_string()))?
-            .ok_or_else(|| {
-                CommandError::Store("a repeated clientMsgId has no stored message".to_owned())
-            })?;
+            .map_err(StoreError::log)?
+            .ok_or(CommandError::Store(StoreError::Defect(
+                "a repeated clientMsgId has no stored message",
+            )))?;
         let position = stored.1;
-        let envelope = EventEnvelope::<Room>::try_from(stored.0)
-            .map_err(|e| CommandError::Store(e.to_string()))?;
-        sent_message(room, envelope.payload, position, true)
-            .ok_or_else(|| CommandError::Store("stored event is not a message".to_owned()))
+        let envelope = EventEnvelope::<Room>::try_from(stored.0).map_err(StoreError::log)?;
+        sent_message(room, envelope.payload, position, true).ok_or(CommandError::Store(
+            StoreError::Defect("the stored event is not a message"),
+        ))
     }
 }
 

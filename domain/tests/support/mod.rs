@@ -59,7 +59,7 @@ pub fn now() -> DateTime<Utc> {
 }
 
 pub fn service_error() -> ServiceError {
-    ServiceError(OUTAGE.to_owned())
+    ServiceError::Unavailable(OUTAGE.to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ pub struct FakeDirectory {
     pub senders: HashMap<u64, UserId>,
     /// Who blocks whom: (blocker, blocked).
     pub blocks: HashSet<(UserId, UserId)>,
-    /// Every lookup fails with `ServiceError(OUTAGE)`.
+    /// Every lookup fails with `ServiceError::Unavailable(OUTAGE)`.
     pub fail: bool,
 }
 
