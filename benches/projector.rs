@@ -18,6 +18,7 @@ use parley::commands::CommandMeta;
 use parley::store::{EventLog, PostgresLog};
 use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
 use parley_projections::LiveFeed;
+use parley_projections::ReadModelStore;
 use support::TestDb;
 
 fn events_wanted() -> i64 {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use parley_domain::{RoomId, UserId};
 use parley_projections::postgres::PgReadModels;
+use parley_projections::ReadModelStore;
 use sqlx::PgPool;
 use support::TestDb;
 use uuid::Uuid;

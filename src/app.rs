@@ -203,7 +203,7 @@ impl App {
                 let projector = PgProjector::new(pg.pool().clone(), live.clone(), projector);
                 background.tasks.spawn(projector.run(stop()));
                 (
-                    ReadModels::Postgres(PgReadModels::new(pg.pool().clone())),
+                    ReadModels::postgres(PgReadModels::new(pg.pool().clone())),
                     projected,
                 )
             }
@@ -214,7 +214,7 @@ impl App {
                 let projector =
                     MemoryProjector::new(Arc::new(memory.clone()), models.clone(), live.clone());
                 background.tasks.spawn(projector.run(stop()));
-                (ReadModels::Memory(models), projected)
+                (ReadModels::memory(models), projected)
             }
         };
         background.tasks.spawn(crate::live::publish(

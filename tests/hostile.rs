@@ -806,7 +806,7 @@ async fn the_cheap_lag_estimate_agrees_with_the_exact_status() {
             .await
             .unwrap();
     }
-    let models = parley_projections::ReadModels::Postgres(
+    let models = parley_projections::ReadModels::postgres(
         parley_projections::postgres::PgReadModels::new(db.pool.clone()),
     );
     let exact = models.status().await.unwrap();

@@ -104,7 +104,7 @@ async fn concurrent_slow_and_fast_writers_are_projected_once_each_in_a_gapless_o
     for writer in futures::future::join_all(writers).await {
         writer.expect("writer");
     }
-    let models = ReadModels::Postgres(PgReadModels::new(db.pool.clone()));
+    let models = ReadModels::postgres(PgReadModels::new(db.pool.clone()));
     caught_up(&models).await;
 
     assert_eq!(
@@ -184,7 +184,7 @@ async fn a_projector_killed_mid_batch_resumes_and_matches_a_rebuild_from_scratch
     let projector = PgProjector::new(db.pool.clone(), LiveFeed::new(), fast_config());
     let mut session = wait_for_lock(&projector).await;
     projector.drain(&mut session).await.unwrap();
-    let models = ReadModels::Postgres(PgReadModels::new(db.pool.clone()));
+    let models = ReadModels::postgres(PgReadModels::new(db.pool.clone()));
     caught_up(&models).await;
     assert_eq!(positions(&db.pool).await.len(), 1505);
     let after_crashes = dump_all(&db.pool).await;
@@ -292,7 +292,7 @@ async fn only_one_projector_works_and_a_standby_takes_over_from_the_checkpoint()
             .await
             .unwrap();
     }
-    let models = ReadModels::Postgres(PgReadModels::new(db.pool.clone()));
+    let models = ReadModels::postgres(PgReadModels::new(db.pool.clone()));
     caught_up(&models).await;
     let b = tokio::spawn(
         PgProjector::new(db.pool.clone(), live_b, fast_config()).run(std::future::pending()),

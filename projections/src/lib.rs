@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use events::{AggregateKind, EventFilter, EventPage, FilterError};
 pub use live::LiveFeed;
 pub use log::{DecodedEvent, LogEvent, RawLogEvent};
-pub use read_models::{ReadModelError, ReadModels};
+pub use read_models::{ReadModelError, ReadModelStore, ReadModels};
 pub use time_travel::RoomAt;
 pub use views::{
     MessagePage, MessageView, PageError, PageRequest, ReactionView, RoomListItem, RoomView,

@@ -12,7 +12,10 @@ use tokio::sync::watch;
 use crate::events::{EventFilter, EventPage};
 use crate::live::LiveFeed;
 use crate::log::{DecodedEvent, LogEvent};
-use crate::read_models::ReadModelError;
+use async_trait::async_trait;
+
+use crate::postgres::{RebuildProgress, RebuildReport};
+use crate::read_models::{ReadModelError, ReadModelStore};
 use crate::time_travel::{RoomAt, RoomReplay};
 use crate::views::{
     Credentials, MessagePage, MessageView, PageRequest, RoomListItem, RoomView, UserView,
@@ -395,180 +398,6 @@ impl MemoryReadModels {
         }
     }
 
-    pub fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
-        Ok(self.read().users.get(&id).map(|u| u.view.clone()))
-    }
-
-    pub fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
-        let state = self.read();
-        Ok(ids
-            .iter()
-            .filter_map(|id| state.users.get(id).map(|u| (*id, u.view.clone())))
-            .collect())
-    }
-
-    pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
-        let state = self.read();
-        Ok(state
-            .usernames
-            .get(username)
-            .and_then(|id| state.users.get(id))
-            .map(|u| Credentials {
-                user: u.view.clone(),
-                password_hash: u.password_hash.clone(),
-            }))
-    }
-
-    pub fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
-        let state = self.read();
-        Ok(state.rooms.get(&id).map(|r| state.room_view(r)))
-    }
-
-    pub fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
-        Ok(self
-            .read()
-            .rooms
-            .get(&room)
-            .is_some_and(|r| r.members.contains(&user)))
-    }
-
-    pub fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
-        let state = self.read();
-        let mut items: Vec<RoomListItem> = state
-            .rooms_of_user
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| state.rooms.get(id))
-            .map(|room| RoomListItem {
-                room: state.room_view(room),
-                last_message: state
-                    .messages
-                    .get(&room.id)
-                    .and_then(|m| m.get(&room.last_seq))
-                    .cloned(),
-                unread_count: (room.last_seq
-                    - state.cursors.get(&(room.id, user)).copied().unwrap_or(0))
-                .max(0),
-                last_activity: GlobalPosition(room.last_activity),
-            })
-            .collect();
-        items.sort_by(|a, b| {
-            b.last_activity
-                .cmp(&a.last_activity)
-                .then(a.room.id.cmp(&b.room.id))
-        });
-        Ok(items)
-    }
-
-    /// The users `user` blocks, in id order.
-    pub fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
-        let state = self.read();
-        Ok(state
-            .blocks
-            .get(&user)
-            .map(|blocked| blocked.iter().copied().collect())
-            .unwrap_or_default())
-    }
-
-    pub fn public_rooms(
-        &self,
-        after: Option<RoomId>,
-        limit: i64,
-    ) -> Result<Vec<RoomView>, ReadModelError> {
-        let state = self.read();
-        let key = |room: &RoomRow| (room.last_activity, room.id);
-        let mut public: Vec<&RoomRow> = state
-            .rooms
-            .values()
-            .filter(|room| room.visibility == RoomVisibility::Public)
-            .collect();
-        public.sort_by_key(|room| std::cmp::Reverse(key(room)));
-        let start = match after {
-            None => 0,
-            Some(cursor) => match state.rooms.get(&cursor) {
-                Some(cursor) => public.partition_point(|room| key(room) >= key(cursor)),
-                None => return Ok(Vec::new()),
-            },
-        };
-        Ok(public
-            .into_iter()
-            .skip(start)
-            .take(limit.max(0) as usize)
-            .map(|room| state.room_view(room))
-            .collect())
-    }
-
-    /// Every word of `query` must be in the body; ranked by how often the words occur,
-    /// then newest first.
-    pub fn search(
-        &self,
-        user: UserId,
-        query: &str,
-        room: Option<RoomId>,
-        limit: i64,
-    ) -> Result<Vec<MessageView>, ReadModelError> {
-        let state = self.read();
-        let terms: Vec<String> = words(query).collect();
-        let Some((first, rest)) = terms.split_first() else {
-            return Ok(Vec::new());
-        };
-        let mine = state.rooms_of_user.get(&user);
-        let in_scope = |(r, _): &&(RoomId, i64)| {
-            room.is_none_or(|only| only == *r) && mine.is_some_and(|rooms| rooms.contains(r))
-        };
-        let mut found: Vec<(usize, &MessageView)> = state
-            .words
-            .get(first)
-            .into_iter()
-            .flatten()
-            .filter(in_scope)
-            .filter(|key| {
-                rest.iter()
-                    .all(|t| state.words.get(t).is_some_and(|m| m.contains(key)))
-            })
-            .filter_map(|(r, seq)| state.messages.get(r)?.get(seq))
-            .map(|message| {
-                let hits = words(&message.body).filter(|w| terms.contains(w)).count();
-                (hits, message)
-            })
-            .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.position.cmp(&a.1.position)));
-        Ok(found
-            .into_iter()
-            .take(limit.max(0) as usize)
-            .map(|(_, message)| message.clone())
-            .collect())
-    }
-
-    pub fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
-        let state = self.read();
-        let last_seq = state.rooms.get(&room).map_or(0, |r| r.last_seq);
-        Ok((last_seq - state.cursors.get(&(room, user)).copied().unwrap_or(0)).max(0))
-    }
-
-    pub fn messages(
-        &self,
-        room: RoomId,
-        request: PageRequest,
-    ) -> Result<MessagePage, ReadModelError> {
-        self.messages_up_to(room, request, None)
-    }
-
-    /// A page of a room's history as it was at position `at`: only messages with
-    /// `position <= at`.
-    pub fn messages_at(
-        &self,
-        room: RoomId,
-        request: PageRequest,
-        at: GlobalPosition,
-    ) -> Result<MessagePage, ReadModelError> {
-        if at.0 < 0 {
-            return Err(crate::events::FilterError::NegativePosition(at.0).into());
-        }
-        self.messages_up_to(room, request, Some(at))
-    }
-
     fn messages_up_to(
         &self,
         room: RoomId,
@@ -621,7 +450,204 @@ impl MemoryReadModels {
         Ok(MessagePage { messages, has_more })
     }
 
-    pub fn messages_between(
+    /// The attached log (set when a [`MemoryProjector`] is built over these models).
+    fn log(&self) -> Result<&Arc<dyn EmbeddedLog>, ReadModelError> {
+        self.log.get().ok_or(ReadModelError::NoEventLog)
+    }
+
+    /// Empties the read models (cursors stay) so the projector replays the log.
+    fn clear(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        if let Some(unknown) = names.iter().find(|n| !PROJECTIONS.contains(n)) {
+            return Err(ReadModelError::UnknownProjection((*unknown).to_owned()));
+        }
+        // The embedded read models are one unit: any rebuild replays all of them.
+        let mut state = self.write();
+        let cursors = std::mem::take(&mut state.cursors);
+        *state = State {
+            cursors,
+            ..State::default()
+        };
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ReadModelStore for MemoryReadModels {
+    async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
+        Ok(self.read().users.get(&id).map(|u| u.view.clone()))
+    }
+
+    async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
+        let state = self.read();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.users.get(id).map(|u| (*id, u.view.clone())))
+            .collect())
+    }
+
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
+        let state = self.read();
+        Ok(state
+            .usernames
+            .get(username)
+            .and_then(|id| state.users.get(id))
+            .map(|u| Credentials {
+                user: u.view.clone(),
+                password_hash: u.password_hash.clone(),
+            }))
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
+        let state = self.read();
+        Ok(state.rooms.get(&id).map(|r| state.room_view(r)))
+    }
+
+    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
+        Ok(self
+            .read()
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.members.contains(&user)))
+    }
+
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
+        let state = self.read();
+        let mut items: Vec<RoomListItem> = state
+            .rooms_of_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.rooms.get(id))
+            .map(|room| RoomListItem {
+                room: state.room_view(room),
+                last_message: state
+                    .messages
+                    .get(&room.id)
+                    .and_then(|m| m.get(&room.last_seq))
+                    .cloned(),
+                unread_count: (room.last_seq
+                    - state.cursors.get(&(room.id, user)).copied().unwrap_or(0))
+                .max(0),
+                last_activity: GlobalPosition(room.last_activity),
+            })
+            .collect();
+        items.sort_by(|a, b| {
+            b.last_activity
+                .cmp(&a.last_activity)
+                .then(a.room.id.cmp(&b.room.id))
+        });
+        Ok(items)
+    }
+
+    /// The users `user` blocks, in id order.
+    async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
+        let state = self.read();
+        Ok(state
+            .blocks
+            .get(&user)
+            .map(|blocked| blocked.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn public_rooms(
+        &self,
+        after: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<RoomView>, ReadModelError> {
+        let state = self.read();
+        let key = |room: &RoomRow| (room.last_activity, room.id);
+        let mut public: Vec<&RoomRow> = state
+            .rooms
+            .values()
+            .filter(|room| room.visibility == RoomVisibility::Public)
+            .collect();
+        public.sort_by_key(|room| std::cmp::Reverse(key(room)));
+        let start = match after {
+            None => 0,
+            Some(cursor) => match state.rooms.get(&cursor) {
+                Some(cursor) => public.partition_point(|room| key(room) >= key(cursor)),
+                None => return Ok(Vec::new()),
+            },
+        };
+        Ok(public
+            .into_iter()
+            .skip(start)
+            .take(limit.max(0) as usize)
+            .map(|room| state.room_view(room))
+            .collect())
+    }
+
+    /// Every word of `query` must be in the body; ranked by how often the words occur,
+    /// then newest first.
+    async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: i64,
+    ) -> Result<Vec<MessageView>, ReadModelError> {
+        let state = self.read();
+        let terms: Vec<String> = words(query).collect();
+        let Some((first, rest)) = terms.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mine = state.rooms_of_user.get(&user);
+        let in_scope = |(r, _): &&(RoomId, i64)| {
+            room.is_none_or(|only| only == *r) && mine.is_some_and(|rooms| rooms.contains(r))
+        };
+        let mut found: Vec<(usize, &MessageView)> = state
+            .words
+            .get(first)
+            .into_iter()
+            .flatten()
+            .filter(in_scope)
+            .filter(|key| {
+                rest.iter()
+                    .all(|t| state.words.get(t).is_some_and(|m| m.contains(key)))
+            })
+            .filter_map(|(r, seq)| state.messages.get(r)?.get(seq))
+            .map(|message| {
+                let hits = words(&message.body).filter(|w| terms.contains(w)).count();
+                (hits, message)
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.position.cmp(&a.1.position)));
+        Ok(found
+            .into_iter()
+            .take(limit.max(0) as usize)
+            .map(|(_, message)| message.clone())
+            .collect())
+    }
+
+    async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
+        let state = self.read();
+        let last_seq = state.rooms.get(&room).map_or(0, |r| r.last_seq);
+        Ok((last_seq - state.cursors.get(&(room, user)).copied().unwrap_or(0)).max(0))
+    }
+
+    async fn messages(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+    ) -> Result<MessagePage, ReadModelError> {
+        self.messages_up_to(room, request, None)
+    }
+
+    /// A page of a room's history as it was at position `at`: only messages with
+    /// `position <= at`.
+    async fn messages_at(
+        &self,
+        room: RoomId,
+        request: PageRequest,
+        at: GlobalPosition,
+    ) -> Result<MessagePage, ReadModelError> {
+        if at.0 < 0 {
+            return Err(crate::events::FilterError::NegativePosition(at.0).into());
+        }
+        self.messages_up_to(room, request, Some(at))
+    }
+
+    async fn messages_between(
         &self,
         room: RoomId,
         after: i64,
@@ -645,7 +671,7 @@ impl MemoryReadModels {
             .unwrap_or_default())
     }
 
-    pub fn changed_messages(
+    async fn changed_messages(
         &self,
         room: RoomId,
         after: i64,
@@ -668,7 +694,7 @@ impl MemoryReadModels {
         Ok(changed)
     }
 
-    pub fn message_by_client_id(
+    async fn message_by_client_id(
         &self,
         room: RoomId,
         sender: UserId,
@@ -682,7 +708,7 @@ impl MemoryReadModels {
             .cloned())
     }
 
-    pub fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
         let mut state = self.write();
         let last_seq = state
             .rooms
@@ -696,7 +722,7 @@ impl MemoryReadModels {
         Ok(())
     }
 
-    pub fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+    async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
         let checkpoint = self.checkpoint();
         let (lag_events, lag_ms) = match self.log.get() {
             Some(log) => {
@@ -720,14 +746,9 @@ impl MemoryReadModels {
             .collect())
     }
 
-    /// The attached log (set when a [`MemoryProjector`] is built over these models).
-    fn log(&self) -> Result<&Arc<dyn EmbeddedLog>, ReadModelError> {
-        self.log.get().ok_or(ReadModelError::NoEventLog)
-    }
-
     /// A page of the log for the `events` query, secrets redacted (see
     /// [`crate::postgres::PgEventLog::events`]).
-    pub fn events(
+    async fn events(
         &self,
         after: Option<i64>,
         first: Option<i64>,
@@ -757,7 +778,7 @@ impl MemoryReadModels {
     }
 
     /// The room as of position `at`, replayed from the log through the `Room` aggregate.
-    pub fn room_at(
+    async fn room_at(
         &self,
         room: RoomId,
         at: GlobalPosition,
@@ -772,25 +793,30 @@ impl MemoryReadModels {
         Ok(replay.finish(at))
     }
 
-    /// In the embedded store a rebuild is a [`Self::reset`]: one process owns the models
-    /// and replays the log into them in moments, so there is nothing to shadow.
-    pub fn rebuild(&self, names: &[&str]) -> Result<(), ReadModelError> {
-        self.reset(names)
+    /// The embedded store has no index to estimate from: its exact status is cheap.
+    async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+        self.status().await
     }
 
-    /// Empties the read models (cursors stay) so the projector replays the log.
-    pub fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
-        if let Some(unknown) = names.iter().find(|n| !PROJECTIONS.contains(n)) {
-            return Err(ReadModelError::UnknownProjection((*unknown).to_owned()));
-        }
-        // The embedded read models are one unit: any rebuild replays all of them.
-        let mut state = self.write();
-        let cursors = std::mem::take(&mut state.cursors);
-        *state = State {
-            cursors,
-            ..State::default()
-        };
-        Ok(())
+    /// A rebuild here is a [`ReadModelStore::reset`]: one process owns the models and
+    /// replays the log into them in moments, so there is nothing to shadow (and no events
+    /// to report).
+    async fn rebuild(
+        &self,
+        names: &[&str],
+        _progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<RebuildReport, ReadModelError> {
+        let started = std::time::Instant::now();
+        self.clear(names)?;
+        Ok(RebuildReport {
+            projections: Vec::new(),
+            events: 0,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
+        self.clear(names)
     }
 }
 

@@ -1,13 +1,19 @@
-//! [`ReadModels`]: the queries the API needs, over Postgres or the embedded store.
+//! The read side's port: [`ReadModelStore`], the queries the API needs, implemented over
+//! PostgreSQL ([`PgReadModels`]) and over the embedded store ([`MemoryReadModels`]); and
+//! [`ReadModels`], the handle the server holds, chosen once at start-up.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use parley_domain::{RoomId, UserId};
 
 use crate::events::{EventFilter, EventPage, FilterError};
 use crate::memory::MemoryReadModels;
-use crate::postgres::{PgReadModels, RebuildConfig, RebuildProgress, RebuildReport};
+use crate::postgres::{PgReadModels, RebuildProgress, RebuildReport};
 use crate::time_travel::RoomAt;
 use crate::views::{
     Credentials, MessagePage, MessageView, PageError, PageRequest, RoomListItem, RoomView, UserView,
@@ -38,215 +44,153 @@ pub enum ReadModelError {
     Database(#[from] sqlx::Error),
 }
 
-/// The read models of one store. Cheap to clone.
-#[derive(Clone, Debug)]
-pub enum ReadModels {
-    Postgres(PgReadModels),
-    Memory(Arc<MemoryReadModels>),
-}
+/// What the server may ask of its read models. Every query answers from what the projector
+/// has applied so far (a few milliseconds behind the log).
+#[async_trait]
+pub trait ReadModelStore: Send + Sync + fmt::Debug {
+    async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError>;
 
-macro_rules! dispatch {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            ReadModels::Postgres(models) => models.$method($($arg),*).await,
-            ReadModels::Memory(models) => models.$method($($arg),*),
-        }
-    };
-}
+    async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError>;
 
-impl ReadModels {
-    pub async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
-        dispatch!(self, user(id))
-    }
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError>;
 
-    pub async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
-        dispatch!(self, users(ids))
-    }
+    async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError>;
 
-    pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
-        dispatch!(self, credentials(username))
-    }
+    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError>;
 
-    pub async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
-        dispatch!(self, room(id))
-    }
-
-    pub async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
-        dispatch!(self, is_member(room, user))
-    }
-
-    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
-        dispatch!(self, rooms_of(user))
-    }
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError>;
 
     /// The users `user` blocks, in id order.
-    pub async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
-        dispatch!(self, blocked_by(user))
-    }
+    async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError>;
 
     /// PUBLIC rooms, most recent activity first, `limit` after room `after`.
-    pub async fn public_rooms(
+    async fn public_rooms(
         &self,
         after: Option<RoomId>,
         limit: i64,
-    ) -> Result<Vec<RoomView>, ReadModelError> {
-        dispatch!(self, public_rooms(after, limit))
-    }
+    ) -> Result<Vec<RoomView>, ReadModelError>;
 
     /// Messages of `user`'s rooms (of `room` only, when given) matching every word of
     /// `query`, best match first. Deleted and erased text is never found.
-    pub async fn search(
+    async fn search(
         &self,
         user: UserId,
         query: &str,
         room: Option<RoomId>,
         limit: i64,
-    ) -> Result<Vec<MessageView>, ReadModelError> {
-        dispatch!(self, search(user, query, room, limit))
-    }
+    ) -> Result<Vec<MessageView>, ReadModelError>;
 
-    pub async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
-        dispatch!(self, unread_count(room, user))
-    }
+    async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError>;
 
-    pub async fn messages(
+    async fn messages(
         &self,
         room: RoomId,
         request: PageRequest,
-    ) -> Result<MessagePage, ReadModelError> {
-        dispatch!(self, messages(room, request))
-    }
+    ) -> Result<MessagePage, ReadModelError>;
 
-    pub async fn messages_between(
+    /// Messages of `room` with `after < seq <= up_to`, at most `limit`, in seq order.
+    async fn messages_between(
         &self,
         room: RoomId,
         after: i64,
         up_to: i64,
         limit: i64,
-    ) -> Result<Vec<MessageView>, ReadModelError> {
-        dispatch!(self, messages_between(room, after, up_to, limit))
-    }
+    ) -> Result<Vec<MessageView>, ReadModelError>;
 
     /// Message `seq` of `room`, if the read model holds it.
-    pub async fn message(
-        &self,
-        room: RoomId,
-        seq: i64,
-    ) -> Result<Option<MessageView>, ReadModelError> {
+    async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageView>, ReadModelError> {
         let page = self.messages_between(room, seq - 1, seq, 1).await?;
         Ok(page.into_iter().next())
     }
 
     /// Messages of `room` edited, deleted or reacted to, whose newest change is after
     /// position `after`, oldest change first.
-    pub async fn changed_messages(
+    async fn changed_messages(
         &self,
         room: RoomId,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<MessageView>, ReadModelError> {
-        dispatch!(self, changed_messages(room, after, limit))
-    }
+    ) -> Result<Vec<MessageView>, ReadModelError>;
 
-    pub async fn message_by_client_id(
+    async fn message_by_client_id(
         &self,
         room: RoomId,
         sender: UserId,
         client_msg_id: &str,
-    ) -> Result<Option<MessageView>, ReadModelError> {
-        dispatch!(self, message_by_client_id(room, sender, client_msg_id))
-    }
+    ) -> Result<Option<MessageView>, ReadModelError>;
 
-    pub async fn mark_read(
-        &self,
-        room: RoomId,
-        user: UserId,
-        seq: i64,
-    ) -> Result<(), ReadModelError> {
-        dispatch!(self, mark_read(room, user, seq))
-    }
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError>;
 
-    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
-        dispatch!(self, status())
-    }
+    async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError>;
 
     /// [`Self::status`] cheap enough for every metrics scrape (no scan of the log).
-    pub async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
-        match self {
-            ReadModels::Postgres(models) => models.lag_estimate().await,
-            ReadModels::Memory(models) => models.status(),
-        }
-    }
+    async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError>;
 
     /// A page of the global log (the GraphQL `events` query): events with `position >
     /// after` (default 0) matching `filter`, at most `first` (default 100, at most 1000), in
     /// position order, with secrets redacted (`password_hash` → `"[redacted]"`).
-    pub async fn events(
+    async fn events(
         &self,
         after: Option<i64>,
         first: Option<i64>,
         filter: &EventFilter,
-    ) -> Result<EventPage, ReadModelError> {
-        match self {
-            Self::Postgres(models) => models.log().events(after, first, filter).await,
-            Self::Memory(models) => models.events(after, first, filter),
-        }
-    }
+    ) -> Result<EventPage, ReadModelError>;
 
     /// The room as it was at global position `at` (`room(id, atPosition)`): its events up
     /// to `at` replayed through the `Room` aggregate. `None` if it did not exist yet.
-    pub async fn room_at(
+    async fn room_at(
         &self,
         room: RoomId,
         at: GlobalPosition,
-    ) -> Result<Option<RoomAt>, ReadModelError> {
-        match self {
-            Self::Postgres(models) => models.log().room_at(room, at).await,
-            Self::Memory(models) => models.room_at(room, at),
-        }
-    }
+    ) -> Result<Option<RoomAt>, ReadModelError>;
 
     /// A page of a room's history as it was at global position `at` (`messages(…,
     /// atPosition)`): like [`Self::messages`], over the messages with `position <= at`.
-    pub async fn messages_at(
+    async fn messages_at(
         &self,
         room: RoomId,
         request: PageRequest,
         at: GlobalPosition,
-    ) -> Result<MessagePage, ReadModelError> {
-        dispatch!(self, messages_at(room, request, at))
-    }
+    ) -> Result<MessagePage, ReadModelError>;
 
     /// Rebuilds the named projections (all when empty) while the live ones keep serving:
     /// shadow tables, replay, atomic swap (see `postgres/rebuild.rs`). `progress` hears
-    /// about every batch. The embedded store simply resets (see
-    /// [`MemoryReadModels::rebuild`]) and reports no events.
-    pub async fn rebuild(
+    /// about every batch.
+    async fn rebuild(
         &self,
         names: &[&str],
         progress: &(dyn Fn(RebuildProgress) + Send + Sync),
-    ) -> Result<RebuildReport, ReadModelError> {
-        match self {
-            Self::Postgres(models) => {
-                models
-                    .rebuild(names, &RebuildConfig::default(), progress)
-                    .await
-            }
-            Self::Memory(models) => {
-                let started = std::time::Instant::now();
-                models.rebuild(names)?;
-                Ok(RebuildReport {
-                    projections: Vec::new(),
-                    events: 0,
-                    elapsed: started.elapsed(),
-                })
-            }
-        }
-    }
+    ) -> Result<RebuildReport, ReadModelError>;
 
     /// Empties the named projections (all when empty) and resets their checkpoints; the
     /// running projector replays the log into them.
-    pub async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
-        dispatch!(self, reset(names))
+    async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError>;
+}
+
+/// The read models of one store, as the server holds them. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReadModels(Arc<dyn ReadModelStore>);
+
+impl ReadModels {
+    pub fn new(store: impl ReadModelStore + 'static) -> Self {
+        Self(Arc::new(store))
+    }
+
+    /// The read models over PostgreSQL.
+    pub fn postgres(models: PgReadModels) -> Self {
+        Self::new(models)
+    }
+
+    /// The embedded read models (shared with the projector that feeds them).
+    pub fn memory(models: Arc<MemoryReadModels>) -> Self {
+        Self(models)
+    }
+}
+
+impl Deref for ReadModels {
+    type Target = dyn ReadModelStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
     }
 }

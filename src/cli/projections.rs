@@ -12,7 +12,7 @@ use crate::config::{DatabaseArgs, RebuildArgs};
 
 pub(super) async fn status(args: DatabaseArgs) -> Result<(), Failure> {
     let options = args.require("projections status").map_err(Failure::Usage)?;
-    let models = ReadModels::Postgres(PgReadModels::new(tool_pool(options).await?));
+    let models = ReadModels::postgres(PgReadModels::new(tool_pool(options).await?));
     let status = models
         .status()
         .await
@@ -32,7 +32,7 @@ pub(super) async fn status(args: DatabaseArgs) -> Result<(), Failure> {
 
 pub(super) async fn rebuild(args: RebuildArgs) -> Result<(), Failure> {
     let (options, names) = args.validate().map_err(Failure::Usage)?;
-    let models = ReadModels::Postgres(PgReadModels::new(tool_pool(options).await?));
+    let models = ReadModels::postgres(PgReadModels::new(tool_pool(options).await?));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let bar = progress_bar();
     let shown = bar.clone();

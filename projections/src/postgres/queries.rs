@@ -12,7 +12,11 @@ use uuid::Uuid;
 use super::apply::tables_of;
 use super::log_reader::PgEventLog;
 use super::rebuild::{self, RebuildConfig, RebuildProgress, RebuildReport};
-use crate::read_models::ReadModelError;
+use async_trait::async_trait;
+
+use crate::events::{EventFilter, EventPage};
+use crate::read_models::{ReadModelError, ReadModelStore};
+use crate::time_travel::RoomAt;
 use crate::views::{
     Credentials, MessagePage, MessageView, Page, PageRequest, ReactionView, RoomListItem, RoomView,
     UserView,
@@ -137,7 +141,35 @@ impl PgReadModels {
         rebuild::rebuild(&self.pool, &projections, config, progress).await
     }
 
-    pub async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
+    async fn messages_page(&self, room: RoomId, page: Page) -> Result<MessagePage, ReadModelError> {
+        let order = if page.backward { "DESC" } else { "ASC" };
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages_view
+              WHERE room_id = $1 AND seq > $2 AND seq < $3
+              ORDER BY seq {order} LIMIT $4"
+        ))
+        .bind(room.0)
+        .bind(page.after)
+        .bind(page.before)
+        .bind(page.limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() as i64 > page.limit;
+        let mut messages: Vec<MessageView> = rows
+            .iter()
+            .take(page.limit as usize)
+            .map(message_view)
+            .collect();
+        if page.backward {
+            messages.reverse();
+        }
+        Ok(MessagePage { messages, has_more })
+    }
+}
+
+#[async_trait]
+impl ReadModelStore for PgReadModels {
+    async fn user(&self, id: UserId) -> Result<Option<UserView>, ReadModelError> {
         let row = sqlx::query(
             "SELECT user_id, username, roles, created_at FROM users_view WHERE user_id = $1",
         )
@@ -148,7 +180,7 @@ impl PgReadModels {
     }
 
     /// Users by id, in one query (for batch loading); unknown ids are absent.
-    pub async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
+    async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, UserView>, ReadModelError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let rows = sqlx::query(
             "SELECT user_id, username, roles, created_at FROM users_view WHERE user_id = ANY ($1)",
@@ -159,7 +191,7 @@ impl PgReadModels {
         Ok(rows.iter().map(user_view).map(|u| (u.id, u)).collect())
     }
 
-    pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>, ReadModelError> {
         let row = sqlx::query(
             "SELECT user_id, username, roles, created_at, password_hash
                FROM users_view WHERE username = $1",
@@ -173,7 +205,7 @@ impl PgReadModels {
         }))
     }
 
-    pub async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
+    async fn room(&self, id: RoomId) -> Result<Option<RoomView>, ReadModelError> {
         let row = sqlx::query(&format!(
             "SELECT {ROOM_COLUMNS} FROM rooms_view r {ROOM_PEOPLE} WHERE r.room_id = $1"
         ))
@@ -183,7 +215,7 @@ impl PgReadModels {
         Ok(row.as_ref().map(room_view))
     }
 
-    pub async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
+    async fn is_member(&self, room: RoomId, user: UserId) -> Result<bool, ReadModelError> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM room_members
                              WHERE room_id = $1 AND user_id = $2 AND state = 'member')",
@@ -195,7 +227,7 @@ impl PgReadModels {
     }
 
     /// The rooms `user` is a member of, most recent activity first.
-    pub async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<RoomListItem>, ReadModelError> {
         let rows = sqlx::query(&format!(
             "SELECT {ROOM_COLUMNS},
                     greatest(r.last_seq - coalesce(c.last_read_seq, 0), 0) AS unread,
@@ -246,7 +278,7 @@ impl PgReadModels {
             .collect())
     }
 
-    pub async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
+    async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
         Ok(sqlx::query_scalar(
             "SELECT greatest(r.last_seq - coalesce(c.last_read_seq, 0), 0)
                FROM rooms_view r
@@ -261,7 +293,7 @@ impl PgReadModels {
     }
 
     /// A page of a room's history, oldest first.
-    pub async fn messages(
+    async fn messages(
         &self,
         room: RoomId,
         request: PageRequest,
@@ -272,7 +304,7 @@ impl PgReadModels {
     /// A page of a room's history as it was at position `at`: only the messages with
     /// `position <= at`. Seq and position grow together within a room, so that history is
     /// the prefix up to the room's last seq at `at`, found in the log by index.
-    pub async fn messages_at(
+    async fn messages_at(
         &self,
         room: RoomId,
         request: PageRequest,
@@ -287,34 +319,9 @@ impl PgReadModels {
         self.messages_page(room, page).await
     }
 
-    async fn messages_page(&self, room: RoomId, page: Page) -> Result<MessagePage, ReadModelError> {
-        let order = if page.backward { "DESC" } else { "ASC" };
-        let rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages_view
-              WHERE room_id = $1 AND seq > $2 AND seq < $3
-              ORDER BY seq {order} LIMIT $4"
-        ))
-        .bind(room.0)
-        .bind(page.after)
-        .bind(page.before)
-        .bind(page.limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let has_more = rows.len() as i64 > page.limit;
-        let mut messages: Vec<MessageView> = rows
-            .iter()
-            .take(page.limit as usize)
-            .map(message_view)
-            .collect();
-        if page.backward {
-            messages.reverse();
-        }
-        Ok(MessagePage { messages, has_more })
-    }
-
     /// Messages of a room with `after < seq <= up_to`, in order (gap filling for live
     /// subscribers), at most `limit`.
-    pub async fn messages_between(
+    async fn messages_between(
         &self,
         room: RoomId,
         after: i64,
@@ -336,7 +343,7 @@ impl PgReadModels {
 
     /// Messages of `room` changed (edited, deleted, reacted to) with their newest change
     /// after `after`, in position order.
-    pub async fn changed_messages(
+    async fn changed_messages(
         &self,
         room: RoomId,
         after: i64,
@@ -355,7 +362,7 @@ impl PgReadModels {
     }
 
     /// The users `user` blocks, in id order.
-    pub async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
+    async fn blocked_by(&self, user: UserId) -> Result<Vec<UserId>, ReadModelError> {
         let blocked: Vec<Uuid> = sqlx::query_scalar(
             "SELECT blocked FROM user_blocks WHERE blocker = $1 ORDER BY blocked",
         )
@@ -367,7 +374,7 @@ impl PgReadModels {
 
     /// PUBLIC rooms, most recent activity first: `limit` of them after room `after` (the
     /// last of the previous page), by keyset on (last activity, id).
-    pub async fn public_rooms(
+    async fn public_rooms(
         &self,
         after: Option<RoomId>,
         limit: i64,
@@ -391,7 +398,7 @@ impl PgReadModels {
     /// Full-text search over the messages of the rooms `user` is a member of (of `room`
     /// only, when given): every word of `query` must match (`websearch_to_tsquery` syntax:
     /// `"a phrase"`, `or`, `-not`), best match first, then newest.
-    pub async fn search(
+    async fn search(
         &self,
         user: UserId,
         query: &str,
@@ -418,7 +425,7 @@ impl PgReadModels {
     }
 
     /// The idempotency lookup: the message `sender` sent to `room` with `client_msg_id`.
-    pub async fn message_by_client_id(
+    async fn message_by_client_id(
         &self,
         room: RoomId,
         sender: UserId,
@@ -438,12 +445,7 @@ impl PgReadModels {
 
     /// Moves `user`'s read cursor in `room` forward to `seq` (never backward). The caller
     /// checks membership; `seq` beyond the room's last message is refused.
-    pub async fn mark_read(
-        &self,
-        room: RoomId,
-        user: UserId,
-        seq: i64,
-    ) -> Result<(), ReadModelError> {
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
         let last_seq: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM rooms_view WHERE room_id = $1")
                 .bind(room.0)
@@ -468,7 +470,7 @@ impl PgReadModels {
     }
 
     /// Checkpoint and lag of every projection.
-    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+    async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
         let rows = sqlx::query(
             "SELECT c.projection, c.position,
                     (SELECT count(*) FROM events e WHERE e.position > c.position OR e.position IS NULL) AS lag_events,
@@ -496,7 +498,7 @@ impl PgReadModels {
     /// is the largest position (an index lookup), events without a position yet are counted
     /// through their partial index (at most 100,000), and the lag in time is the age of the
     /// first unapplied event found through those indexes. Exact while positions have no gaps.
-    pub async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
+    async fn lag_estimate(&self) -> Result<Vec<ProjectionStatus>, ReadModelError> {
         let rows = sqlx::query(
             "SELECT c.projection, c.position,
                     greatest(coalesce((SELECT max(position) FROM events), 0) - c.position, 0)
@@ -531,7 +533,7 @@ impl PgReadModels {
     /// Starts a rebuild of the named projections (all when empty): empties their tables and
     /// resets their checkpoints in one transaction. The active projector then replays the log
     /// into them (see [`super::PgProjector::step`]).
-    pub async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
+    async fn reset(&self, names: &[&str]) -> Result<(), ReadModelError> {
         let names: Vec<&str> = if names.is_empty() {
             PROJECTIONS.to_vec()
         } else {
@@ -553,5 +555,30 @@ impl PgReadModels {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn events(
+        &self,
+        after: Option<i64>,
+        first: Option<i64>,
+        filter: &EventFilter,
+    ) -> Result<EventPage, ReadModelError> {
+        self.log().events(after, first, filter).await
+    }
+
+    async fn room_at(
+        &self,
+        room: RoomId,
+        at: GlobalPosition,
+    ) -> Result<Option<RoomAt>, ReadModelError> {
+        self.log().room_at(room, at).await
+    }
+
+    async fn rebuild(
+        &self,
+        names: &[&str],
+        progress: &(dyn Fn(RebuildProgress) + Send + Sync),
+    ) -> Result<RebuildReport, ReadModelError> {
+        PgReadModels::rebuild(self, names, &RebuildConfig::default(), progress).await
     }
 }
