@@ -163,7 +163,7 @@ async fn seed_bulk(pool: &PgPool, n: i64) -> i64 {
     drop(session);
     // The analyst, through the command layer (its role is an event too).
     let app = App::start(
-        EventLog::Postgres(PostgresLog::new(pool.clone())),
+        EventLog::postgres(PostgresLog::new(pool.clone())),
         "bench-secret".into(),
         ProjectorConfig::default(),
     );
@@ -250,7 +250,7 @@ const BODIES: [&str; 8] = [
 /// log holds about `n` events; the projector runs all along.
 async fn write_live(pool: &PgPool, n: i64) -> i64 {
     let app = App::start_with(
-        EventLog::Postgres(PostgresLog::new(pool.clone())),
+        EventLog::postgres(PostgresLog::new(pool.clone())),
         "bench-secret".into(),
         AppOptions::local(ProjectorConfig::default()),
     );
@@ -554,7 +554,7 @@ async fn graphql_pages(db: &Db, total: i64, layout: &str) {
         .expect("db")
         .expect("the analyst is in the log");
     let server = TestServer::on_log(
-        EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
         None,
         AppOptions::local(ProjectorConfig::default()),
         WsConfig::default(),

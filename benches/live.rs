@@ -725,7 +725,7 @@ async fn scenario(
 async fn two_instances() -> (TestServer, TestServer) {
     admin().await; // fails with a clear message when Redis is unreachable
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let prefix = unique_prefix();
     let url = redis_url();
     let a = TestServer::on_log(

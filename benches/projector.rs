@@ -151,7 +151,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn lag(db: &TestDb) {
     let app = App::start(
-        EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
         "bench-secret".into(),
         ProjectorConfig::default(),
     );

@@ -23,7 +23,7 @@ use crate::config::{DbTimeouts, ServerConfig, StoreConfig};
 use crate::limits::{RateLimitConfig, RateLimits};
 use crate::projected::Projected;
 use crate::relay::{Presence, PresenceConfig, Relay, RelayConfig};
-use crate::store::{EventLog, PostgresLog};
+use crate::store::{EventLog, PostgresLog, ReadSide};
 use parley_domain::UserId;
 
 /// The SQL migrations in `migrations/`, embedded at build time.
@@ -149,7 +149,7 @@ impl App {
                     .run(&pool)
                     .await
                     .context("applying database migrations")?;
-                EventLog::Postgres(PostgresLog::new(pool))
+                EventLog::postgres(PostgresLog::new(pool))
             }
         };
         let jwt_secret = match &config.jwt_secret {
@@ -196,23 +196,20 @@ impl App {
         let live = LiveFeed::new();
         let background = Background::default();
         let stop = || background.stop.clone().cancelled_owned();
-        let (read_models, projected) = match &log {
-            EventLog::Postgres(pg) => {
-                let (projected, follow) = Projected::postgres(pg.pool().clone(), stop());
+        // The one choice of backend: the read side lives in the log's store.
+        let (read_models, projected) = match log.read_side() {
+            ReadSide::Postgres(pool) => {
+                let (projected, follow) = Projected::postgres(pool.clone(), stop());
                 background.tasks.spawn(follow);
-                let projector = PgProjector::new(pg.pool().clone(), live.clone(), projector);
+                let projector = PgProjector::new(pool.clone(), live.clone(), projector);
                 background.tasks.spawn(projector.run(stop()));
-                (
-                    ReadModels::postgres(PgReadModels::new(pg.pool().clone())),
-                    projected,
-                )
+                (ReadModels::postgres(PgReadModels::new(pool)), projected)
             }
-            EventLog::Memory(memory) => {
+            ReadSide::Embedded(embedded) => {
                 let (projected, follow) = Projected::embedded(&live, stop());
                 background.tasks.spawn(follow);
                 let models = Arc::new(MemoryReadModels::default());
-                let projector =
-                    MemoryProjector::new(Arc::new(memory.clone()), models.clone(), live.clone());
+                let projector = MemoryProjector::new(embedded, models.clone(), live.clone());
                 background.tasks.spawn(projector.run(stop()));
                 (ReadModels::memory(models), projected)
             }

@@ -23,7 +23,7 @@ struct Harness {
 impl Harness {
     async fn postgres() -> Self {
         let db = TestDb::new().await;
-        let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+        let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
         Self { _db: Some(db), log }
     }
 

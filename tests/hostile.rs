@@ -758,7 +758,7 @@ async fn with_the_store_down_requests_fail_fast_as_unavailable() {
     .unwrap();
     assert_eq!(settings, ("15s".into(), "5s".into(), "15s".into()));
     let app = App::start_with(
-        EventLog::Postgres(PostgresLog::new(pool)),
+        EventLog::postgres(PostgresLog::new(pool)),
         SECRET.into(),
         AppOptions::local(fast_projector()),
     );
@@ -797,7 +797,7 @@ async fn with_the_store_down_requests_fail_fast_as_unavailable() {
 async fn the_cheap_lag_estimate_agrees_with_the_exact_status() {
     // No projector runs here: every event stays unapplied, so the lag is known.
     let db = support::TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let commands = parley::commands::CommandBus::new(log);
     let meta = parley::commands::CommandMeta::system("test");
     for i in 0..7 {

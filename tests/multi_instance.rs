@@ -29,7 +29,7 @@ const PRESENCE_TTL: Duration = Duration::from_secs(2);
 async fn two_instances() -> (TestServer, TestServer) {
     parley::telemetry::init();
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let prefix = unique_prefix();
     let url = redis_url();
     let projecting = db.pool.clone();
@@ -363,7 +363,7 @@ async fn presence_follows_connections_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_an_instance_is_not_ready_but_keeps_serving() {
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let url = redis_url();
     let proxy = FaultyProxy::start(upstream_of(&url)).await;
     let via_proxy = url_via(&url, proxy.addr);

@@ -132,7 +132,7 @@ async fn concurrent_slow_and_fast_writers_are_projected_once_each_in_a_gapless_o
 async fn a_projector_killed_mid_batch_resumes_and_matches_a_rebuild_from_scratch() {
     let db = TestDb::new().await;
     let app = App::start(
-        EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
         "test-secret".into(),
         // The app's own projector: killed below by stopping the app.
         fast_config(),
@@ -220,7 +220,7 @@ async fn wait_for_lock(projector: &PgProjector) -> parley_projections::postgres:
 async fn rebuilding_one_projection_reproduces_its_tables_exactly() {
     let db = TestDb::new().await;
     let app = App::start(
-        EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
         "s".into(),
         fast_config(),
     );
@@ -278,7 +278,7 @@ async fn rebuilding_one_projection_reproduces_its_tables_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_one_projector_works_and_a_standby_takes_over_from_the_checkpoint() {
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let bus = parley::commands::CommandBus::new(log);
     let live_a = LiveFeed::new();
     let live_b = LiveFeed::new();
@@ -353,7 +353,7 @@ impl Harness {
     async fn postgres() -> Self {
         let db = TestDb::new().await;
         let app = App::start(
-            EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+            EventLog::postgres(PostgresLog::new(db.pool.clone())),
             "s".into(),
             fast_config(),
         );

@@ -244,7 +244,7 @@ async fn presence_keys_of_a_user_share_a_slot_and_queries_span_shards() {
 async fn two_instances(cluster: &RedisCluster) -> (TestServer, TestServer) {
     parley::telemetry::init();
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let prefix = unique_prefix();
     let options = |relay, presence| AppOptions {
         projector: fast_projector(),

@@ -19,7 +19,7 @@ fn meta(actor: Option<UserId>) -> CommandMeta {
 }
 
 fn bus(db: &TestDb) -> Arc<CommandBus> {
-    Arc::new(CommandBus::new(EventLog::Postgres(PostgresLog::new(
+    Arc::new(CommandBus::new(EventLog::postgres(PostgresLog::new(
         db.pool.clone(),
     ))))
 }

@@ -23,7 +23,7 @@ async fn user_and_bus(
         .with_context(|| format!("no user is registered as \"{username}\""))?;
     Ok((
         user,
-        CommandBus::new(EventLog::Postgres(PostgresLog::new(pool))),
+        CommandBus::new(EventLog::postgres(PostgresLog::new(pool))),
     ))
 }
 

@@ -7,8 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use parley_domain::Username;
 use parley_projections::memory::EmbeddedLog;
 use parley_projections::{GlobalPosition, LogEvent};
@@ -16,7 +17,9 @@ use tokio::sync::watch;
 
 use parley_projections::erasure;
 
-use super::{registered_username, AppendError, MessageKey, Snapshot};
+use super::{
+    registered_username, AppendError, LogStore, MessageKey, ReadSide, Snapshot, Turn, WriteTurn,
+};
 
 /// One event in the global log, with what Postgres adds on insert.
 #[derive(Clone, Debug)]
@@ -284,6 +287,120 @@ impl MemoryLog {
             .take(limit)
             .cloned()
             .collect()
+    }
+}
+
+/// A turn of the embedded log: one process, appends under one lock, so nothing to hold.
+#[derive(Debug)]
+struct MemoryTurn(MemoryLog);
+
+#[async_trait]
+impl Turn for MemoryTurn {
+    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+        self.0.append_batch(events)
+    }
+}
+
+/// The embedded log answers at once: every call is one lock and a lookup.
+#[async_trait]
+impl LogStore for MemoryLog {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn read_side(&self) -> ReadSide {
+        ReadSide::Embedded(Arc::new(self.clone()))
+    }
+
+    async fn events_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(MemoryLog::events_after(
+            self,
+            aggregate_type,
+            aggregate_id,
+            after,
+        ))
+    }
+
+    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+        MemoryLog::append_batch(self, events)
+    }
+
+    async fn write_turn(&self) -> Result<WriteTurn, AppendError> {
+        Ok(WriteTurn::new(MemoryTurn(self.clone())))
+    }
+
+    async fn stored_position(
+        &self,
+        event: &SerializedEvent,
+    ) -> Result<Option<i64>, PersistenceError> {
+        Ok(MemoryLog::stored_position(self, event))
+    }
+
+    async fn snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<Snapshot>, PersistenceError> {
+        Ok(MemoryLog::snapshot(self, aggregate_type, aggregate_id))
+    }
+
+    async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        snapshot: Snapshot,
+    ) -> Result<(), PersistenceError> {
+        MemoryLog::save_snapshot(self, aggregate_type, aggregate_id, snapshot);
+        Ok(())
+    }
+
+    async fn username_taken(&self, username: &Username) -> Result<bool, PersistenceError> {
+        Ok(MemoryLog::username_taken(self, username))
+    }
+
+    async fn user_exists(&self, user: &str) -> Result<bool, PersistenceError> {
+        Ok(MemoryLog::user_exists(self, user))
+    }
+
+    async fn find_message(
+        &self,
+        key: &MessageKey,
+    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
+        Ok(MemoryLog::find_message(self, key))
+    }
+
+    async fn message_sender(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Result<Option<String>, PersistenceError> {
+        Ok(MemoryLog::message_sender(self, room, seq))
+    }
+
+    async fn room_events(
+        &self,
+        room: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<LogEvent>, PersistenceError> {
+        Ok(MemoryLog::room_events(self, room, after, up_to))
+    }
+
+    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError> {
+        Ok(MemoryLog::room_sequence_at(self, room, position))
+    }
+
+    async fn count(&self) -> Result<i64, PersistenceError> {
+        Ok(MemoryLog::count(self))
+    }
+
+    async fn ping(&self) -> Result<(), PersistenceError> {
+        Ok(())
     }
 }
 

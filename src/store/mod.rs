@@ -1,5 +1,7 @@
-//! The write side's storage: an event log (Postgres or embedded memory) and the
-//! [`AggregateStore`] that loads aggregates from it in O(1) of their history.
+//! The write side's storage: the event log as a port ([`LogStore`], implemented by
+//! [`PostgresLog`] and [`MemoryLog`]; the server holds an [`EventLog`], and the store it was
+//! started with decides its read side, [`ReadSide`]) and the [`AggregateStore`] that loads
+//! aggregates from it in O(1) of their history.
 //!
 //! cqrs-es 0.5's own snapshot and aggregate stores apply every new event twice (its
 //! `EventSink` has already applied them), and its plain event store replays a whole stream on
@@ -11,9 +13,14 @@ mod aggregate_store;
 mod memory;
 mod postgres;
 
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
 use parley_domain::{ClientMsgId, RoomId, UserId, Username};
+use parley_projections::memory::EmbeddedLog;
 use parley_projections::LogEvent;
 use serde_json::Value;
 
@@ -21,14 +28,105 @@ pub use aggregate_store::{AggregateStore, LoadedAggregate, SNAPSHOT_EVERY};
 pub use memory::MemoryLog;
 pub use postgres::PostgresLog;
 
-/// Where events live. Cheap to clone: both variants share their state.
-#[derive(Clone, Debug)]
-pub enum EventLog {
-    /// PostgreSQL through postgres-es (production, many instances).
-    Postgres(PostgresLog),
-    /// The embedded in-memory log (one process; data is lost on exit).
-    Memory(MemoryLog),
+/// Where events live: the write side's port, implemented by [`PostgresLog`] and
+/// [`MemoryLog`] (chosen once at start-up; see [`EventLog::read_side`]). [`EventLog`] is the
+/// handle the server holds; this is what each store provides.
+#[async_trait]
+pub(crate) trait LogStore: Send + Sync + fmt::Debug {
+    /// The backend's name, for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// What the read side is built over (the same store).
+    fn read_side(&self) -> ReadSide;
+
+    /// Events of one aggregate with `sequence > after`, in sequence order.
+    async fn events_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError>;
+
+    /// See [`EventLog::append_batch`] (the batch is not empty).
+    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError>;
+
+    /// See [`EventLog::write_turn`].
+    async fn write_turn(&self) -> Result<WriteTurn, AppendError>;
+
+    /// See [`EventLog::stored_position`].
+    async fn stored_position(
+        &self,
+        event: &SerializedEvent,
+    ) -> Result<Option<i64>, PersistenceError>;
+
+    async fn snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<Snapshot>, PersistenceError>;
+
+    /// Saves a snapshot unless a newer one is already stored.
+    async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        snapshot: Snapshot,
+    ) -> Result<(), PersistenceError>;
+
+    async fn username_taken(&self, username: &Username) -> Result<bool, PersistenceError>;
+
+    async fn user_exists(&self, user: &str) -> Result<bool, PersistenceError>;
+
+    async fn find_message(
+        &self,
+        key: &MessageKey,
+    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError>;
+
+    /// The sender's id of message `seq` of `room`, if stored with its text.
+    async fn message_sender(
+        &self,
+        room: &str,
+        seq: u64,
+    ) -> Result<Option<String>, PersistenceError>;
+
+    /// See [`EventLog::room_events`].
+    async fn room_events(
+        &self,
+        room: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<LogEvent>, PersistenceError>;
+
+    /// See [`EventLog::room_sequence_at`].
+    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError>;
+
+    async fn count(&self) -> Result<i64, PersistenceError>;
+
+    async fn ping(&self) -> Result<(), PersistenceError>;
 }
+
+/// What an instance's read side is built over: the store its log is in.
+pub enum ReadSide {
+    /// The read models live in the log's PostgreSQL database; the projector reads the log
+    /// there.
+    Postgres(sqlx::PgPool),
+    /// The embedded read models, fed from the embedded log.
+    Embedded(Arc<dyn EmbeddedLog>),
+}
+
+impl fmt::Debug for ReadSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Postgres(_) => "ReadSide::Postgres",
+            Self::Embedded(_) => "ReadSide::Embedded",
+        })
+    }
+}
+
+/// Where events live: the server's handle on its [`LogStore`]. Cheap to clone: clones share
+/// the store.
+#[derive(Clone, Debug)]
+pub struct EventLog(Arc<dyn LogStore>);
 
 /// A batch must hold at least one event (its first position is the answer).
 fn refuse_empty(events: &[SerializedEvent]) -> Result<(), AppendError> {
@@ -40,22 +138,26 @@ fn refuse_empty(events: &[SerializedEvent]) -> Result<(), AppendError> {
     Ok(())
 }
 
-/// See [`EventLog::write_turn`].
-#[derive(Debug)]
-pub enum WriteTurn {
-    Postgres(postgres::PostgresTurn),
-    /// One process, appends under one lock: nothing to hold.
-    Memory(MemoryLog),
+/// A store's turn to write alone (see [`EventLog::write_turn`]).
+#[async_trait]
+pub(crate) trait Turn: Send + fmt::Debug {
+    /// Appends the (non-empty) batch within the turn, and ends it.
+    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError>;
 }
 
+/// See [`EventLog::write_turn`].
+#[derive(Debug)]
+pub struct WriteTurn(Box<dyn Turn>);
+
 impl WriteTurn {
+    fn new(turn: impl Turn + 'static) -> Self {
+        Self(Box::new(turn))
+    }
+
     /// Appends like [`EventLog::append_batch`], within the turn, and ends it.
     pub async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         refuse_empty(events)?;
-        match self {
-            Self::Postgres(turn) => turn.append_batch(events).await,
-            Self::Memory(log) => log.append_batch(events),
-        }
+        self.0.append_batch(events).await
     }
 }
 
@@ -83,9 +185,20 @@ pub struct Snapshot {
 }
 
 impl EventLog {
+    /// The log in PostgreSQL.
+    pub fn postgres(log: PostgresLog) -> Self {
+        Self(Arc::new(log))
+    }
+
     /// The embedded log.
     pub fn memory() -> Self {
-        Self::Memory(MemoryLog::default())
+        Self(Arc::new(MemoryLog::default()))
+    }
+
+    /// What the read side is built over (the same store): the one choice of backend the
+    /// server makes at start-up.
+    pub fn read_side(&self) -> ReadSide {
+        self.0.read_side()
     }
 
     /// Events of one aggregate with `sequence > after`, in sequence order.
@@ -94,10 +207,7 @@ impl EventLog {
         aggregate_id: &str,
         after: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.events_after::<A>(aggregate_id, after).await,
-            Self::Memory(log) => Ok(log.events_after(A::TYPE, aggregate_id, after)),
-        }
+        self.0.events_after(A::TYPE, aggregate_id, after).await
     }
 
     /// Appends a batch of events (of any aggregates) atomically, in one transaction: every
@@ -105,10 +215,7 @@ impl EventLog {
     /// [`AppendError::Conflict`] naming the events that collide.
     pub async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         refuse_empty(events)?;
-        match self {
-            Self::Postgres(log) => log.append_batch(events).await,
-            Self::Memory(log) => log.append_batch(events),
-        }
+        self.0.append_batch(events).await
     }
 
     /// A turn to write alone: waits for the appends in flight (of every instance) and
@@ -116,10 +223,7 @@ impl EventLog {
     /// For a writer that keeps losing races to another instance: with the turn, what it
     /// reads is the latest and its append cannot be overtaken.
     pub async fn write_turn(&self) -> Result<WriteTurn, AppendError> {
-        match self {
-            Self::Postgres(log) => Ok(WriteTurn::Postgres(log.write_turn().await?)),
-            Self::Memory(log) => Ok(WriteTurn::Memory(log.clone())),
-        }
+        self.0.write_turn().await
     }
 
     /// The position of `event` if it is stored exactly as given: resolves an append whose
@@ -129,10 +233,7 @@ impl EventLog {
         &self,
         event: &SerializedEvent,
     ) -> Result<Option<i64>, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.stored_position(event).await,
-            Self::Memory(log) => Ok(log.stored_position(event)),
-        }
+        self.0.stored_position(event).await
     }
 
     pub async fn snapshot(
@@ -140,10 +241,7 @@ impl EventLog {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.snapshot(aggregate_type, aggregate_id).await,
-            Self::Memory(log) => Ok(log.snapshot(aggregate_type, aggregate_id)),
-        }
+        self.0.snapshot(aggregate_type, aggregate_id).await
     }
 
     /// Saves a snapshot unless a newer one is already stored.
@@ -153,30 +251,17 @@ impl EventLog {
         aggregate_id: &str,
         snapshot: Snapshot,
     ) -> Result<(), PersistenceError> {
-        match self {
-            Self::Postgres(log) => {
-                log.save_snapshot(aggregate_type, aggregate_id, snapshot)
-                    .await
-            }
-            Self::Memory(log) => {
-                log.save_snapshot(aggregate_type, aggregate_id, snapshot);
-                Ok(())
-            }
-        }
+        self.0
+            .save_snapshot(aggregate_type, aggregate_id, snapshot)
+            .await
     }
 
     pub async fn username_taken(&self, username: &Username) -> Result<bool, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.username_taken(username).await,
-            Self::Memory(log) => Ok(log.username_taken(username)),
-        }
+        self.0.username_taken(username).await
     }
 
     pub async fn user_exists(&self, user: UserId) -> Result<bool, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.user_exists(&user.to_string()).await,
-            Self::Memory(log) => Ok(log.user_exists(&user.to_string())),
-        }
+        self.0.user_exists(&user.to_string()).await
     }
 
     /// The stored `MessageSent` event `sender` sent to `room` with `client_msg_id`, if any,
@@ -188,10 +273,7 @@ impl EventLog {
         client_msg_id: &ClientMsgId,
     ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
         let key = MessageKey::new(room, sender, client_msg_id);
-        match self {
-            Self::Postgres(log) => log.find_message(&key).await,
-            Self::Memory(log) => Ok(log.find_message(&key)),
-        }
+        self.0.find_message(&key).await
     }
 
     /// Who sent message `seq` of `room`, if the log holds it (and its text is not erased).
@@ -200,10 +282,7 @@ impl EventLog {
         room: RoomId,
         seq: u64,
     ) -> Result<Option<UserId>, PersistenceError> {
-        let sender = match self {
-            Self::Postgres(log) => log.message_sender(&room.to_string(), seq).await?,
-            Self::Memory(log) => log.message_sender(&room.to_string(), seq),
-        };
+        let sender = self.0.message_sender(&room.to_string(), seq).await?;
         Ok(sender.and_then(|s| UserId::parse(&s).ok()))
     }
 
@@ -215,10 +294,7 @@ impl EventLog {
         after: i64,
         up_to: i64,
     ) -> Result<Vec<LogEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.room_events(&room.to_string(), after, up_to).await,
-            Self::Memory(log) => Ok(log.room_events(&room.to_string(), after, up_to)),
-        }
+        self.0.room_events(&room.to_string(), after, up_to).await
     }
 
     /// The sequence of `room`'s newest event at or before global `position` (0 if none):
@@ -228,34 +304,22 @@ impl EventLog {
         room: RoomId,
         position: i64,
     ) -> Result<i64, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.room_sequence_at(&room.to_string(), position).await,
-            Self::Memory(log) => Ok(log.room_sequence_at(&room.to_string(), position)),
-        }
+        self.0.room_sequence_at(&room.to_string(), position).await
     }
 
     /// How many events the log holds.
     pub async fn count(&self) -> Result<i64, PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.count().await,
-            Self::Memory(log) => Ok(log.count()),
-        }
+        self.0.count().await
     }
 
     /// Whether the log answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), PersistenceError> {
-        match self {
-            Self::Postgres(log) => log.ping().await,
-            Self::Memory(_) => Ok(()),
-        }
+        self.0.ping().await
     }
 
     /// The backend's name, for logs and metrics.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Memory(_) => "memory",
-        }
+        self.0.kind()
     }
 }
 

@@ -4,16 +4,17 @@
 use std::fmt;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
-use parley_domain::Username;
+use parley_domain::{Room, User, Username};
 use parley_projections::erasure;
 use parley_projections::postgres::log_event_with_payload;
 use parley_projections::LogEvent;
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
-use super::{AppendError, MessageKey, Snapshot};
+use super::{AppendError, LogStore, MessageKey, ReadSide, Snapshot, Turn, WriteTurn};
 
 #[derive(Clone)]
 pub struct PostgresLog {
@@ -49,12 +50,41 @@ impl PostgresLog {
         &self.pool
     }
 
-    pub(super) async fn events_after<A: Aggregate>(
+    async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| AppendError::Store(db_error(e)))?;
+        probe_and_commit(tx, columns).await
+    }
+}
+
+#[async_trait]
+impl LogStore for PostgresLog {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn read_side(&self) -> ReadSide {
+        ReadSide::Postgres(self.pool.clone())
+    }
+
+    /// Through postgres-es's repository, whose reads are typed by aggregate: the types
+    /// Parley stores are named here.
+    async fn events_after(
         &self,
+        aggregate_type: &str,
         aggregate_id: &str,
         after: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.repo.get_last_events::<A>(aggregate_id, after).await
+        match aggregate_type {
+            User::TYPE => self.repo.get_last_events::<User>(aggregate_id, after).await,
+            Room::TYPE => self.repo.get_last_events::<Room>(aggregate_id, after).await,
+            other => Err(PersistenceError::UnknownError(
+                format!("no aggregate type {other:?} is stored").into(),
+            )),
+        }
     }
 
     /// Appends a batch in one statement, hence one transaction and one WAL flush: the
@@ -66,10 +96,7 @@ impl PostgresLog {
     /// A unique violation aborts the statement and writes nothing; the batch is then tried
     /// once more with `ON CONFLICT DO NOTHING` inside a transaction, only to learn which
     /// events collide, and rolled back (or committed, if the collision has gone away).
-    pub(super) async fn append_batch(
-        &self,
-        events: &[SerializedEvent],
-    ) -> Result<i64, AppendError> {
+    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
         match columns
             .bind(sqlx::query_as::<_, (i64, i64)>(APPEND))
@@ -89,7 +116,7 @@ impl PostgresLog {
     /// Waits for every append in flight to commit and holds back all others (the row lock
     /// on `log_head` that every append takes) until the turn's own append commits or the
     /// turn is dropped. What is read meanwhile (on any connection) is the whole log.
-    pub(super) async fn write_turn(&self) -> Result<PostgresTurn, AppendError> {
+    async fn write_turn(&self) -> Result<WriteTurn, AppendError> {
         let store = |e| AppendError::Store(db_error(e));
         let mut tx = self.pool.begin().await.map_err(|error| match error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
@@ -101,22 +128,13 @@ impl PostgresLog {
             .execute(&mut *tx)
             .await
             .map_err(store)?;
-        Ok(PostgresTurn { tx })
-    }
-
-    async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
-        let tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| AppendError::Store(db_error(e)))?;
-        probe_and_commit(tx, columns).await
+        Ok(WriteTurn::new(PostgresTurn { tx }))
     }
 
     /// The position of `event` if it is stored as given (same aggregate, sequence, payload
     /// and metadata): after a connection failure during an append, this tells whether
     /// that batch committed.
-    pub(super) async fn stored_position(
+    async fn stored_position(
         &self,
         event: &SerializedEvent,
     ) -> Result<Option<i64>, PersistenceError> {
@@ -137,7 +155,7 @@ impl PostgresLog {
         .map_err(db_error)
     }
 
-    pub(super) async fn snapshot(
+    async fn snapshot(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -157,7 +175,7 @@ impl PostgresLog {
         }))
     }
 
-    pub(super) async fn save_snapshot(
+    async fn save_snapshot(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -184,10 +202,7 @@ impl PostgresLog {
         Ok(())
     }
 
-    pub(super) async fn username_taken(
-        &self,
-        username: &Username,
-    ) -> Result<bool, PersistenceError> {
+    async fn username_taken(&self, username: &Username) -> Result<bool, PersistenceError> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM events
                              WHERE aggregate_type = 'User' AND event_type = 'UserRegistered'
@@ -201,7 +216,7 @@ impl PostgresLog {
 
     /// Whether this user registered and was not erased since (a user's few events, by the
     /// primary key).
-    pub(super) async fn user_exists(&self, user: &str) -> Result<bool, PersistenceError> {
+    async fn user_exists(&self, user: &str) -> Result<bool, PersistenceError> {
         sqlx::query_scalar(
             "SELECT bool_or(event_type = 'UserRegistered') AND NOT bool_or(event_type = 'UserErased')
                FROM events WHERE aggregate_type = 'User' AND aggregate_id = $1",
@@ -213,7 +228,7 @@ impl PostgresLog {
         .map_err(db_error)
     }
 
-    pub(super) async fn find_message(
+    async fn find_message(
         &self,
         key: &MessageKey,
     ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
@@ -246,7 +261,7 @@ impl PostgresLog {
         }))
     }
 
-    pub(super) async fn message_sender(
+    async fn message_sender(
         &self,
         room: &str,
         seq: u64,
@@ -266,7 +281,7 @@ impl PostgresLog {
         .map_err(db_error)
     }
 
-    pub(super) async fn room_events(
+    async fn room_events(
         &self,
         room: &str,
         after: i64,
@@ -304,11 +319,7 @@ impl PostgresLog {
             .collect()
     }
 
-    pub(super) async fn room_sequence_at(
-        &self,
-        room: &str,
-        position: i64,
-    ) -> Result<i64, PersistenceError> {
+    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError> {
         // Backward along (aggregate_type, aggregate_id, sequence): only the room's events
         // after `position` are passed over.
         let sequence: Option<i64> = sqlx::query_scalar(
@@ -324,14 +335,14 @@ impl PostgresLog {
         Ok(sequence.unwrap_or(0))
     }
 
-    pub(super) async fn count(&self) -> Result<i64, PersistenceError> {
+    async fn count(&self) -> Result<i64, PersistenceError> {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)
     }
 
-    pub(super) async fn ping(&self) -> Result<(), PersistenceError> {
+    async fn ping(&self) -> Result<(), PersistenceError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -518,10 +529,11 @@ impl std::fmt::Debug for PostgresTurn {
     }
 }
 
-impl PostgresTurn {
+#[async_trait]
+impl Turn for PostgresTurn {
     /// Appends the batch in the turn's transaction and commits it, or rolls back and names
     /// the colliding events (with the log held, only a unique key can collide).
-    pub(super) async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError> {
         let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
         probe_and_commit(self.tx, &columns).await
     }

@@ -66,7 +66,7 @@ async fn caught_up(models: &ReadModels) -> i64 {
 
 fn postgres_app(db: &TestDb) -> App {
     App::start(
-        EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
         "test-secret".into(),
         fast_config(),
     )

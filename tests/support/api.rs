@@ -84,7 +84,7 @@ impl TestServer {
             Store::Postgres => {
                 let db = TestDb::new().await;
                 (
-                    EventLog::Postgres(PostgresLog::new(db.pool.clone())),
+                    EventLog::postgres(PostgresLog::new(db.pool.clone())),
                     Some(db),
                 )
             }
@@ -552,7 +552,7 @@ pub async fn a_and_b_behind_a_proxy(
     use super::redis::{redis_url, unique_prefix, upstream_of, url_via, FaultyProxy};
     parley::telemetry::init();
     let db = TestDb::new().await;
-    let log = EventLog::Postgres(PostgresLog::new(db.pool.clone()));
+    let log = EventLog::postgres(PostgresLog::new(db.pool.clone()));
     let prefix = unique_prefix();
     let url = redis_url();
     let proxy = FaultyProxy::start(upstream_of(&url)).await;
