@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use parley_domain::UserId;
 use tokio::time::Instant;
 
@@ -61,23 +62,30 @@ impl PresenceConfig {
     }
 }
 
+/// Where presence is kept: the port, in this process or in Redis.
+#[async_trait]
+trait PresenceStore: Send + Sync {
+    /// The backend's name, for logs.
+    fn kind(&self) -> &'static str;
+
+    /// How long one heartbeat keeps a connection online.
+    fn ttl(&self) -> Duration;
+
+    async fn heartbeat(&self, user: UserId, connection_id: &str) -> Result<(), RelayError>;
+
+    async fn disconnect(&self, user: UserId, connection_id: &str) -> Result<(), RelayError>;
+
+    async fn online_among(&self, users: &[UserId]) -> Result<HashSet<UserId>, RelayError>;
+}
+
 /// Online status of users. Cheap to clone; clones share everything.
 #[derive(Clone)]
-pub struct Presence(Arc<Backend>);
-
-enum Backend {
-    Memory(MemoryPresence),
-    Redis(RedisPresence),
-}
+pub struct Presence(Arc<dyn PresenceStore>);
 
 impl fmt::Debug for Presence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &*self.0 {
-            Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
-        };
         f.debug_struct("Presence")
-            .field("kind", &kind)
+            .field("kind", &self.0.kind())
             .field("ttl", &self.ttl())
             .finish_non_exhaustive()
     }
@@ -87,25 +95,25 @@ impl Presence {
     /// Presence kept in this process (one instance, no Redis).
     pub fn in_memory(config: PresenceConfig) -> Result<Self, RelayError> {
         config.validate()?;
-        Ok(Self(Arc::new(Backend::Memory(MemoryPresence {
+        Ok(Self(Arc::new(MemoryPresence {
             ttl: config.ttl,
             state: Mutex::new(MemoryState {
                 users: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
-        }))))
+        })))
     }
 
     /// Presence in the Redis at `url`, shared by every instance using the same prefix.
     pub async fn redis(url: &str, config: PresenceConfig) -> Result<Self, RelayError> {
         config.validate()?;
         let conn = redis_link::connect_plain(url, config.timeout).await?;
-        Ok(Self(Arc::new(Backend::Redis(RedisPresence {
+        Ok(Self(Arc::new(RedisPresence {
             conn,
             prefix: config.prefix,
             ttl: config.ttl,
             timeout: config.timeout,
-        }))))
+        })))
     }
 
     /// The Redis presence when `redis_url` is set, else the in-memory one.
@@ -121,32 +129,17 @@ impl Presence {
 
     /// How long one heartbeat keeps a connection online.
     pub fn ttl(&self) -> Duration {
-        match &*self.0 {
-            Backend::Memory(memory) => memory.ttl,
-            Backend::Redis(redis) => redis.ttl,
-        }
+        self.0.ttl()
     }
 
     /// Marks `connection_id` of `user` alive for one TTL from now.
     pub async fn heartbeat(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
-        match &*self.0 {
-            Backend::Memory(memory) => {
-                memory.heartbeat(user, connection_id);
-                Ok(())
-            }
-            Backend::Redis(redis) => redis.heartbeat(user, connection_id).await,
-        }
+        self.0.heartbeat(user, connection_id).await
     }
 
     /// Forgets `connection_id` of `user` now (the connection closed cleanly).
     pub async fn disconnect(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
-        match &*self.0 {
-            Backend::Memory(memory) => {
-                memory.disconnect(user, connection_id);
-                Ok(())
-            }
-            Backend::Redis(redis) => redis.disconnect(user, connection_id).await,
-        }
+        self.0.disconnect(user, connection_id).await
     }
 
     /// Whether any connection of `user` has a fresh heartbeat.
@@ -156,10 +149,7 @@ impl Presence {
 
     /// The users among `users` that are online.
     pub async fn online_among(&self, users: &[UserId]) -> Result<HashSet<UserId>, RelayError> {
-        match &*self.0 {
-            Backend::Memory(memory) => Ok(memory.online_among(users)),
-            Backend::Redis(redis) => redis.online_among(users).await,
-        }
+        self.0.online_among(users).await
     }
 }
 
@@ -223,6 +213,31 @@ impl MemoryPresence {
     }
 }
 
+#[async_trait]
+impl PresenceStore for MemoryPresence {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn heartbeat(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
+        MemoryPresence::heartbeat(self, user, connection_id);
+        Ok(())
+    }
+
+    async fn disconnect(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
+        MemoryPresence::disconnect(self, user, connection_id);
+        Ok(())
+    }
+
+    async fn online_among(&self, users: &[UserId]) -> Result<HashSet<UserId>, RelayError> {
+        Ok(MemoryPresence::online_among(self, users))
+    }
+}
+
 struct RedisPresence {
     conn: Link,
     prefix: String,
@@ -245,54 +260,6 @@ impl RedisPresence {
         u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1)
-    }
-
-    async fn heartbeat(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
-        let ttl = self.ttl_ms();
-        let set_key = self.set_key(user);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.connection_key(user, connection_id))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl)
-            .ignore();
-        pipe.cmd("SADD").arg(&set_key).arg(connection_id).ignore();
-        pipe.cmd("PEXPIRE").arg(&set_key).arg(ttl).ignore();
-        let mut conn = self.conn.clone();
-        with_timeout(self.timeout, pipe.exec_async(&mut conn)).await
-    }
-
-    async fn disconnect(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.connection_key(user, connection_id))
-            .ignore();
-        pipe.cmd("SREM")
-            .arg(self.set_key(user))
-            .arg(connection_id)
-            .ignore();
-        let mut conn = self.conn.clone();
-        with_timeout(self.timeout, pipe.exec_async(&mut conn)).await
-    }
-
-    async fn online_among(&self, users: &[UserId]) -> Result<HashSet<UserId>, RelayError> {
-        let mut seen = HashSet::new();
-        let users: Vec<UserId> = users.iter().copied().filter(|u| seen.insert(*u)).collect();
-        if users.is_empty() {
-            return Ok(HashSet::new());
-        }
-        if !self.conn.is_cluster() {
-            return self.online_in_one_slot_or_server(&users).await;
-        }
-        let queries = users
-            .chunks(1)
-            .map(|user| self.online_in_one_slot_or_server(user));
-        let mut online = HashSet::new();
-        for result in futures::future::join_all(queries).await {
-            online.extend(result?);
-        }
-        Ok(online)
     }
 
     /// [`Self::online_among`] for distinct `users` whose keys one connection can read in one
@@ -346,6 +313,65 @@ impl RedisPresence {
             if let Err(error) = with_timeout(self.timeout, cleanup.exec_async(&mut conn)).await {
                 tracing::debug!(%error, stale, "presence: could not remove expired connections");
             }
+        }
+        Ok(online)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresence {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn heartbeat(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
+        let ttl = self.ttl_ms();
+        let set_key = self.set_key(user);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.connection_key(user, connection_id))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+        pipe.cmd("SADD").arg(&set_key).arg(connection_id).ignore();
+        pipe.cmd("PEXPIRE").arg(&set_key).arg(ttl).ignore();
+        let mut conn = self.conn.clone();
+        with_timeout(self.timeout, pipe.exec_async(&mut conn)).await
+    }
+
+    async fn disconnect(&self, user: UserId, connection_id: &str) -> Result<(), RelayError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.connection_key(user, connection_id))
+            .ignore();
+        pipe.cmd("SREM")
+            .arg(self.set_key(user))
+            .arg(connection_id)
+            .ignore();
+        let mut conn = self.conn.clone();
+        with_timeout(self.timeout, pipe.exec_async(&mut conn)).await
+    }
+
+    async fn online_among(&self, users: &[UserId]) -> Result<HashSet<UserId>, RelayError> {
+        let mut seen = HashSet::new();
+        let users: Vec<UserId> = users.iter().copied().filter(|u| seen.insert(*u)).collect();
+        if users.is_empty() {
+            return Ok(HashSet::new());
+        }
+        if !self.conn.is_cluster() {
+            return self.online_in_one_slot_or_server(&users).await;
+        }
+        let queries = users
+            .chunks(1)
+            .map(|user| self.online_in_one_slot_or_server(user));
+        let mut online = HashSet::new();
+        for result in futures::future::join_all(queries).await {
+            online.extend(result?);
         }
         Ok(online)
     }
