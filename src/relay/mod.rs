@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use parley_domain::{RoomId, UserId};
 use rand::Rng;
 use serde_json::Value;
@@ -259,20 +260,114 @@ pub enum RelayKind {
     RedisCluster,
 }
 
-enum Backend {
-    InProcess,
-    Redis {
-        conn: redis_link::Link,
-        client_name: String,
-        _link: LinkTask,
-    },
+/// How published events leave this instance: the relay's port. The hub (local
+/// subscribers, counters) is the same for every transport.
+#[async_trait]
+trait Transport: Send + Sync {
+    fn kind(&self) -> RelayKind;
+
+    /// The Redis client name of the relay's connection, if it has one.
+    fn client_name(&self) -> Option<&str>;
+
+    /// Sends each payload to its channel (a full name), in order, in one round trip.
+    async fn publish_all(&self, items: &[(String, &Value)]) -> Result<(), RelayError>;
+
+    async fn ping(&self) -> Result<(), RelayError>;
+}
+
+/// One instance: published events go straight to the local subscribers.
+struct InProcess {
+    hub: Arc<Hub>,
+}
+
+#[async_trait]
+impl Transport for InProcess {
+    fn kind(&self) -> RelayKind {
+        RelayKind::InProcess
+    }
+
+    fn client_name(&self) -> Option<&str> {
+        None
+    }
+
+    async fn publish_all(&self, items: &[(String, &Value)]) -> Result<(), RelayError> {
+        for (name, payload) in items {
+            self.hub.dispatch(name, Relayed::new((*payload).clone()));
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), RelayError> {
+        Ok(())
+    }
+}
+
+/// Redis pub/sub (or a Redis Cluster's sharded pub/sub): every instance's link task hands
+/// what Redis delivers to its hub.
+struct RedisTransport {
+    conn: redis_link::Link,
+    client_name: String,
+    timeout: Duration,
+    hub: Arc<Hub>,
+    _link: LinkTask,
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn kind(&self) -> RelayKind {
+        if self.conn.is_cluster() {
+            RelayKind::RedisCluster
+        } else {
+            RelayKind::Redis
+        }
+    }
+
+    fn client_name(&self) -> Option<&str> {
+        Some(&self.client_name)
+    }
+
+    async fn publish_all(&self, items: &[(String, &Value)]) -> Result<(), RelayError> {
+        // A cluster pipeline must stay on one slot, and each room is its own slot: one
+        // pipeline per channel there (keeping that channel's order), all channels' pipelines
+        // in flight at once, each sent to the channel's shard. On one server, one pipeline.
+        let mut pipes: Vec<redis::Pipeline> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
+        let per_channel = self.conn.is_cluster();
+        for (name, payload) in items {
+            let text = serde_json::to_string(payload)?;
+            let key = if per_channel { name.as_str() } else { "" };
+            let at = *index.entry(key).or_insert_with(|| {
+                pipes.push(redis::pipe());
+                pipes.len() - 1
+            });
+            pipes[at]
+                .cmd(self.conn.publish_command())
+                .arg(name)
+                .arg(text)
+                .ignore();
+        }
+        Counters::add(&self.hub.counters.publish_commands, items.len() as u64);
+        let sends = pipes.into_iter().map(|pipe| {
+            let mut conn = self.conn.clone();
+            async move { pipe.exec_async(&mut conn).await }
+        });
+        let all = futures::future::join_all(sends);
+        redis_link::with_timeout(self.timeout, async {
+            all.await.into_iter().collect::<redis::RedisResult<()>>()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), RelayError> {
+        self.conn.ping(self.timeout).await
+    }
 }
 
 struct Shared {
     prefix: String,
     timeout: Duration,
     hub: Arc<Hub>,
-    backend: Backend,
+    transport: Box<dyn Transport>,
 }
 
 /// Publishes and subscribes live events. Cheap to clone; clones share everything.
@@ -293,11 +388,12 @@ impl Relay {
     /// The in-process relay: one instance, no Redis.
     pub fn in_process(config: RelayConfig) -> Result<Self, RelayError> {
         validate_prefix(&config.prefix)?;
+        let hub = Arc::new(Hub::new(config.buffer, false));
         Ok(Self(Arc::new(Shared {
             prefix: config.prefix,
             timeout: config.timeout,
-            hub: Arc::new(Hub::new(config.buffer, false)),
-            backend: Backend::InProcess,
+            hub: hub.clone(),
+            transport: Box::new(InProcess { hub }),
         })))
     }
 
@@ -325,12 +421,14 @@ impl Relay {
         Ok(Self(Arc::new(Shared {
             prefix: config.prefix,
             timeout: config.timeout,
-            hub,
-            backend: Backend::Redis {
+            hub: hub.clone(),
+            transport: Box::new(RedisTransport {
                 conn,
                 client_name,
+                timeout: config.timeout,
+                hub,
                 _link: link,
-            },
+            }),
         })))
     }
 
@@ -347,11 +445,7 @@ impl Relay {
 
     /// Which implementation this is.
     pub fn kind(&self) -> RelayKind {
-        match &self.0.backend {
-            Backend::InProcess => RelayKind::InProcess,
-            Backend::Redis { conn, .. } if conn.is_cluster() => RelayKind::RedisCluster,
-            Backend::Redis { .. } => RelayKind::Redis,
-        }
+        self.0.transport.kind()
     }
 
     /// The channel-name prefix.
@@ -367,105 +461,37 @@ impl Relay {
     /// The Redis client name (`CLIENT SETNAME`) of this relay's connection, unique per relay:
     /// `parley-relay-{prefix}-{random hex}`. `None` for the in-process relay.
     pub fn client_name(&self) -> Option<&str> {
-        match &self.0.backend {
-            Backend::InProcess => None,
-            Backend::Redis { client_name, .. } => Some(client_name),
-        }
+        self.0.transport.client_name()
     }
 
     /// Publishes several payloads in order, in one round trip (a Redis pipeline): how the
     /// projector's batches go out, so the live path keeps up with the write rate. Counted as
     /// one PUBLISH command each.
     pub async fn publish_all(&self, items: &[(Channel, Value)]) -> Result<(), RelayError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let counters = &self.0.hub.counters;
-        let count = items.len() as u64;
-        let result = match &self.0.backend {
-            Backend::InProcess => {
-                for (channel, payload) in items {
-                    self.0
-                        .hub
-                        .dispatch(&self.channel_name(channel), Relayed::new(payload.clone()));
-                }
-                Ok(())
-            }
-            Backend::Redis { conn, .. } if conn.is_cluster() => {
-                // A cluster pipeline must stay on one slot, and each room is its own slot:
-                // one pipeline per channel (keeping that channel's order), all channels'
-                // pipelines in flight at once, each sent to the channel's shard.
-                let mut pipes: Vec<redis::Pipeline> = Vec::new();
-                let mut index: std::collections::HashMap<String, usize> = Default::default();
-                for (channel, payload) in items {
-                    let name = self.channel_name(channel);
-                    let text = serde_json::to_string(payload)?;
-                    let at = *index.entry(name.clone()).or_insert_with(|| {
-                        pipes.push(redis::pipe());
-                        pipes.len() - 1
-                    });
-                    pipes[at]
-                        .cmd(conn.publish_command())
-                        .arg(name)
-                        .arg(text)
-                        .ignore();
-                }
-                Counters::add(&counters.publish_commands, count);
-                let sends = pipes.into_iter().map(|pipe| {
-                    let mut conn = conn.clone();
-                    async move { pipe.exec_async(&mut conn).await }
-                });
-                let all = futures::future::join_all(sends);
-                redis_link::with_timeout(self.0.timeout, async {
-                    all.await.into_iter().collect::<redis::RedisResult<()>>()
-                })
-                .await
-            }
-            Backend::Redis { conn, .. } => {
-                let mut pipe = redis::pipe();
-                for (channel, payload) in items {
-                    let text = serde_json::to_string(payload)?;
-                    pipe.cmd("PUBLISH")
-                        .arg(self.channel_name(channel))
-                        .arg(text)
-                        .ignore();
-                }
-                let mut conn = conn.clone();
-                Counters::add(&counters.publish_commands, count);
-                redis_link::with_timeout(self.0.timeout, pipe.query_async::<()>(&mut conn)).await
-            }
-        };
-        match &result {
-            Ok(()) => Counters::add(&counters.published, count),
-            Err(_) => Counters::add(&counters.publish_errors, count),
-        }
-        result
+        let named: Vec<(String, &Value)> = items
+            .iter()
+            .map(|(channel, payload)| (self.channel_name(channel), payload))
+            .collect();
+        self.send(&named).await
     }
 
     /// Sends `payload` to every subscriber of `channel`, on every instance (including this
     /// one). `Ok` means Redis accepted it, not that anyone received it.
     pub async fn publish(&self, channel: &Channel, payload: &Value) -> Result<(), RelayError> {
-        let name = self.channel_name(channel);
+        self.send(&[(self.channel_name(channel), payload)]).await
+    }
+
+    /// Sends through the transport, counting the payloads published or not.
+    async fn send(&self, named: &[(String, &Value)]) -> Result<(), RelayError> {
+        if named.is_empty() {
+            return Ok(());
+        }
         let counters = &self.0.hub.counters;
-        let result = match &self.0.backend {
-            Backend::InProcess => {
-                self.0.hub.dispatch(&name, Relayed::new(payload.clone()));
-                Ok(())
-            }
-            Backend::Redis { conn, .. } => {
-                let text = serde_json::to_string(payload)?;
-                let mut conn = conn.clone();
-                let mut cmd = redis::cmd(conn.publish_command());
-                cmd.arg(&name).arg(text);
-                Counters::add(&counters.publish_commands, 1);
-                redis_link::with_timeout(self.0.timeout, cmd.query_async::<i64>(&mut conn))
-                    .await
-                    .map(|_receivers| ())
-            }
-        };
+        let count = named.len() as u64;
+        let result = self.0.transport.publish_all(named).await;
         match &result {
-            Ok(()) => Counters::add(&counters.published, 1),
-            Err(_) => Counters::add(&counters.publish_errors, 1),
+            Ok(()) => Counters::add(&counters.published, count),
+            Err(_) => Counters::add(&counters.publish_errors, count),
         }
         result
     }
@@ -510,10 +536,7 @@ impl Relay {
     /// Whether Redis answers (`PING`) within the timeout; always `Ok` in-process. For
     /// `/readyz`.
     pub async fn ping(&self) -> Result<(), RelayError> {
-        match &self.0.backend {
-            Backend::InProcess => Ok(()),
-            Backend::Redis { conn, .. } => conn.ping(self.0.timeout).await,
-        }
+        self.0.transport.ping().await
     }
 
     /// The counters so far.
