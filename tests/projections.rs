@@ -1,6 +1,7 @@
 //! The read side against real stores: the projector's ordering, exactly-once and crash
 //! guarantees on PostgreSQL, and the read models' behaviour on both stores.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -13,20 +14,12 @@ use parley_domain::{RoomId, UserId};
 use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
 use parley_projections::{LiveFeed, PageRequest, ReadModelError, ReadModels};
 use sqlx::PgPool;
+use support::apps::fast_config;
 use support::checksums::{dump_all, TABLES};
 use support::TestDb;
 
 fn meta() -> CommandMeta {
     CommandMeta::system("test")
-}
-
-fn fast_config() -> ProjectorConfig {
-    ProjectorConfig {
-        batch_size: 500,
-        poll_interval: Duration::from_millis(50),
-        standby_retry: Duration::from_millis(100),
-        ..ProjectorConfig::default()
-    }
 }
 
 /// Waits until every projection has applied every committed event.
@@ -344,51 +337,7 @@ async fn only_one_projector_works_and_a_standby_takes_over_from_the_checkpoint()
 
 // ---- Read-model behaviour on both stores ---------------------------------------------
 
-struct Harness {
-    _db: Option<TestDb>,
-    app: App,
-}
-
-impl Harness {
-    async fn postgres() -> Self {
-        let db = TestDb::new().await;
-        let app = App::start(
-            EventLog::postgres(PostgresLog::new(db.pool.clone())),
-            "s".into(),
-            fast_config(),
-        );
-        Self { _db: Some(db), app }
-    }
-
-    fn memory() -> Self {
-        Self {
-            _db: None,
-            app: App::start(EventLog::memory(), "s".into(), fast_config()),
-        }
-    }
-}
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                let h = super::Harness::postgres().await;
-                super::$scenario(&h.app).await;
-                h.app.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_embedded_store() {
-                let h = super::Harness::memory();
-                super::$scenario(&h.app).await;
-                h.app.stop().await;
-            }
-        }
-    )*};
-}
-
-on_both_stores!(
+on_both_apps!(
     history_pages_forward_and_backward_by_seq,
     membership_follows_invitations_joins_and_leaves,
     unread_counts_follow_messages_joins_and_mark_read,

@@ -2,24 +2,10 @@
 
 use super::*;
 
-on_both_stores!(the_events_query_pages_through_the_log_with_filters_and_redaction);
+on_both_apps!(the_events_query_pages_through_the_log_with_filters_and_redaction);
 
 async fn the_events_query_pages_through_the_log_with_filters_and_redaction(app: &App) {
-    let ann = register(app, "ann").await;
-    let bob = register(app, "bob").await;
-    app.commands
-        .grant_role(ann, Role::Analyst, &meta())
-        .await
-        .expect("grant");
-    let room = app
-        .commands
-        .create_room(ann, "r", vec![bob], &meta())
-        .await
-        .expect("room");
-    app.commands
-        .join_room(room, bob, &meta())
-        .await
-        .expect("join");
+    let (ann, _bob, room) = analyst_and_member(app, "r").await;
     for i in 0..5 {
         app.commands
             .send_message(room, ann, "hi", &format!("c{i}"), &meta())

@@ -5,6 +5,7 @@
 //! each; this file holds what they share (the stores, a seeded history, the binary).
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -19,30 +20,20 @@ use cqrs_es::persist::SerializedEvent;
 use cqrs_es::EventStore;
 use parley::app::App;
 use parley::commands::CommandMeta;
-use parley::store::{AggregateStore, EventLog, PostgresLog};
+use parley::store::AggregateStore;
 use parley_domain::{MessageSeq, Role, Room, RoomId, UserId};
-use parley_projections::postgres::{
-    PgReadModels, ProjectorConfig, RebuildConfig, RebuildPhase, RebuildProgress,
-};
+use parley_projections::postgres::{PgReadModels, RebuildConfig, RebuildPhase, RebuildProgress};
 use parley_projections::{
     EventFilter, FilterError, GlobalPosition, PageRequest, ReadModelError, ReadModels,
 };
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
+use support::apps::postgres_app;
 use support::checksums::dump_all;
 use support::TestDb;
 
 fn meta() -> CommandMeta {
     CommandMeta::system("test")
-}
-
-fn fast_config() -> ProjectorConfig {
-    ProjectorConfig {
-        batch_size: 500,
-        poll_interval: Duration::from_millis(50),
-        standby_retry: Duration::from_millis(100),
-        ..ProjectorConfig::default()
-    }
 }
 
 /// The argon2 hash every test user registers with; it must never appear in analyst output.
@@ -62,14 +53,6 @@ async fn caught_up(models: &ReadModels) -> i64 {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn postgres_app(db: &TestDb) -> App {
-    App::start(
-        EventLog::postgres(PostgresLog::new(db.pool.clone())),
-        "test-secret".into(),
-        fast_config(),
-    )
 }
 
 async fn register(app: &App, name: &str) -> UserId {
@@ -175,9 +158,8 @@ struct History {
     other_room: RoomId,
 }
 
-/// A little of everything through the command layer, then `bulk` messages written straight
-/// into the log (so exports span several pages).
-async fn seed_history(app: &App, db: &TestDb, bulk: i64) -> History {
+/// Ann, an analyst, and Bob, both members of Ann's new room `name`.
+async fn analyst_and_member(app: &App, name: &str) -> (UserId, UserId, RoomId) {
     let ann = register(app, "ann").await;
     let bob = register(app, "bob").await;
     app.commands
@@ -186,13 +168,20 @@ async fn seed_history(app: &App, db: &TestDb, bulk: i64) -> History {
         .expect("grant");
     let room = app
         .commands
-        .create_room(ann, "analysis", vec![bob], &meta())
+        .create_room(ann, name, vec![bob], &meta())
         .await
         .expect("room");
     app.commands
         .join_room(room, bob, &meta())
         .await
         .expect("join");
+    (ann, bob, room)
+}
+
+/// A little of everything through the command layer, then `bulk` messages written straight
+/// into the log (so exports span several pages).
+async fn seed_history(app: &App, db: &TestDb, bulk: i64) -> History {
+    let (ann, bob, room) = analyst_and_member(app, "analysis").await;
     let other_room = app
         .commands
         .create_room(bob, "elsewhere", Vec::new(), &meta())
@@ -290,49 +279,7 @@ fn filter(
     EventFilter::parse(from, to, aggregate_type, aggregate_id, &types).expect("valid filter")
 }
 
-// ---- Both stores ---------------------------------------------------------------------------
-
-struct Harness {
-    _db: Option<TestDb>,
-    app: App,
-}
-
-impl Harness {
-    async fn postgres() -> Self {
-        let db = TestDb::new().await;
-        let app = postgres_app(&db);
-        Self { _db: Some(db), app }
-    }
-
-    fn memory() -> Self {
-        Self {
-            _db: None,
-            app: App::start(EventLog::memory(), "s".into(), fast_config()),
-        }
-    }
-}
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                let h = super::Harness::postgres().await;
-                super::$scenario(&h.app).await;
-                h.app.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_the_embedded_store() {
-                let h = super::Harness::memory();
-                super::$scenario(&h.app).await;
-                h.app.stop().await;
-            }
-        }
-    )*};
-}
-
-// The scenarios, by concern (after the macro, which they use).
+// The scenarios, by concern.
 mod cli;
 mod events_query;
 mod export;

@@ -2,7 +2,7 @@
 
 use super::*;
 
-on_both_stores!(room_at_every_position_of_a_scripted_history_equals_the_state_recorded_then);
+on_both_apps!(room_at_every_position_of_a_scripted_history_equals_the_state_recorded_then);
 
 /// The room as the script knows it after an event.
 #[derive(Clone, Debug, Default, PartialEq)]

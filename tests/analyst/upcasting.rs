@@ -2,7 +2,7 @@
 
 use super::*;
 
-on_both_stores!(an_old_message_sent_event_still_replays_and_projects);
+on_both_apps!(an_old_message_sent_event_still_replays_and_projects);
 
 async fn an_old_message_sent_event_still_replays_and_projects(app: &App) {
     let host = register(app, "veteran").await;

@@ -234,6 +234,8 @@ impl Drop for TestDb {
 }
 
 pub mod api;
+#[macro_use]
+pub mod apps;
 pub mod checksums;
 pub mod cluster;
 pub mod instance;
