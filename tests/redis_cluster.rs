@@ -282,7 +282,9 @@ async fn collect(mut client: WsClient, who: String, id: &'static str, count: usi
         let Ok(message) = tokio::time::timeout(Duration::from_secs(14), client.next(id)).await
         else {
             panic!(
-                "{who}: no message within 14 s after seqs {:?}",
+                "{who}: no message within 14 s; {} of {count} so far, from {:?} to {:?}",
+                seqs.len(),
+                seqs.first(),
                 &seqs[seqs.len().saturating_sub(5)..]
             );
         };
@@ -337,6 +339,9 @@ async fn killing_the_rooms_master_mid_stream_loses_and_repeats_nothing_across_in
         },
     )
     .await;
+    // Started (without `after`, each starts at what the read model holds then).
+    b.wait_for_feeds(&room, 3).await;
+    a.wait_for_feeds(&room, 1).await;
     const TOTAL: usize = 200;
     const KILL_AT: usize = 60;
     // Messages sent while the master is down (the outage spans them, however slow the
