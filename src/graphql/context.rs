@@ -1,6 +1,5 @@
 //! What resolvers get from their context: the app, the signed-in user, the request id.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,54 +37,7 @@ pub fn within(check: Result<(), crate::limits::Refused>) -> ApiResult<()> {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// How many subscriptions one WebSocket connection may hold at once.
-#[derive(Clone, Debug)]
-pub struct SubscriptionBudget {
-    active: Arc<AtomicUsize>,
-    max: usize,
-}
-
-/// Held by a running subscription; gives its slot back when dropped.
-#[derive(Debug)]
-pub struct SubscriptionSlot {
-    active: Arc<AtomicUsize>,
-}
-
-impl SubscriptionBudget {
-    pub fn new(max: usize) -> Self {
-        Self {
-            active: Arc::default(),
-            max,
-        }
-    }
-
-    pub fn take(&self) -> Result<SubscriptionSlot, ApiError> {
-        let taken = self
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => {
-                metrics::gauge!("parley_active_subscriptions").increment(1.0);
-                Ok(SubscriptionSlot {
-                    active: self.active.clone(),
-                })
-            }
-            Err(_) => Err(ApiError::BadInput(format!(
-                "at most {} subscriptions per connection",
-                self.max
-            ))),
-        }
-    }
-}
-
-impl Drop for SubscriptionSlot {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("parley_active_subscriptions").decrement(1.0);
-    }
-}
+pub use crate::live::SubscriptionBudget;
 
 pub fn app<'a>(ctx: &Context<'a>) -> &'a App {
     ctx.data_unchecked::<App>()

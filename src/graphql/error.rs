@@ -210,6 +210,18 @@ impl<E: std::error::Error + Into<ApiError>> From<CommandError<E>> for ApiError {
     }
 }
 
+impl From<crate::live::feed::FeedError> for ApiError {
+    fn from(error: crate::live::feed::FeedError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<crate::live::BudgetSpent> for ApiError {
+    fn from(error: crate::live::BudgetSpent) -> Self {
+        Self::BadInput(error.to_string())
+    }
+}
+
 impl From<ReadModelError> for ApiError {
     fn from(error: ReadModelError) -> Self {
         let message = error.to_string();

@@ -1,7 +1,7 @@
 //! `Subscription`: live messages, message changes, typing and notices, over the relay.
 //!
 //! The room subscriptions (`messages`, `messageUpdates`, `typing`, `notices(roomId)`) are
-//! thin adapters over one [`RoomFeed`] each, which owns the rules once: subscribe to the
+//! thin adapters over one [`RoomFeed`] each (`src/live/feed.rs`), which owns the rules once: subscribe to the
 //! room's relay channel first, then check membership and read; one cursor over all of the
 //! room's stored events (its aggregate sequence), so each comes exactly once and in log
 //! order, relayed or — after a jump, a `Resync` or a `Lagged` — re-read from the log page
@@ -14,9 +14,8 @@
 //! and on each of their rooms' channels at once, and answers each change by re-reading the
 //! room from the read models (the relayed event says only *that* a room changed).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
-use std::time::Duration;
 
 use async_graphql::{Context, Subscription, ID};
 use async_stream::stream;
@@ -25,12 +24,13 @@ use parley_domain::{RoomId, UserId};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use super::context::{actor, app, member_at, SubscriptionBudget, SubscriptionSlot};
+use super::context::{actor, app, member_at, SubscriptionBudget};
 use super::error::{ApiError, ApiResult};
 use super::types::{last_message_for, Message, Notice, Room, TypingEvent};
 use crate::app::App;
-use crate::live::{replayed_room_event, LiveEvent, LiveMessage, OpenFeed};
-use crate::relay::{Channel, RelayItem, Relayed, Subscription as RelaySubscription};
+use crate::live::feed::{decode, FeedEvent, RoomFeed};
+use crate::live::{LiveEvent, LiveMessage};
+use crate::relay::{Channel, RelayItem, Subscription as RelaySubscription};
 
 pub use crate::live::TYPING_TTL;
 
@@ -45,16 +45,6 @@ async fn subscribe(app: &App, channel: Channel) -> ApiResult<RelaySubscription> 
         .subscribe(&channel)
         .await
         .map_err(|e| ApiError::internal(format!("live relay unavailable: {e}")).into())
-}
-
-/// A relayed event, decoded once per instance and shared by its subscribers.
-fn decode(item: &Relayed) -> Option<&LiveEvent> {
-    item.decoded::<LiveEvent>()
-}
-
-/// Whether `event` takes `me` out of the room (a leave, a kick, a ban).
-fn left(event: &LiveEvent, me: UserId) -> bool {
-    matches!(event, LiveEvent::Notice { notice, .. } if notice.removes(me))
 }
 
 /// The users `me` blocks.
@@ -99,200 +89,32 @@ fn not_negative(after: Option<i64>) -> Result<(), async_graphql::Error> {
     }
 }
 
-/// One subscriber's feed of one room: the rules every room subscription shares, in one
-/// place. Opened in the order that loses nothing: the relay channel is subscribed *before*
-/// membership is checked and anything is read, so a leave or an event between the two is
-/// delivered live (or re-read), never missed.
-///
-/// It starts from what the read models held when it opened (checkpoint `opened_at`): the
-/// room's stored events after that, each exactly once and in log order, whether relayed or
-/// re-read from the log (a jump in the room's aggregate sequence, a `Resync`, a `Lagged`),
-/// with the ephemeral ones (typing, presence) as they come. It hands an event out only once
-/// the read models hold it, as the relay does (live events are relayed once projected), so
-/// an adapter may read the read models for what an event names. It hands out the caller's
-/// own removal (a leave, a kick, a ban) in order and then ends.
-struct RoomFeed {
-    me: UserId,
-    room: RoomId,
-    app: App,
-    /// Held for as long as the feed: the caller's share of the subscription budget.
-    _slot: SubscriptionSlot,
-    live: RelaySubscription,
-    /// The projector checkpoint the feed starts from (what the read models held then).
-    opened_at: i64,
-    /// The room's aggregate sequence of the newest stored event handed out or passed.
-    cursor: i64,
-    /// The room's aggregate sequence at which the caller was found a member: a removal at
-    /// or before it (then a join again) is not the caller's end. `i64::MAX` until admitted.
-    member_at: i64,
-    /// Re-read the log after `cursor` up to this sequence before taking live events.
-    refill: Option<i64>,
-    /// Events re-read from the log and not yet handed out (at most a page).
-    replayed: VecDeque<LiveEvent>,
-    /// The caller's removal has been handed out.
-    ended: bool,
-    /// Counts the feed among its room's open feeds once admitted.
-    open: Option<OpenFeed>,
+/// Starts the caller's feed of `room_id` ([`RoomFeed::start`]): their identity and their
+/// share of the connection's subscription budget from the context.
+async fn start_feed(ctx: &Context<'_>, room_id: &ID) -> Result<RoomFeed, async_graphql::Error> {
+    let me = actor(ctx)?;
+    let room = super::context::room_id(room_id)?;
+    let slot = ctx
+        .data_unchecked::<SubscriptionBudget>()
+        .take()
+        .map_err(ApiError::from)?;
+    Ok(RoomFeed::start(app(ctx).clone(), me, room, slot)
+        .await
+        .map_err(ApiError::from)?)
 }
 
-/// An event of a room feed: relayed (shared with the instance's other subscribers), or
-/// re-read from the log.
-enum FeedEvent {
-    Relayed(Relayed),
-    Replayed(LiveEvent),
+/// Admits the caller to a started feed once they are found a member.
+async fn admit(feed: &mut RoomFeed) -> Result<(), async_graphql::Error> {
+    let (_, sequence) = member_at(&feed.app, feed.room, feed.me).await?;
+    feed.admit(sequence);
+    Ok(())
 }
 
-impl FeedEvent {
-    fn event(&self) -> Option<&LiveEvent> {
-        match self {
-            Self::Relayed(relayed) => decode(relayed),
-            Self::Replayed(event) => Some(event),
-        }
-    }
-}
-
-impl RoomFeed {
-    /// Opens the caller's feed of `room_id`: [`Self::start`], then [`Self::admit`].
-    async fn open(ctx: &Context<'_>, room_id: &ID) -> Result<Self, async_graphql::Error> {
-        let mut feed = Self::start(ctx, room_id).await?;
-        feed.admit().await?;
-        Ok(feed)
-    }
-
-    /// Subscribes to the room's channel and notes where the feed starts. Membership is
-    /// checked next, by [`Self::admit`]; what an adapter replays from the read models is
-    /// read in between (it then holds everything before the start, and nothing after a
-    /// removal the feed would end with).
-    async fn start(ctx: &Context<'_>, room_id: &ID) -> Result<Self, async_graphql::Error> {
-        let me = actor(ctx)?;
-        let room = super::context::room_id(room_id)?;
-        let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
-        let live = subscribe(&app, Channel::Room(room)).await?;
-        let opened_at = app.projected.now();
-        let cursor = app
-            .log
-            .room_sequence_at(room, opened_at)
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(Self {
-            me,
-            room,
-            app,
-            _slot: slot,
-            live,
-            opened_at,
-            cursor,
-            member_at: i64::MAX,
-            refill: None,
-            replayed: VecDeque::new(),
-            ended: false,
-            open: None,
-        })
-    }
-
-    /// Requires the caller to be a member now. The room's state it reads is at or after the
-    /// feed's start, so a removal after it is after the start (and ends the feed), and one
-    /// before it (then a join again) does not.
-    async fn admit(&mut self) -> Result<(), async_graphql::Error> {
-        let (_, sequence) = member_at(&self.app, self.room, self.me).await?;
-        self.member_at = sequence;
-        self.open = Some(self.app.feeds.open(self.room));
-        Ok(())
-    }
-
-    /// The next event; `None` once the caller's removal has been handed out or the relay is
-    /// gone. Cancel-safe: dropped while waiting, it loses nothing (a page being re-read is
-    /// read again).
-    async fn next(&mut self) -> Option<ApiResult<FeedEvent>> {
-        loop {
-            if self.ended {
-                return None;
-            }
-            if let Some(event) = self.replayed.pop_front() {
-                return Some(Ok(self.hand_out(FeedEvent::Replayed(event))));
-            }
-            if let Some(up_to) = self.refill {
-                if let Err(error) = self.reread(up_to).await {
-                    self.ended = true;
-                    return Some(Err(error.into()));
-                }
-                continue;
-            }
-            let relayed = match self.live.recv().await? {
-                RelayItem::Message(relayed) => relayed,
-                // The relay dropped events: re-read the log up to its end.
-                RelayItem::Resync | RelayItem::Lagged(_) => {
-                    self.refill = Some(i64::MAX);
-                    continue;
-                }
-            };
-            let Some(event) = decode(&relayed) else {
-                continue;
-            };
-            let Some(sequence) = event.sequence() else {
-                return Some(Ok(FeedEvent::Relayed(relayed)));
-            };
-            if sequence <= self.cursor {
-                continue;
-            }
-            if sequence > self.cursor + 1 {
-                // The relay lost something: re-read up to and including this one.
-                self.refill = Some(sequence);
-                continue;
-            }
-            self.cursor = sequence;
-            return Some(Ok(self.hand_out(FeedEvent::Relayed(relayed))));
-        }
-    }
-
-    /// Re-reads one page of the log after the cursor (up to `up_to`), once the read models
-    /// hold it (after 5 s, with a warning, anyway).
-    async fn reread(&mut self, up_to: i64) -> Result<(), ApiError> {
-        let page_end = up_to.min(self.cursor.saturating_add(PAGE));
-        let page = self
-            .app
-            .log
-            .room_events(self.room, self.cursor, page_end)
-            .await
-            .map_err(ApiError::internal)?;
-        let Some(newest) = page.last() else {
-            self.refill = None;
-            return Ok(());
-        };
-        let position = newest.position.0;
-        if !self
-            .app
-            .projected
-            .reached(position, Duration::from_secs(5))
-            .await
-        {
-            tracing::warn!(room = %self.room, position, "read models behind a re-read after 5 s");
-        }
-        for logged in &page {
-            if logged.sequence > self.cursor {
-                self.cursor = logged.sequence;
-                self.replayed.extend(replayed_room_event(logged));
-            }
-        }
-        if self.cursor >= up_to {
-            self.refill = None;
-        }
-        Ok(())
-    }
-
-    /// Hands out a stored event, ending the feed if it removes the caller.
-    fn hand_out(&mut self, event: FeedEvent) -> FeedEvent {
-        let (me, member_at) = (self.me, self.member_at);
-        let ends = event.event().is_some_and(|event| {
-            left(event, me)
-                && event
-                    .sequence()
-                    .is_some_and(|sequence| sequence > member_at)
-        });
-        self.ended |= ends;
-        event
-    }
+/// [`start_feed`], then [`admit`].
+async fn open_feed(ctx: &Context<'_>, room_id: &ID) -> Result<RoomFeed, async_graphql::Error> {
+    let mut feed = start_feed(ctx, room_id).await?;
+    admit(&mut feed).await?;
+    Ok(feed)
 }
 
 #[Subscription]
@@ -307,7 +129,7 @@ impl Subscription {
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
         not_negative(after)?;
-        let mut feed = RoomFeed::start(ctx, &room_id).await?;
+        let mut feed = start_feed(ctx, &room_id).await?;
         let (me, room, app) = (feed.me, feed.room, feed.app.clone());
         // The replay ends at what the read model holds now: everything before the feed's
         // start, and nothing after the removal the feed would end with (read before the
@@ -319,7 +141,7 @@ impl Subscription {
             .await
             .map_err(ApiError::from)?
             .map_or(0, |view| view.last_seq);
-        feed.admit().await?;
+        admit(&mut feed).await?;
         // Whom the caller blocks: read after subscribing to their channel, which says when
         // it changes.
         let mut mine = subscribe(&app, Channel::User(me)).await?;
@@ -364,7 +186,7 @@ impl Subscription {
                 let event = match event {
                     None => return,
                     Some(Ok(event)) => event,
-                    Some(Err(error)) => { yield Err(error); return; }
+                    Some(Err(error)) => { yield Err(ApiError::from(error).into()); return; }
                 };
                 let Some(LiveEvent::Message { message, .. }) = event.event() else { continue };
                 if message.seq <= last {
@@ -405,7 +227,7 @@ impl Subscription {
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
         not_negative(after)?;
-        let mut feed = RoomFeed::open(ctx, &room_id).await?;
+        let mut feed = open_feed(ctx, &room_id).await?;
         let (room, app) = (feed.room, feed.app.clone());
         // Every change up to `delivered` is in what the caller has: the feed's changes
         // start after `opened_at`, and the replay's messages hold their changes up to it.
@@ -438,7 +260,7 @@ impl Subscription {
                 let event = match feed.next().await {
                     None => return,
                     Some(Ok(event)) => event,
-                    Some(Err(error)) => { yield Err(error); return; }
+                    Some(Err(error)) => { yield Err(ApiError::from(error).into()); return; }
                 };
                 let Some(&LiveEvent::MessageChanged { seq, position, .. }) = event.event() else { continue };
                 if position <= delivered {
@@ -465,7 +287,7 @@ impl Subscription {
         ctx: &Context<'_>,
         room_id: ID,
     ) -> Result<impl Stream<Item = ApiResult<TypingEvent>>, async_graphql::Error> {
-        let mut feed = RoomFeed::open(ctx, &room_id).await?;
+        let mut feed = open_feed(ctx, &room_id).await?;
         let (me, room) = (feed.me, feed.room);
         Ok(stream! {
             let mut typing: HashMap<UserId, Instant> = HashMap::new();
@@ -491,7 +313,7 @@ impl Subscription {
                 let event = match event {
                     None => return,
                     Some(Ok(event)) => event,
-                    Some(Err(error)) => { yield Err(error); return; }
+                    Some(Err(error)) => { yield Err(ApiError::from(error).into()); return; }
                 };
                 let Some(&LiveEvent::Typing { user, is_typing, .. }) = event.event() else { continue };
                 if user == me {
@@ -519,13 +341,13 @@ impl Subscription {
     ) -> Result<impl Stream<Item = ApiResult<Notice>>, async_graphql::Error> {
         let stream: Pin<Box<dyn Stream<Item = ApiResult<Notice>> + Send>> = match room_id {
             Some(room_id) => {
-                let mut feed = RoomFeed::open(ctx, &room_id).await?;
+                let mut feed = open_feed(ctx, &room_id).await?;
                 Box::pin(stream! {
                     loop {
                         let event = match feed.next().await {
                             None => return,
                             Some(Ok(event)) => event,
-                            Some(Err(error)) => { yield Err(error); return; }
+                            Some(Err(error)) => { yield Err(ApiError::from(error).into()); return; }
                         };
                         if let Some(LiveEvent::Notice { notice, .. }) = event.event() {
                             yield Ok(Notice(notice.clone()));
@@ -536,7 +358,10 @@ impl Subscription {
             None => {
                 let me = actor(ctx)?;
                 let app = app(ctx).clone();
-                let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+                let slot = ctx
+                    .data_unchecked::<SubscriptionBudget>()
+                    .take()
+                    .map_err(ApiError::from)?;
                 let mut mine = subscribe(&app, Channel::User(me)).await?;
                 let mut everyone = subscribe(&app, Channel::Broadcast).await?;
                 Box::pin(stream! {
@@ -569,7 +394,10 @@ impl Subscription {
     ) -> Result<impl Stream<Item = ApiResult<Room>>, async_graphql::Error> {
         let me = actor(ctx)?;
         let app = app(ctx).clone();
-        let slot = ctx.data_unchecked::<SubscriptionBudget>().take()?;
+        let slot = ctx
+            .data_unchecked::<SubscriptionBudget>()
+            .take()
+            .map_err(ApiError::from)?;
         // Subscribe first, then read: nothing that changes after the read is missed.
         let mut mine = subscribe(&app, Channel::User(me)).await?;
         let mut feeds: StreamMap<RoomId, RelayStream> = StreamMap::new();

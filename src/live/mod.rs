@@ -9,6 +9,12 @@
 //! Every room-channel event carries the room's aggregate `sequence` (contiguous 1, 2, 3…),
 //! and messages their `seq`, so a subscriber detects anything the relay lost and re-reads it.
 
+mod budget;
+pub mod feed;
+
+pub use budget::{BudgetSpent, SubscriptionBudget, SubscriptionSlot};
+pub use feed::{OpenFeed, OpenFeeds};
+
 use chrono::{DateTime, Utc};
 use parley_domain::{MessageId, RoomEvent, RoomId, RoomRole, UserEvent, UserId};
 use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView, ReadModels};
@@ -612,55 +618,3 @@ impl TypingTracker {
 
 /// How long a typing indicator lasts without a refresh.
 pub const TYPING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The room feeds this instance serves, counted by room from when a feed has its start and
-/// has admitted its subscriber until it ends: what "the subscription has started" means,
-/// for the `parley_room_feeds` gauge and for tests that act only once it has.
-#[derive(Debug, Default)]
-pub struct OpenFeeds {
-    by_room: std::sync::Mutex<std::collections::HashMap<RoomId, usize>>,
-}
-
-/// One open room feed; counted in its room until dropped.
-#[derive(Debug)]
-pub struct OpenFeed {
-    feeds: std::sync::Arc<OpenFeeds>,
-    room: RoomId,
-}
-
-impl OpenFeeds {
-    /// Counts a feed of `room` as open until the returned guard is dropped.
-    pub fn open(self: &std::sync::Arc<Self>, room: RoomId) -> OpenFeed {
-        *self.rooms().entry(room).or_default() += 1;
-        metrics::gauge!("parley_room_feeds").increment(1.0);
-        OpenFeed {
-            feeds: self.clone(),
-            room,
-        }
-    }
-
-    /// How many feeds of `room` are open on this instance.
-    pub fn count(&self, room: RoomId) -> usize {
-        self.rooms().get(&room).copied().unwrap_or(0)
-    }
-
-    fn rooms(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<RoomId, usize>> {
-        // Every operation is one map update: a poisoned lock holds nothing half-done.
-        self.by_room
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Drop for OpenFeed {
-    fn drop(&mut self) {
-        let mut rooms = self.feeds.rooms();
-        if let Some(count) = rooms.get_mut(&self.room) {
-            *count -= 1;
-            if *count == 0 {
-                rooms.remove(&self.room);
-            }
-        }
-        metrics::gauge!("parley_room_feeds").decrement(1.0);
-    }
-}
