@@ -290,3 +290,31 @@ impl Drop for OpenFeed {
         metrics::gauge!("parley_room_feeds").decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parley_domain::RoomId;
+
+    use super::OpenFeeds;
+
+    #[test]
+    fn a_feed_counts_in_its_room_until_it_is_dropped() {
+        let feeds = Arc::new(OpenFeeds::default());
+        let (room, other) = (RoomId::new(), RoomId::new());
+        let first = feeds.open(room);
+        let second = feeds.open(room);
+        let elsewhere = feeds.open(other);
+        assert_eq!((feeds.count(room), feeds.count(other)), (2, 1));
+        drop(first);
+        assert_eq!(feeds.count(room), 1);
+        drop(second);
+        drop(elsewhere);
+        assert_eq!((feeds.count(room), feeds.count(other)), (0, 0));
+        assert!(
+            feeds.rooms().is_empty(),
+            "rooms without feeds are forgotten"
+        );
+    }
+}
