@@ -2,6 +2,7 @@
 //! the ones in `shared/API.md` ("Rules").
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,9 +59,51 @@ fn char_len(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Serde for a validated string: written as the bare string, read back through the type's
+/// `parse`, so a value from an event, a snapshot or a request obeys the same rules as one
+/// built in code. `erasable` types also read back `""`, the placeholder an erased text leaves
+/// in its event (see `docs/architecture.md`, "Erasure").
+macro_rules! validated_string_serde {
+    ($($ty:ident),* $(; erasable $($erasable:ident),*)?) => {
+        $(
+            impl Serialize for $ty {
+                fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str(&self.0)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $ty {
+                fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let s = String::deserialize(deserializer)?;
+                    Self::parse(&s).map_err(serde::de::Error::custom)
+                }
+            }
+        )*
+        $($(
+            impl Serialize for $erasable {
+                fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str(&self.0)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $erasable {
+                fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let s = String::deserialize(deserializer)?;
+                    if s.is_empty() {
+                        // The placeholder of an erased text.
+                        return Ok(Self(s));
+                    }
+                    Self::parse(&s).map_err(serde::de::Error::custom)
+                }
+            }
+        )*)?
+    };
+}
+
+validated_string_serde!(RoomName, AnnouncementText, Emoji, RoomTopic, BanReason; erasable Username, MessageBody);
+
 /// A username: 3–32 characters of `[a-z0-9_]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Username(String);
 
 impl Username {
@@ -129,8 +172,7 @@ impl fmt::Debug for Password {
 }
 
 /// A room name: 1–100 characters, not only whitespace. Stored as given (not trimmed).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RoomName(String);
 
 impl RoomName {
@@ -156,8 +198,7 @@ impl RoomName {
 }
 
 /// A message body: 1–4000 Unicode scalar values, not only whitespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MessageBody(String);
 
 impl MessageBody {
@@ -186,9 +227,15 @@ impl MessageBody {
 }
 
 /// The client's idempotency key for a message: 1–64 characters, unique per (room, sender).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ClientMsgId(String);
+///
+/// Shared, not owned: a room keeps its last 256 keys in its state (the idempotency window)
+/// and the batch writer clones that state for every batch, so a clone is a reference count,
+/// not an allocation. Read back (events, snapshots) through [`ClientMsgId::parse`], like
+/// every other value here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientMsgId(Arc<str>);
+
+validated_string_serde!(ClientMsgId);
 
 impl ClientMsgId {
     pub const MIN: usize = 1;
@@ -203,7 +250,7 @@ impl ClientMsgId {
                 len,
             });
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,8 +259,7 @@ impl ClientMsgId {
 }
 
 /// The text of an announcement to every connected user: 1–1000 characters, not blank.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AnnouncementText(String);
 
 impl AnnouncementText {
@@ -240,8 +286,7 @@ impl AnnouncementText {
 
 /// A reaction: 1–16 Unicode scalar values (an emoji with its modifiers, or a short code like
 /// `:+1:`), none of them whitespace or a control character.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Emoji(String);
 
 impl Emoji {
@@ -268,8 +313,7 @@ impl Emoji {
 }
 
 /// A room's topic: 0–500 characters (empty clears it).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RoomTopic(String);
 
 impl RoomTopic {
@@ -292,8 +336,7 @@ impl RoomTopic {
 }
 
 /// Why a moderator banned someone: 0–500 characters.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BanReason(String);
 
 impl BanReason {

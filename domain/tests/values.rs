@@ -193,3 +193,35 @@ fn a_seq_is_followed_by_the_next_integer() {
     assert_eq!(MessageSeq(0).next(), MessageSeq(1));
     assert_eq!(MessageSeq(41).next().to_string(), "42");
 }
+
+// --- Read back from events and snapshots ------------------------------------------------------
+
+#[test]
+fn a_value_reads_back_through_its_rules() {
+    let name: RoomName = serde_json::from_str(r#""lobby""#).unwrap();
+    assert_eq!(serde_json::to_string(&name).unwrap(), r#""lobby""#);
+    let id: ClientMsgId = serde_json::from_str(r#""c-1""#).unwrap();
+    assert_eq!(id.as_str(), "c-1");
+    assert_eq!(serde_json::to_string(&id).unwrap(), r#""c-1""#);
+
+    // What `parse` refuses, deserializing refuses too, with the rule's message.
+    let blank = serde_json::from_str::<RoomName>(r#""   ""#).unwrap_err();
+    assert!(blank.to_string().contains("blank"), "{blank}");
+    let long = format!("\"{}\"", "x".repeat(65));
+    assert!(serde_json::from_str::<ClientMsgId>(&long).is_err());
+    assert!(serde_json::from_str::<ClientMsgId>(r#""""#).is_err());
+    assert!(serde_json::from_str::<Username>(r#""Not Valid""#).is_err());
+    assert!(serde_json::from_str::<MessageBody>(r#"" \n ""#).is_err());
+    assert!(serde_json::from_str::<MessageBody>(&format!("\"{}\"", "b".repeat(4001))).is_err());
+}
+
+#[test]
+fn an_erased_text_reads_back_as_its_placeholder() {
+    // An erased username or body leaves "" in its event; the event must still load.
+    let body: MessageBody = serde_json::from_str(r#""""#).unwrap();
+    assert_eq!(body.as_str(), "");
+    let username: Username = serde_json::from_str(r#""""#).unwrap();
+    assert_eq!(username.as_str(), "");
+    // Only the placeholder: any other invalid text is refused.
+    assert!(serde_json::from_str::<Username>(r#""ab""#).is_err());
+}
