@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use parley::app::{App, AppOptions, MIGRATOR};
 use parley::commands::CommandMeta;
-use parley::graphql::WsConfig;
 use parley::store::{EventLog, PostgresLog};
+use parley::ws::WsConfig;
 use parley_domain::{Role, RoomId, UserId};
 use parley_projections::postgres::{PgEventLog, PgProjector, ProjectorConfig};
 use parley_projections::LiveFeed;

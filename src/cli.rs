@@ -93,7 +93,7 @@ async fn serve(args: config::ServeArgs) -> Result<(), Failure> {
         listener,
         metrics,
         app,
-        crate::graphql::WsConfig::default(),
+        crate::ws::WsConfig::default(),
         config.http,
         shutdown,
     )

@@ -23,8 +23,9 @@ use tower::ServiceExt;
 
 use crate::app::App;
 use crate::config::HttpLimits;
-use crate::graphql::{ClientIp, WsConfig};
+use crate::graphql::ClientIp;
 use crate::http;
+use crate::ws::WsConfig;
 
 /// File descriptors kept free of client connections by default (database and Redis
 /// connections, log files, the listener).

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use parley::graphql::WsConfig;
 use parley::relay::Channel;
+use parley::ws::WsConfig;
 use parley_domain::UserId;
 use serde_json::{json, Value};
 use support::api::{closed, open_socket, Store, TestServer, WsClient};

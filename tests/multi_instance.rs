@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use parley::graphql::WsConfig;
 use parley::relay::Channel;
 use parley::store::{EventLog, PostgresLog};
+use parley::ws::WsConfig;
 use parley_domain::RoomId;
 use serde_json::{json, Value};
 use support::api::{a_and_b_behind_a_proxy, redis_options, Proxied, Session, TestServer, WsClient};

@@ -12,11 +12,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use parley::app::AppOptions;
-use parley::graphql::WsConfig;
 use parley::relay::{
     Channel, Presence, PresenceConfig, Relay, RelayConfig, RelayItem, RelayKind, Subscription,
 };
 use parley::store::{EventLog, PostgresLog};
+use parley::ws::WsConfig;
 use parley_domain::{RoomId, UserId};
 use serde_json::{json, Value};
 use support::api::{fast_projector, TestServer, WsClient};

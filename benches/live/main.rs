@@ -44,9 +44,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use parley::graphql::WsConfig;
 use parley::relay::{Channel, PresenceConfig, RelayStats};
 use parley::store::{EventLog, PostgresLog};
+use parley::ws::WsConfig;
 use parley_domain::{RoomEvent, RoomId};
 use parley_projections::DecodedEvent;
 use serde_json::{json, Value};

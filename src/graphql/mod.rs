@@ -1,18 +1,16 @@
 //! The GraphQL API of `shared/API.md`: schema, resolvers and transport (HTTP and WebSocket).
 
 mod context;
-mod conventions;
-mod error;
-mod guard;
+pub(crate) mod conventions;
+pub(crate) mod error;
+pub(crate) mod guard;
 mod loaders;
 mod mutation;
 mod parse_cache;
 mod query;
 mod subscription;
 mod timestamp;
-mod transport;
 mod types;
-mod ws;
 
 use async_graphql::extensions::apollo_persisted_queries::{
     ApolloPersistedQueries, LruCacheStorage,
@@ -26,8 +24,6 @@ pub use loaders::UserLoader;
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::{Subscription, TYPING_TTL};
-pub use transport::{routes, MAX_BODY};
-pub use ws::WsConfig;
 
 use crate::app::App;
 

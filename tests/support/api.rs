@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use parley::app::{App, AppOptions};
-use parley::graphql::WsConfig;
 use parley::relay::{Presence, PresenceConfig, Relay, RelayConfig};
 use parley::store::{EventLog, PostgresLog};
+use parley::ws::WsConfig;
 use parley_projections::postgres::ProjectorConfig;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

@@ -1,5 +1,6 @@
-//! The HTTP surface: GraphQL (see [`crate::graphql`]), health, readiness and metrics, with
-//! tracing, CORS, request ids and the body limit around everything.
+//! The HTTP surface: GraphQL over HTTP ([`graphql`]; over WebSocket, [`crate::ws`]; what the
+//! two share, [`session`]), health, readiness and metrics, with tracing, CORS, request ids
+//! and the body limit around everything.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -18,7 +19,12 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 
 use crate::app::App;
-use crate::graphql::{self, WsConfig};
+use crate::ws::WsConfig;
+
+pub mod graphql;
+pub(crate) mod session;
+
+pub use graphql::MAX_BODY;
 
 /// How long `/readyz` waits for the store and the relay.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,15 +1,10 @@
-//! GraphQL over HTTP (`POST /graphql`, `GET /graphql`, `POST /graphql/stream`), the routes
-//! (the WebSocket endpoint `GET /graphql/ws` is in [`super::ws`]) and what both share:
-//! tokens, budgets, the request's user.
+//! GraphQL over HTTP: `POST /graphql`, `GET /graphql` (queries only: mutations are refused
+//! over GET), `POST /graphql/stream` (subscriptions as server-sent events), and the routes of
+//! the GraphQL endpoints (the WebSocket one, `GET /graphql/ws`, is served by [`crate::ws`]).
 //!
-//! HTTP: the body is read here (not by async-graphql's extractor) so that the 1 MiB limit,
+//! The body is read here (not by async-graphql's extractor) so that the 1 MiB limit,
 //! malformed JSON and bad tokens all get a GraphQL-shaped error with `extensions.code`.
-//! Mutations are refused over GET.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use async_graphql::dataloader::DataLoader;
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::BatchRequest;
 use axum::body::Bytes;
@@ -22,36 +17,28 @@ use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use parley_domain::UserId;
 
-use super::context::{Actor, ClientIp, RequestId, SubscriptionBudget};
-use super::conventions;
-use super::error::{rate_limited_refusal, refusal, REQUEST_ID};
-use super::loaders::UserLoader;
-use super::ParleySchema;
+use super::session::{http_actor, ip_of, over_budget, refuse, user_loader, GraphqlState};
 use crate::app::App;
+use crate::graphql::conventions;
+use crate::graphql::error::{refusal, REQUEST_ID};
+use crate::graphql::{Actor, ClientIp, RequestId, SubscriptionBudget};
+use crate::ws::WsConfig;
 
-use super::ws::WsConfig;
 /// Largest request body, for GraphQL too.
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Most operations in one batched request.
 const MAX_BATCH: usize = 10;
 
-#[derive(Clone)]
-pub(super) struct GraphqlState {
-    pub(super) app: App,
-    pub(super) schema: ParleySchema,
-    pub(super) ws: WsConfig,
-}
-
 /// The GraphQL routes.
 pub fn routes(app: App, ws: WsConfig) -> Router {
     let state = GraphqlState {
-        schema: super::schema(app.clone()),
+        schema: crate::graphql::schema(app.clone()),
         app,
         ws,
     };
     Router::new()
         .route("/graphql", get(get_graphql).post(post_graphql))
-        .route("/graphql/ws", get(super::ws::websocket))
+        .route("/graphql/ws", get(crate::ws::websocket))
         .route("/schema.graphql", get(schema_sdl))
         .route("/graphql/stream", axum::routing::post(sse))
         .with_state(state)
@@ -62,30 +49,9 @@ async fn schema_sdl() -> Response {
     static SDL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        SDL.get_or_init(super::sdl).clone(),
+        SDL.get_or_init(crate::graphql::sdl).clone(),
     )
         .into_response()
-}
-
-pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    metrics::counter!("parley_graphql_errors_total", "code" => code.to_owned()).increment(1);
-    (status, Json(refusal(code, message))).into_response()
-}
-
-/// The token of an `Authorization: Bearer …` header: `None` without one.
-pub(super) fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
-    let value = headers.get(header::AUTHORIZATION)?;
-    Some(
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(()),
-    )
 }
 
 /// The client's request id if it is a sane one (1–64 of `[A-Za-z0-9._:-]`), else a new
@@ -96,86 +62,6 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|id| crate::http::valid_request_id(id))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
-}
-
-/// A whole request refused by the per-IP budget: HTTP 429 with `Retry-After`.
-pub(super) fn over_budget(refused: crate::limits::Refused) -> Response {
-    metrics::counter!("parley_graphql_errors_total", "code" => "RATE_LIMITED").increment(1);
-    let message = format!(
-        "too many {} from this address; retry in {} ms",
-        refused.what,
-        refused.retry_after.as_millis().max(1)
-    );
-    let mut response = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(rate_limited_refusal(&message, refused.retry_after)),
-    )
-        .into_response();
-    let seconds = refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
-    if let Ok(value) = seconds.max(1).to_string().parse() {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
-}
-
-pub(super) fn ip_of(ip: Option<Extension<ClientIp>>) -> Option<ClientIp> {
-    ip.map(|Extension(ip)| ip)
-}
-
-pub(super) fn user_loader(app: &App) -> Arc<DataLoader<UserLoader>> {
-    // No batching delay: the users one resolver pass asks for are batched anyway, and the
-    // default 1 ms wait would add 1–2 ms to every request that returns a user.
-    Arc::new(
-        DataLoader::new(
-            UserLoader::new(app.read_models.clone(), app.projected.clone()),
-            tokio::spawn,
-        )
-        .delay(Duration::ZERO),
-    )
-}
-
-/// The user a token names, if it verifies and that user exists here.
-async fn token_user(app: &App, token: &str) -> Result<UserId, Response> {
-    token_session(app, token).await.map(|(user, _expires)| user)
-}
-
-/// [`token_user`], with the moment the token expires.
-pub(super) async fn token_session(
-    app: &App,
-    token: &str,
-) -> Result<(UserId, SystemTime), Response> {
-    let (user, expires) = app
-        .tokens
-        .verify_session(token)
-        .map_err(|_| unauthenticated("invalid or expired token"))?;
-    match app.user_exists(user).await {
-        Ok(true) => Ok((user, expires)),
-        Ok(false) => Err(unauthenticated("invalid or expired token")),
-        Err(error) => {
-            tracing::warn!(%error, "cannot check a token's user");
-            Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                "the store is unavailable right now; retry shortly",
-            ))
-        }
-    }
-}
-
-/// Checks the bearer token of an HTTP request: `Ok(None)` when there is none, else the
-/// response that refuses it.
-async fn http_actor(app: &App, headers: &HeaderMap) -> Result<Option<UserId>, Response> {
-    match bearer(headers) {
-        None => Ok(None),
-        Some(Ok(token)) => token_user(app, token).await.map(Some),
-        Some(Err(())) => Err(unauthenticated(
-            "the Authorization header must be `Bearer <token>`",
-        )),
-    }
-}
-
-fn unauthenticated(reason: &str) -> Response {
-    refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", reason)
 }
 
 /// The media type of the GraphQL-over-HTTP spec; a client that accepts it gets it, with 4xx
@@ -244,7 +130,7 @@ fn needs_no_token(request: &async_graphql::Request) -> bool {
 
 /// APQ registrations of long query texts run but are not kept (bounds the cache's memory).
 fn limit_persisted(mut request: async_graphql::Request) -> async_graphql::Request {
-    if request.query.len() > super::MAX_PERSISTED_QUERY {
+    if request.query.len() > crate::graphql::MAX_PERSISTED_QUERY {
         request.extensions.remove("persistedQuery");
     }
     request
@@ -357,7 +243,7 @@ async fn post_graphql(
             );
         }
         let queries: Vec<&str> = batch.iter().map(|r| r.query.as_str()).collect();
-        if let Err(message) = super::guard::check_batch(&queries) {
+        if let Err(message) = crate::graphql::guard::check_batch(&queries) {
             return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
         }
     }
