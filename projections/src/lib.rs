@@ -12,6 +12,7 @@
 //! - [`export`] streams the positioned log to JSONL or CSV (`parley events export`).
 
 mod canonical_json;
+mod changes;
 pub mod erasure;
 pub mod events;
 pub mod export;

@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomEvent, RoomId, RoomRole, RoomVisibility, UserEvent, UserId};
+use parley_domain::{RoomId, RoomVisibility, UserId};
 use tokio::sync::watch;
 
+use crate::changes::{changes, CursorTo, MemberState, MessagesOp, RoomsOp, RowOp, UsersOp};
 use crate::events::{EventFilter, EventPage};
 use crate::live::LiveFeed;
 use crate::log::{DecodedEvent, LogEvent};
@@ -167,205 +168,248 @@ impl State {
         *cursor = (*cursor).max(seq);
     }
 
+    /// The embedded writer: applies the event's row operations ([`changes`], shared with
+    /// the SQL writer) to the maps that mirror the tables, keeping their indexes.
     fn apply(&mut self, log: &LogEvent, decoded: &DecodedEvent) {
         let position = log.position.0;
-        match decoded {
-            DecodedEvent::User(
-                id,
-                UserEvent::UserRegistered {
-                    username,
-                    password_hash,
-                    registered_at,
-                    ..
-                },
-            ) => {
-                self.usernames.insert(username.as_str().to_owned(), *id);
-                self.users.insert(
-                    *id,
-                    UserRow {
-                        view: UserView {
-                            id: *id,
-                            username: username.as_str().to_owned(),
-                            roles: Vec::new(),
-                            created_at: *registered_at,
-                        },
-                        password_hash: password_hash.clone(),
-                    },
-                );
+        for op in changes(decoded) {
+            match op {
+                RowOp::Users(op) => self.apply_users(op),
+                RowOp::Rooms(op) => self.apply_rooms(op, position),
+                RowOp::Messages(op) => self.apply_messages(op, position),
             }
-            DecodedEvent::User(id, UserEvent::RoleGranted { role }) => {
-                if let Some(user) = self.users.get_mut(id) {
-                    let role = role.as_str().to_owned();
-                    if !user.view.roles.contains(&role) {
-                        user.view.roles.push(role);
-                    }
-                }
-            }
-            DecodedEvent::User(_, UserEvent::AnnouncementMade { .. }) => {}
-            DecodedEvent::User(id, UserEvent::UserErased { .. }) => {
-                if let Some(user) = self.users.get_mut(id) {
-                    self.usernames.remove(&user.view.username);
-                    user.view.username = crate::erasure::erased_username(*id);
-                    user.password_hash.clear();
-                    self.usernames.insert(user.view.username.clone(), *id);
-                }
-                let theirs = self
-                    .messages
-                    .values_mut()
-                    .flat_map(|history| history.values_mut());
-                for message in theirs.filter(|m| m.sender == *id) {
-                    let old = std::mem::take(&mut message.body);
-                    reindex(&mut self.words, message.room_id, message.seq, &old, "");
-                    message.erase(GlobalPosition(position));
-                }
-            }
-            DecodedEvent::User(id, UserEvent::UserBlocked { user_id }) => {
-                self.blocks.entry(*id).or_default().insert(*user_id);
-            }
-            DecodedEvent::User(id, UserEvent::UserUnblocked { user_id }) => {
-                if let Some(blocked) = self.blocks.get_mut(id) {
-                    blocked.remove(user_id);
-                }
-            }
-            DecodedEvent::Room(id, event) => self.apply_room(*id, event, position),
-            DecodedEvent::Unknown => {}
         }
         self.checkpoint = position;
     }
 
-    fn apply_room(&mut self, id: RoomId, event: &RoomEvent, position: i64) {
-        match event {
-            RoomEvent::RoomCreated {
+    fn apply_users(&mut self, op: UsersOp<'_>) {
+        match op {
+            UsersOp::Insert {
+                user,
+                username,
+                password_hash,
+                created_at,
+            } => {
+                self.usernames.insert(username.to_owned(), user);
+                self.users.insert(
+                    user,
+                    UserRow {
+                        view: UserView {
+                            id: user,
+                            username: username.to_owned(),
+                            roles: Vec::new(),
+                            created_at,
+                        },
+                        password_hash: password_hash.to_owned(),
+                    },
+                );
+            }
+            UsersOp::GrantRole { user, role } => {
+                if let Some(user) = self.users.get_mut(&user) {
+                    if !user.view.roles.iter().any(|r| r == role) {
+                        user.view.roles.push(role.to_owned());
+                    }
+                }
+            }
+            UsersOp::Erase { user: id, username } => {
+                if let Some(user) = self.users.get_mut(&id) {
+                    self.usernames.remove(&user.view.username);
+                    user.view.username = username;
+                    user.password_hash.clear();
+                    self.usernames.insert(user.view.username.clone(), id);
+                }
+            }
+            UsersOp::Block { blocker, blocked } => {
+                self.blocks.entry(blocker).or_default().insert(blocked);
+            }
+            UsersOp::Unblock { blocker, blocked } => {
+                if let Some(blocks) = self.blocks.get_mut(&blocker) {
+                    blocks.remove(&blocked);
+                }
+            }
+        }
+    }
+
+    fn apply_rooms(&mut self, op: RoomsOp<'_>, position: i64) {
+        let id = match op {
+            RoomsOp::Insert {
+                room,
                 name,
                 host,
                 created_at,
                 visibility,
-                ..
             } => {
                 self.rooms.insert(
-                    id,
+                    room,
                     RoomRow {
-                        id,
-                        name: name.as_str().to_owned(),
+                        id: room,
+                        name: name.to_owned(),
                         topic: None,
-                        host: *host,
-                        created_at: *created_at,
+                        host,
+                        created_at,
                         last_seq: 0,
                         last_activity: position,
-                        visibility: *visibility,
-                        members: BTreeSet::from([*host]),
+                        visibility,
+                        members: BTreeSet::new(),
                         invited: BTreeSet::new(),
                         moderators: BTreeSet::new(),
                         banned: BTreeSet::new(),
                     },
                 );
-                self.rooms_of_user.entry(*host).or_default().insert(id);
+                return;
             }
-            RoomEvent::RoomUpdated { name, topic, .. } => {
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    if let Some(name) = name {
-                        room.name = name.as_str().to_owned();
-                    }
-                    if let Some(topic) = topic {
-                        room.topic = Some(topic.as_str().to_owned()).filter(|t| !t.is_empty());
-                    }
-                }
-            }
-            RoomEvent::MemberInvited { user_id, .. } => {
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    if !room.members.contains(user_id) {
-                        room.invited.insert(*user_id);
-                    }
-                }
-            }
-            RoomEvent::MemberJoined { user_id } => {
-                let Some(room) = self.rooms.get_mut(&id) else {
-                    return;
+            RoomsOp::Cursor { room, user, to } => {
+                let seq = match to {
+                    CursorTo::Seq(seq) => Some(seq),
+                    CursorTo::RoomLastSeq => self.rooms.get(&room).map(|r| r.last_seq),
                 };
-                room.invited.remove(user_id);
-                room.members.insert(*user_id);
-                let last_seq = room.last_seq;
-                self.rooms_of_user.entry(*user_id).or_default().insert(id);
-                self.bump_cursor(id, *user_id, last_seq);
+                if let Some(seq) = seq {
+                    self.bump_cursor(room, user, seq);
+                }
+                return;
             }
-            RoomEvent::MemberRoleChanged { user_id, role, .. } => {
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    if *role == RoomRole::Host {
-                        room.host = *user_id;
-                    }
-                    if *role == RoomRole::Moderator {
-                        room.moderators.insert(*user_id);
-                    } else {
-                        room.moderators.remove(user_id);
-                    }
+            RoomsOp::Update { room, .. }
+            | RoomsOp::SetHost { room, .. }
+            | RoomsOp::Activity { room, .. }
+            | RoomsOp::SetMember { room, .. }
+            | RoomsOp::Invite { room, .. }
+            | RoomsOp::SetRole { room, .. }
+            | RoomsOp::RemoveMember { room, .. } => room,
+        };
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return;
+        };
+        // A member row is in exactly one of `members`, `invited`, `banned`; `moderators`
+        // holds the members whose role is moderator.
+        match op {
+            RoomsOp::Update { name, topic, .. } => {
+                if let Some(name) = name {
+                    room.name = name.to_owned();
+                }
+                if let Some(topic) = topic {
+                    room.topic = Some(topic.to_owned()).filter(|t| !t.is_empty());
                 }
             }
-            RoomEvent::MemberUnbanned { user_id, .. } => {
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    room.banned.remove(user_id);
+            RoomsOp::SetHost { host, .. } => room.host = host,
+            RoomsOp::Activity { seq, .. } => {
+                room.last_seq = room.last_seq.max(seq);
+                room.last_activity = room.last_activity.max(position);
+            }
+            RoomsOp::SetMember {
+                user,
+                state: MemberState::Member,
+                ..
+            } => {
+                room.invited.remove(&user);
+                room.banned.remove(&user);
+                room.members.insert(user);
+                self.rooms_of_user.entry(user).or_default().insert(id);
+            }
+            RoomsOp::SetMember {
+                user,
+                state: MemberState::Banned,
+                ..
+            } => {
+                room.members.remove(&user);
+                room.invited.remove(&user);
+                room.moderators.remove(&user);
+                room.banned.insert(user);
+                self.forget_room_of(user, id);
+            }
+            RoomsOp::Invite { user, .. } => {
+                if !(room.members.contains(&user) || room.banned.contains(&user)) {
+                    room.invited.insert(user);
                 }
             }
-            RoomEvent::MemberLeft { user_id }
-            | RoomEvent::MemberKicked { user_id, .. }
-            | RoomEvent::MemberBanned { user_id, .. } => {
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    room.members.remove(user_id);
-                    room.invited.remove(user_id);
-                    room.moderators.remove(user_id);
-                    if matches!(event, RoomEvent::MemberBanned { .. }) {
-                        room.banned.insert(*user_id);
-                    }
-                }
-                if let Some(rooms) = self.rooms_of_user.get_mut(user_id) {
-                    rooms.remove(&id);
+            RoomsOp::SetRole {
+                user, moderator, ..
+            } => {
+                if moderator && room.members.contains(&user) {
+                    room.moderators.insert(user);
+                } else {
+                    room.moderators.remove(&user);
                 }
             }
-            RoomEvent::MessageSent {
-                message_id,
+            RoomsOp::RemoveMember {
+                user,
+                banned_only: true,
+                ..
+            } => {
+                room.banned.remove(&user);
+            }
+            RoomsOp::RemoveMember { user, .. } => {
+                room.members.remove(&user);
+                room.invited.remove(&user);
+                room.banned.remove(&user);
+                room.moderators.remove(&user);
+                self.forget_room_of(user, id);
+            }
+            RoomsOp::Insert { .. } | RoomsOp::Cursor { .. } => {}
+        }
+    }
+
+    fn forget_room_of(&mut self, user: UserId, room: RoomId) {
+        if let Some(rooms) = self.rooms_of_user.get_mut(&user) {
+            rooms.remove(&room);
+        }
+    }
+
+    fn apply_messages(&mut self, op: MessagesOp<'_>, position: i64) {
+        let position = GlobalPosition(position);
+        match op {
+            MessagesOp::Insert {
+                room,
                 seq,
+                message_id,
                 sender,
                 body,
                 client_msg_id,
                 sent_at,
                 reply_to,
             } => {
-                let seq = seq.0 as i64;
-                if let Some(room) = self.rooms.get_mut(&id) {
-                    room.last_seq = room.last_seq.max(seq);
-                    room.last_activity = room.last_activity.max(position);
-                }
-                self.bump_cursor(id, *sender, seq);
                 self.client_ids
-                    .insert((id, *sender, client_msg_id.as_str().to_owned()), seq);
-                reindex(&mut self.words, id, seq, "", body.as_str());
-                self.messages.entry(id).or_default().insert(
+                    .insert((room, sender, client_msg_id.to_owned()), seq);
+                reindex(&mut self.words, room, seq, "", body);
+                self.messages.entry(room).or_default().insert(
                     seq,
                     MessageView::sent(
-                        *message_id,
-                        id,
+                        message_id,
+                        room,
                         seq,
-                        *sender,
-                        body.as_str().to_owned(),
-                        client_msg_id.as_str().to_owned(),
-                        *sent_at,
-                        GlobalPosition(position),
-                        reply_to.map(|seq| seq.0 as i64),
+                        sender,
+                        body.to_owned(),
+                        client_msg_id.to_owned(),
+                        sent_at,
+                        position,
+                        reply_to,
                     ),
                 );
             }
-            RoomEvent::MessageEdited { seq, .. }
-            | RoomEvent::MessageDeleted { seq, .. }
-            | RoomEvent::ReactionAdded { seq, .. }
-            | RoomEvent::ReactionRemoved { seq, .. } => {
+            MessagesOp::EraseSender { sender } => {
+                let theirs = self
+                    .messages
+                    .values_mut()
+                    .flat_map(|history| history.values_mut())
+                    .filter(|m| m.sender == sender);
+                for message in theirs {
+                    let old = std::mem::take(&mut message.body);
+                    reindex(&mut self.words, message.room_id, message.seq, &old, "");
+                    message.apply_op(&op, position);
+                }
+            }
+            MessagesOp::Edit { room, seq, .. }
+            | MessagesOp::Erase { room, seq }
+            | MessagesOp::React { room, seq, .. }
+            | MessagesOp::Unreact { room, seq, .. } => {
                 let message = self
                     .messages
-                    .get_mut(&id)
-                    .and_then(|messages| messages.get_mut(&(seq.0 as i64)));
+                    .get_mut(&room)
+                    .and_then(|messages| messages.get_mut(&seq));
                 if let Some(message) = message {
                     let old = message.body.clone();
-                    message.apply(event, GlobalPosition(position));
+                    message.apply_op(&op, position);
                     if message.body != old {
-                        reindex(&mut self.words, id, message.seq, &old, &message.body);
+                        reindex(&mut self.words, room, seq, &old, &message.body);
                     }
                 }
             }

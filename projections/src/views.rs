@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use parley_domain::{MessageId, RoomId, RoomRole, RoomVisibility, UserId};
 use serde::Serialize;
 
+use crate::changes::MessagesOp;
 use crate::GlobalPosition;
 
 /// A user in the directory.
@@ -136,65 +137,82 @@ impl MessageView {
         self.changed = true;
     }
 
-    /// Applies a change of this message (events about other messages are ignored).
+    /// Applies a change of this message (events about other messages are ignored): the
+    /// event's operations on `messages_view` ([`crate::changes`]) that name this row.
     pub fn apply(&mut self, event: &parley_domain::RoomEvent, position: GlobalPosition) {
-        use parley_domain::RoomEvent;
-        match event {
-            RoomEvent::MessageEdited {
-                seq,
-                body,
-                edited_at,
-                ..
-            } if seq.0 as i64 == self.seq && !self.deleted => {
-                self.body = body.as_str().to_owned();
-                self.edited_at = Some(*edited_at);
+        for op in crate::changes::room_changes(self.room_id, event) {
+            if let crate::changes::RowOp::Messages(op) = op {
+                if self.is_row_of(&op) {
+                    self.apply_op(&op, position);
+                }
             }
-            RoomEvent::MessageDeleted { seq, .. } if seq.0 as i64 == self.seq => {
+        }
+    }
+
+    /// Whether `op` changes this row (an insert changes none).
+    pub(crate) fn is_row_of(&self, op: &MessagesOp<'_>) -> bool {
+        match *op {
+            MessagesOp::Insert { .. } => false,
+            MessagesOp::EraseSender { sender } => sender == self.sender,
+            MessagesOp::Edit { room, seq, .. }
+            | MessagesOp::Erase { room, seq }
+            | MessagesOp::React { room, seq, .. }
+            | MessagesOp::Unreact { room, seq, .. } => room == self.room_id && seq == self.seq,
+        }
+    }
+
+    /// The embedded writer of a `messages_view` row: `op` (one that [`Self::is_row_of`] this
+    /// row) at `position`, as the SQL writer's statement changes the row.
+    pub(crate) fn apply_op(&mut self, op: &MessagesOp<'_>, position: GlobalPosition) {
+        match *op {
+            MessagesOp::Insert { .. } => return,
+            MessagesOp::Edit {
+                body, edited_at, ..
+            } => {
+                if self.deleted {
+                    return;
+                }
+                self.body = body.to_owned();
+                self.edited_at = Some(edited_at);
+            }
+            MessagesOp::Erase { .. } | MessagesOp::EraseSender { .. } => {
                 self.erase(position);
                 return;
             }
-            RoomEvent::ReactionAdded {
-                seq,
-                user_id,
-                emoji,
-            } if seq.0 as i64 == self.seq => {
+            MessagesOp::React { emoji, user, .. } => {
                 let at = match self
                     .reactions
-                    .binary_search_by(|r| r.emoji.as_str().cmp(emoji.as_str()))
+                    .binary_search_by(|r| r.emoji.as_str().cmp(emoji))
                 {
                     Ok(at) => at,
                     Err(at) => {
                         self.reactions.insert(
                             at,
                             ReactionView {
-                                emoji: emoji.as_str().to_owned(),
+                                emoji: emoji.to_owned(),
                                 users: Vec::new(),
                             },
                         );
                         at
                     }
                 };
-                if !self.reactions[at].users.contains(user_id) {
-                    self.reactions[at].users.push(*user_id);
+                if self.reactions[at].users.contains(&user) {
+                    return;
+                }
+                self.reactions[at].users.push(user);
+            }
+            MessagesOp::Unreact { emoji, user, .. } => {
+                let Some(at) = self.reactions.iter().position(|r| r.emoji == emoji) else {
+                    return;
+                };
+                if !self.reactions[at].users.contains(&user) {
+                    return;
+                }
+                self.reactions[at].users.retain(|u| *u != user);
+                if self.reactions[at].users.is_empty() {
+                    self.reactions.remove(at);
                 }
             }
-            RoomEvent::ReactionRemoved {
-                seq,
-                user_id,
-                emoji,
-            } if seq.0 as i64 == self.seq => {
-                if let Some(at) = self
-                    .reactions
-                    .iter()
-                    .position(|r| r.emoji == emoji.as_str())
-                {
-                    self.reactions[at].users.retain(|u| u != user_id);
-                    if self.reactions[at].users.is_empty() {
-                        self.reactions.remove(at);
-                    }
-                }
-            }
-            _ => return,
         }
         self.position = position;
         self.changed = true;

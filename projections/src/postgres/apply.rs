@@ -1,7 +1,9 @@
-//! How each projection applies events to its tables, inside the projector's transaction.
+//! The SQL writer of the projections: applies each event's row operations (decided in
+//! [`crate::changes`], shared with the embedded writer) to the tables, inside the projector's
+//! transaction.
 //!
 //! Runs of `MessageSent` (nearly all of a chat log) are applied with one set-based statement
-//! per table; other events one by one, in log order.
+//! per table; other operations one by one, in log order.
 //!
 //! Every statement names its tables through [`Targets`], so the same code feeds the live read
 //! models and a rebuild's shadow copies (see `rebuild.rs`). `read_cursors` is the exception:
@@ -12,10 +14,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomEvent, RoomRole, UserEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::changes::{changes, CursorTo, MemberState, MessagesOp, RoomsOp, RowOp, UsersOp};
 use crate::log::{DecodedEvent, LogEvent};
 
 /// The projections, each owning its tables.
@@ -135,9 +137,31 @@ impl Targets {
     }
 }
 
-/// Column-wise buffer of consecutive `MessageSent` events.
+impl Targets {
+    /// Whether the projection owning `op`'s table is applied.
+    fn applies(&self, op: &RowOp<'_>) -> bool {
+        match op {
+            RowOp::Users(_) => self.users.is_some(),
+            RowOp::Rooms(_) => self.rooms.is_some(),
+            RowOp::Messages(_) => self.messages.is_some(),
+        }
+    }
+}
+
+/// The operations of a run of consecutive `MessageSent` events (nearly all of a chat log),
+/// gathered per table and written with one set-based statement each.
 #[derive(Default)]
-struct MessageRun {
+struct Run {
+    /// Per room: the newest seq and its position.
+    activity: HashMap<Uuid, (i64, i64)>,
+    /// Per (room, user): the newest seq.
+    cursors: HashMap<(Uuid, Uuid), i64>,
+    messages: MessageColumns,
+}
+
+/// `messages_view` rows, column-wise.
+#[derive(Default)]
+struct MessageColumns {
     room_id: Vec<Uuid>,
     seq: Vec<i64>,
     message_id: Vec<Uuid>,
@@ -149,69 +173,84 @@ struct MessageRun {
     reply_to: Vec<Option<i64>>,
 }
 
-impl MessageRun {
+impl Run {
     fn is_empty(&self) -> bool {
-        self.seq.is_empty()
+        self.activity.is_empty() && self.cursors.is_empty() && self.messages.seq.is_empty()
     }
-}
 
-pub(crate) async fn apply(
-    conn: &mut PgConnection,
-    targets: Targets,
-    events: &[(LogEvent, DecodedEvent)],
-) -> Result<(), sqlx::Error> {
-    let mut run = MessageRun::default();
-    for (log, decoded) in events {
-        if let DecodedEvent::Room(
-            room,
-            RoomEvent::MessageSent {
-                message_id,
+    /// Takes `op` into the run if it is one of a run's, else hands it back.
+    fn take<'a>(&mut self, op: RowOp<'a>, position: i64) -> Option<RowOp<'a>> {
+        match op {
+            RowOp::Rooms(RoomsOp::Activity { room, seq }) => {
+                let newest = self.activity.entry(room.0).or_insert((0, 0));
+                *newest = (newest.0.max(seq), newest.1.max(position));
+            }
+            RowOp::Rooms(RoomsOp::Cursor {
+                room,
+                user,
+                to: CursorTo::Seq(seq),
+            }) => {
+                let cursor = self.cursors.entry((room.0, user.0)).or_insert(0);
+                *cursor = (*cursor).max(seq);
+            }
+            RowOp::Messages(MessagesOp::Insert {
+                room,
                 seq,
+                message_id,
                 sender,
                 body,
                 client_msg_id,
                 sent_at,
                 reply_to,
-            },
-        ) = decoded
-        {
-            run.reply_to.push(reply_to.map(|seq| seq.0 as i64));
-            run.room_id.push(room.0);
-            run.seq.push(seq.0 as i64);
-            run.message_id.push(message_id.0);
-            run.sender.push(sender.0);
-            run.body.push(body.as_str().to_owned());
-            run.client_msg_id.push(client_msg_id.as_str().to_owned());
-            run.sent_at.push(*sent_at);
-            run.position.push(log.position.0);
-            continue;
+            }) => {
+                let m = &mut self.messages;
+                m.room_id.push(room.0);
+                m.seq.push(seq);
+                m.message_id.push(message_id.0);
+                m.sender.push(sender.0);
+                m.body.push(body.to_owned());
+                m.client_msg_id.push(client_msg_id.to_owned());
+                m.sent_at.push(sent_at);
+                m.position.push(position);
+                m.reply_to.push(reply_to);
+            }
+            other => return Some(other),
         }
-        flush(conn, targets, std::mem::take(&mut run)).await?;
-        apply_one(conn, targets, log, decoded).await?;
+        None
+    }
+}
+
+/// Applies `events` to the targeted projections' tables: each event's row operations
+/// ([`changes`]), runs of message inserts in one statement per table, the rest one by one,
+/// in log order.
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    targets: Targets,
+    events: &[(LogEvent, DecodedEvent)],
+) -> Result<(), sqlx::Error> {
+    let mut run = Run::default();
+    for (log, decoded) in events {
+        let position = log.position.0;
+        for op in changes(decoded) {
+            if !targets.applies(&op) {
+                continue;
+            }
+            if let Some(op) = run.take(op, position) {
+                flush(conn, targets, std::mem::take(&mut run)).await?;
+                apply_op(conn, targets, op, position).await?;
+            }
+        }
     }
     flush(conn, targets, run).await
 }
 
-async fn flush(
-    conn: &mut PgConnection,
-    targets: Targets,
-    run: MessageRun,
-) -> Result<(), sqlx::Error> {
+async fn flush(conn: &mut PgConnection, targets: Targets, run: Run) -> Result<(), sqlx::Error> {
     if run.is_empty() {
         return Ok(());
     }
-    if let Some(tables) = targets.rooms {
-        // Per room: the newest seq and its position. Per (room, sender): the newest seq, which
-        // the sender has evidently read.
-        let mut rooms: HashMap<Uuid, (i64, i64)> = HashMap::new();
-        let mut cursors: HashMap<(Uuid, Uuid), i64> = HashMap::new();
-        for i in 0..run.seq.len() {
-            let room = rooms.entry(run.room_id[i]).or_insert((0, 0));
-            *room = (room.0.max(run.seq[i]), room.1.max(run.position[i]));
-            let cursor = cursors.entry((run.room_id[i], run.sender[i])).or_insert(0);
-            *cursor = (*cursor).max(run.seq[i]);
-        }
-        let (ids, (seqs, positions)): (Vec<Uuid>, (Vec<i64>, Vec<i64>)) = rooms.into_iter().unzip();
+    if let (Some(tables), false) = (targets.rooms, run.activity.is_empty()) {
+        let (ids, (seqs, positions)): (Vec<Uuid>, (Vec<i64>, Vec<i64>)) =
+            run.activity.into_iter().unzip();
         sqlx::query(&format!(
             "UPDATE {rooms_view} r
                 SET last_seq = GREATEST(r.last_seq, u.seq),
@@ -225,9 +264,11 @@ async fn flush(
         .bind(&positions)
         .execute(&mut *conn)
         .await?;
+    }
+    if targets.rooms.is_some() && !run.cursors.is_empty() {
         // In key order, so two transactions upserting overlapping cursors (the projector and
         // a rebuild, say) lock the rows in the same order and cannot deadlock on them.
-        let mut cursors: Vec<((Uuid, Uuid), i64)> = cursors.into_iter().collect();
+        let mut cursors: Vec<((Uuid, Uuid), i64)> = run.cursors.into_iter().collect();
         cursors.sort_unstable();
         let (keys, seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = cursors.into_iter().unzip();
         let (rooms, users): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
@@ -244,7 +285,8 @@ async fn flush(
         .execute(&mut *conn)
         .await?;
     }
-    if let Some(tables) = targets.messages {
+    if let (Some(tables), false) = (targets.messages, run.messages.seq.is_empty()) {
+        let m = run.messages;
         sqlx::query(&format!(
             "INSERT INTO {messages_view}
                     (room_id, seq, message_id, sender, body, client_msg_id, sent_at, position,
@@ -254,393 +296,309 @@ async fn flush(
                                   $9::bigint[])",
             messages_view = tables.messages_view
         ))
-        .bind(&run.room_id)
-        .bind(&run.seq)
-        .bind(&run.message_id)
-        .bind(&run.sender)
-        .bind(&run.body)
-        .bind(&run.client_msg_id)
-        .bind(&run.sent_at)
-        .bind(&run.position)
-        .bind(&run.reply_to)
+        .bind(&m.room_id)
+        .bind(&m.seq)
+        .bind(&m.message_id)
+        .bind(&m.sender)
+        .bind(&m.body)
+        .bind(&m.client_msg_id)
+        .bind(&m.sent_at)
+        .bind(&m.position)
+        .bind(&m.reply_to)
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
-async fn apply_one(
+/// One operation on its own (one that is not part of a run), at `position`.
+async fn apply_op(
     conn: &mut PgConnection,
     targets: Targets,
-    log: &LogEvent,
-    decoded: &DecodedEvent,
+    op: RowOp<'_>,
+    position: i64,
 ) -> Result<(), sqlx::Error> {
-    let position = log.position.0;
-    match decoded {
-        DecodedEvent::User(user, event) => {
-            if let Some(tables) = targets.users {
-                apply_user(conn, tables, *user, event, position).await?;
-            }
-            if let (Some(tables), UserEvent::UserErased { .. }) = (targets.messages, event) {
-                // Their text is gone from the log already (erased in this event's statement).
-                sqlx::query(&format!(
-                    "UPDATE {messages_view}
-                        SET body = '', deleted = true, reactions = '{{}}', changed = true,
-                            position = $2
-                      WHERE sender = $1",
-                    messages_view = tables.messages_view
-                ))
-                .bind(user.0)
-                .bind(position)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        DecodedEvent::Room(room, event) => {
-            if let Some(tables) = targets.rooms {
-                apply_room(conn, tables, *room, event, position).await?;
-            }
-            if let Some(tables) = targets.messages {
-                apply_message_change(conn, tables, *room, event, position).await?;
-            }
-        }
-        DecodedEvent::Unknown => {}
+    match op {
+        RowOp::Users(op) => match targets.users {
+            Some(tables) => apply_users(conn, tables, op, position).await,
+            None => Ok(()),
+        },
+        RowOp::Rooms(op) => match targets.rooms {
+            Some(tables) => apply_rooms(conn, targets, tables, op, position).await,
+            None => Ok(()),
+        },
+        RowOp::Messages(op) => match targets.messages {
+            Some(tables) => apply_messages(conn, targets, tables, op, position).await,
+            None => Ok(()),
+        },
     }
-    Ok(())
 }
 
-async fn apply_user(
+async fn apply_users(
     conn: &mut PgConnection,
     tables: UsersTables,
-    user: parley_domain::UserId,
-    event: &UserEvent,
+    op: UsersOp<'_>,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    match event {
-        UserEvent::UserRegistered {
+    let UsersTables {
+        users_view,
+        user_blocks,
+    } = tables;
+    let mut sql = None;
+    let statement = match op {
+        UsersOp::Insert {
+            user,
             username,
             password_hash,
-            registered_at,
-            ..
-        } => {
-            sqlx::query(&format!(
-                "INSERT INTO {users_view} (user_id, username, password_hash, created_at, position)
-                     VALUES ($1, $2, $3, $4, $5)",
-                users_view = tables.users_view
-            ))
-            .bind(user.0)
-            .bind(username.as_str())
-            .bind(password_hash)
-            .bind(registered_at)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::RoleGranted { role } => {
-            sqlx::query(&format!(
-                "UPDATE {users_view} SET roles = array_append(roles, $2)
-                      WHERE user_id = $1 AND NOT ($2 = ANY (roles))",
-                users_view = tables.users_view
-            ))
-            .bind(user.0)
-            .bind(role.as_str())
-            .execute(&mut *conn)
-            .await?;
-        }
-        // Announcements live only in the log and the live path.
-        UserEvent::AnnouncementMade { .. } => {}
-        UserEvent::UserErased { .. } => {
-            sqlx::query(&format!(
-                "UPDATE {users_view} SET username = $2, password_hash = '' WHERE user_id = $1",
-                users_view = tables.users_view
-            ))
-            .bind(user.0)
-            .bind(crate::erasure::erased_username(user))
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::UserBlocked { user_id } => {
-            sqlx::query(&format!(
-                "INSERT INTO {user_blocks} (blocker, blocked, position) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                user_blocks = tables.user_blocks
-            ))
-            .bind(user.0)
-            .bind(user_id.0)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        UserEvent::UserUnblocked { user_id } => {
-            sqlx::query(&format!(
-                "DELETE FROM {user_blocks} WHERE blocker = $1 AND blocked = $2",
-                user_blocks = tables.user_blocks
-            ))
-            .bind(user.0)
-            .bind(user_id.0)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    Ok(())
+            created_at,
+        } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {users_view} (user_id, username, password_hash, created_at, position)
+                 VALUES ($1, $2, $3, $4, $5)"
+        )))
+        .bind(user.0)
+        .bind(username)
+        .bind(password_hash)
+        .bind(created_at)
+        .bind(position),
+        UsersOp::GrantRole { user, role } => sqlx::query(sql.insert(format!(
+            "UPDATE {users_view} SET roles = array_append(roles, $2)
+              WHERE user_id = $1 AND NOT ($2 = ANY (roles))"
+        )))
+        .bind(user.0)
+        .bind(role),
+        UsersOp::Erase { user, username } => sqlx::query(sql.insert(format!(
+            "UPDATE {users_view} SET username = $2, password_hash = '' WHERE user_id = $1"
+        )))
+        .bind(user.0)
+        .bind(username),
+        UsersOp::Block { blocker, blocked } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {user_blocks} (blocker, blocked, position) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING"
+        )))
+        .bind(blocker.0)
+        .bind(blocked.0)
+        .bind(position),
+        UsersOp::Unblock { blocker, blocked } => sqlx::query(sql.insert(format!(
+            "DELETE FROM {user_blocks} WHERE blocker = $1 AND blocked = $2"
+        )))
+        .bind(blocker.0)
+        .bind(blocked.0),
+    };
+    statement.execute(&mut *conn).await.map(drop)
 }
 
-async fn apply_room(
+async fn apply_rooms(
     conn: &mut PgConnection,
+    targets: Targets,
     tables: RoomsTables,
-    room: parley_domain::RoomId,
-    event: &RoomEvent,
+    op: RoomsOp<'_>,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    match event {
-        RoomEvent::RoomCreated {
+    let RoomsTables {
+        rooms_view,
+        room_members,
+    } = tables;
+    let mut sql = None;
+    let statement = match op {
+        RoomsOp::Insert {
+            room,
             name,
             host,
             created_at,
             visibility,
-            ..
-        } => {
-            sqlx::query(&format!(
-                    "INSERT INTO {rooms_view} (room_id, name, host, created_at, last_activity_position, position, visibility)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
-                    rooms_view = tables.rooms_view
-                ))
-                .bind(room.0)
-                .bind(name.as_str())
-                .bind(host.0)
-                .bind(created_at)
-                .bind(position)
-                .bind(visibility.as_str())
-                .execute(&mut *conn)
-                .await?;
-            set_member_state(conn, tables, room.0, host.0, "member", position).await?;
+        } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {rooms_view}
+                    (room_id, name, host, created_at, last_activity_position, position, visibility)
+             VALUES ($1, $2, $3, $4, $5, $5, $6)"
+        )))
+        .bind(room.0)
+        .bind(name)
+        .bind(host.0)
+        .bind(created_at)
+        .bind(position)
+        .bind(visibility.as_str()),
+        RoomsOp::Update { room, name, topic } => sqlx::query(sql.insert(format!(
+            "UPDATE {rooms_view}
+                SET name = coalesce($2, name),
+                    topic = CASE WHEN $3::text IS NULL THEN topic ELSE nullif($3, '') END
+              WHERE room_id = $1"
+        )))
+        .bind(room.0)
+        .bind(name)
+        .bind(topic),
+        RoomsOp::SetHost { room, host } => sqlx::query(sql.insert(format!(
+            "UPDATE {rooms_view} SET host = $2 WHERE room_id = $1"
+        )))
+        .bind(room.0)
+        .bind(host.0),
+        RoomsOp::SetMember {
+            room,
+            user,
+            state: MemberState::Banned,
+        } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {room_members} (room_id, user_id, state, role, position)
+                  VALUES ($1, $2, 'banned', 'member', $3)
+             ON CONFLICT (room_id, user_id)
+               DO UPDATE SET state = 'banned', role = 'member', position = excluded.position"
+        )))
+        .bind(room.0)
+        .bind(user.0)
+        .bind(position),
+        RoomsOp::SetMember { room, user, state } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {room_members} (room_id, user_id, state, position) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (room_id, user_id)
+               DO UPDATE SET state = excluded.state, position = excluded.position"
+        )))
+        .bind(room.0)
+        .bind(user.0)
+        .bind(state.as_str())
+        .bind(position),
+        RoomsOp::Invite { room, user } => sqlx::query(sql.insert(format!(
+            "INSERT INTO {room_members} (room_id, user_id, state, position)
+                 VALUES ($1, $2, 'invited', $3) ON CONFLICT DO NOTHING"
+        )))
+        .bind(room.0)
+        .bind(user.0)
+        .bind(position),
+        RoomsOp::SetRole {
+            room,
+            user,
+            moderator,
+        } => sqlx::query(sql.insert(format!(
+            "UPDATE {room_members} SET role = $3, position = $4
+              WHERE room_id = $1 AND user_id = $2"
+        )))
+        .bind(room.0)
+        .bind(user.0)
+        .bind(if moderator { "moderator" } else { "member" })
+        .bind(position),
+        RoomsOp::RemoveMember {
+            room,
+            user,
+            banned_only,
+        } => sqlx::query(sql.insert(format!(
+            "DELETE FROM {room_members}
+              WHERE room_id = $1 AND user_id = $2 AND (state = 'banned' OR NOT $3)"
+        )))
+        .bind(room.0)
+        .bind(user.0)
+        .bind(banned_only),
+        RoomsOp::Cursor {
+            room,
+            user,
+            to: CursorTo::RoomLastSeq,
+        } => sqlx::query(sql.insert(format!(
+            "INSERT INTO read_cursors (room_id, user_id, last_read_seq)
+             SELECT room_id, $2, last_seq FROM {rooms_view} WHERE room_id = $1
+             ON CONFLICT (room_id, user_id) DO UPDATE
+                SET last_read_seq = GREATEST(read_cursors.last_read_seq, excluded.last_read_seq),
+                    updated_at = now()"
+        )))
+        .bind(room.0)
+        .bind(user.0),
+        op @ (RoomsOp::Activity { .. } | RoomsOp::Cursor { .. }) => {
+            return run_of_one(conn, targets, RowOp::Rooms(op), position).await;
         }
-        RoomEvent::RoomUpdated { name, topic, .. } => {
-            sqlx::query(&format!(
-                "UPDATE {rooms_view}
-                    SET name = coalesce($2, name),
-                        topic = CASE WHEN $3::text IS NULL THEN topic ELSE nullif($3, '') END
-                  WHERE room_id = $1",
-                rooms_view = tables.rooms_view
-            ))
-            .bind(room.0)
-            .bind(name.as_ref().map(|n| n.as_str()))
-            .bind(topic.as_ref().map(|t| t.as_str()))
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MemberInvited { user_id, .. } => {
-            sqlx::query(&format!(
-                "INSERT INTO {room_members} (room_id, user_id, state, position)
-                     VALUES ($1, $2, 'invited', $3) ON CONFLICT DO NOTHING",
-                room_members = tables.room_members
-            ))
-            .bind(room.0)
-            .bind(user_id.0)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MemberJoined { user_id } => {
-            set_member_state(conn, tables, room.0, user_id.0, "member", position).await?;
-            // A new member has nothing unread from before they joined. Read from this
-            // projection's own rooms table: a replay into shadows must see the room as it
-            // was at this event, not as it is live.
-            sqlx::query(&format!(
-                    "INSERT INTO read_cursors (room_id, user_id, last_read_seq)
-                     SELECT room_id, $2, last_seq FROM {rooms_view} WHERE room_id = $1
-                     ON CONFLICT (room_id, user_id) DO UPDATE
-                        SET last_read_seq = GREATEST(read_cursors.last_read_seq, excluded.last_read_seq),
-                            updated_at = now()",
-                    rooms_view = tables.rooms_view
-                ))
-                .bind(room.0)
-                .bind(user_id.0)
-                .execute(&mut *conn)
-                .await?;
-        }
-        RoomEvent::MemberRoleChanged { user_id, role, .. } => {
-            if *role == RoomRole::Host {
-                sqlx::query(&format!(
-                    "UPDATE {rooms_view} SET host = $2 WHERE room_id = $1",
-                    rooms_view = tables.rooms_view
-                ))
-                .bind(room.0)
-                .bind(user_id.0)
-                .execute(&mut *conn)
-                .await?;
-            }
-            // The host's own row says `member`: the host is `rooms_view.host`.
-            let column = if *role == RoomRole::Moderator {
-                "moderator"
-            } else {
-                "member"
-            };
-            sqlx::query(&format!(
-                "UPDATE {room_members} SET role = $3, position = $4
-                  WHERE room_id = $1 AND user_id = $2",
-                room_members = tables.room_members
-            ))
-            .bind(room.0)
-            .bind(user_id.0)
-            .bind(column)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MemberBanned { user_id, .. } => {
-            sqlx::query(&format!(
-                "INSERT INTO {room_members} (room_id, user_id, state, role, position)
-                      VALUES ($1, $2, 'banned', 'member', $3)
-                 ON CONFLICT (room_id, user_id)
-                   DO UPDATE SET state = 'banned', role = 'member', position = excluded.position",
-                room_members = tables.room_members
-            ))
-            .bind(room.0)
-            .bind(user_id.0)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MemberUnbanned { user_id, .. } => {
-            sqlx::query(&format!(
-                "DELETE FROM {room_members} WHERE room_id = $1 AND user_id = $2 AND state = 'banned'",
-                room_members = tables.room_members
-            ))
-            .bind(room.0)
-            .bind(user_id.0)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MemberLeft { user_id } | RoomEvent::MemberKicked { user_id, .. } => {
-            sqlx::query(&format!(
-                "DELETE FROM {room_members} WHERE room_id = $1 AND user_id = $2",
-                room_members = tables.room_members
-            ))
-            .bind(room.0)
-            .bind(user_id.0)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RoomEvent::MessageSent { .. }
-        | RoomEvent::MessageEdited { .. }
-        | RoomEvent::MessageDeleted { .. }
-        | RoomEvent::ReactionAdded { .. }
-        | RoomEvent::ReactionRemoved { .. } => {}
-    }
-    Ok(())
+    };
+    statement.execute(&mut *conn).await.map(drop)
 }
 
-/// Edits, deletions and reactions of a message already in the history.
-async fn apply_message_change(
+async fn apply_messages(
     conn: &mut PgConnection,
+    targets: Targets,
     tables: MessagesTables,
-    room: parley_domain::RoomId,
-    event: &RoomEvent,
+    op: MessagesOp<'_>,
     position: i64,
 ) -> Result<(), sqlx::Error> {
     let messages_view = tables.messages_view;
-    // $1 room, $2 seq, $3 position; the rest per change.
-    match event {
-        RoomEvent::MessageEdited {
+    let mut sql = None;
+    let statement = match op {
+        MessagesOp::Edit {
+            room,
             seq,
             body,
             edited_at,
-            ..
-        } => {
-            sqlx::query(&format!(
-                "UPDATE {messages_view}
-                    SET body = $4, edited_at = $5, position = $3, changed = true
-                  WHERE room_id = $1 AND seq = $2 AND NOT deleted"
-            ))
-            .bind(room.0)
-            .bind(seq.0 as i64)
-            .bind(position)
-            .bind(body.as_str())
-            .bind(edited_at)
-            .execute(&mut *conn)
-            .await?
-        }
-        // The text is gone from the log already (erased in the deletion's transaction).
-        RoomEvent::MessageDeleted { seq, .. } => {
-            sqlx::query(&format!(
-                "UPDATE {messages_view}
-                    SET body = '', deleted = true, reactions = '{{}}', position = $3, changed = true
-                  WHERE room_id = $1 AND seq = $2"
-            ))
-            .bind(room.0)
-            .bind(seq.0 as i64)
-            .bind(position)
-            .execute(&mut *conn)
-            .await?
-        }
-        RoomEvent::ReactionAdded {
+        } => sqlx::query(sql.insert(format!(
+            "UPDATE {messages_view}
+                SET body = $4, edited_at = $5, position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2 AND NOT deleted"
+        )))
+        .bind(room.0)
+        .bind(seq)
+        .bind(position)
+        .bind(body)
+        .bind(edited_at),
+        MessagesOp::Erase { room, seq } => sqlx::query(sql.insert(format!(
+            "UPDATE {messages_view}
+                SET body = '', deleted = true, reactions = '{{}}', position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2"
+        )))
+        .bind(room.0)
+        .bind(seq)
+        .bind(position),
+        MessagesOp::EraseSender { sender } => sqlx::query(sql.insert(format!(
+            "UPDATE {messages_view}
+                SET body = '', deleted = true, reactions = '{{}}', changed = true, position = $2
+              WHERE sender = $1"
+        )))
+        .bind(sender.0)
+        .bind(position),
+        MessagesOp::React {
+            room,
             seq,
-            user_id,
             emoji,
-        } => {
-            sqlx::query(&format!(
-                "UPDATE {messages_view}
-                    SET reactions = jsonb_set(reactions, ARRAY[$4],
-                                              coalesce(reactions -> $4, '[]') || to_jsonb($5::text)),
-                        position = $3, changed = true
-                  WHERE room_id = $1 AND seq = $2
-                    AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
-            ))
-            .bind(room.0)
-            .bind(seq.0 as i64)
-            .bind(position)
-            .bind(emoji.as_str())
-            .bind(user_id.to_string())
-            .execute(&mut *conn)
-            .await?
-        }
-        RoomEvent::ReactionRemoved {
+            user,
+        } => sqlx::query(sql.insert(format!(
+            "UPDATE {messages_view}
+                SET reactions = jsonb_set(reactions, ARRAY[$4],
+                                          coalesce(reactions -> $4, '[]') || to_jsonb($5::text)),
+                    position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2
+                AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
+        )))
+        .bind(room.0)
+        .bind(seq)
+        .bind(position)
+        .bind(emoji)
+        .bind(user.to_string()),
+        MessagesOp::Unreact {
+            room,
             seq,
-            user_id,
             emoji,
-        } => {
-            sqlx::query(&format!(
-                "UPDATE {messages_view}
-                    SET reactions = CASE WHEN (reactions -> $4) - $5 = '[]' THEN reactions - $4
-                                         ELSE jsonb_set(reactions, ARRAY[$4], (reactions -> $4) - $5)
-                                    END,
-                        position = $3, changed = true
-                  WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
-            ))
-            .bind(room.0)
-            .bind(seq.0 as i64)
-            .bind(position)
-            .bind(emoji.as_str())
-            .bind(user_id.to_string())
-            .execute(&mut *conn)
-            .await?
+            user,
+        } => sqlx::query(sql.insert(format!(
+            "UPDATE {messages_view}
+                SET reactions = CASE WHEN (reactions -> $4) - $5 = '[]' THEN reactions - $4
+                                     ELSE jsonb_set(reactions, ARRAY[$4], (reactions -> $4) - $5)
+                                END,
+                    position = $3, changed = true
+              WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
+        )))
+        .bind(room.0)
+        .bind(seq)
+        .bind(position)
+        .bind(emoji)
+        .bind(user.to_string()),
+        op @ MessagesOp::Insert { .. } => {
+            return run_of_one(conn, targets, RowOp::Messages(op), position).await;
         }
-        _ => return Ok(()),
     };
-    Ok(())
+    statement.execute(&mut *conn).await.map(drop)
 }
 
-async fn set_member_state(
+/// An operation that is written as part of a run, written on its own.
+async fn run_of_one(
     conn: &mut PgConnection,
-    tables: RoomsTables,
-    room: Uuid,
-    user: Uuid,
-    state: &str,
+    targets: Targets,
+    op: RowOp<'_>,
     position: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO {room_members} (room_id, user_id, state, position) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (room_id, user_id) DO UPDATE SET state = excluded.state, position = excluded.position",
-        room_members = tables.room_members
-    ))
-    .bind(room)
-    .bind(user)
-    .bind(state)
-    .bind(position)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let mut run = Run::default();
+    match run.take(op, position) {
+        None => flush(conn, targets, run).await,
+        // Not a run's operation: never the case for the ones handed here.
+        Some(op) => Box::pin(apply_op(conn, targets, op, position)).await,
+    }
 }
 
 /// The live tables each projection owns (emptied by a reset). `read_cursors` is nobody's.
