@@ -51,7 +51,7 @@ impl RoomServices for StoreLookups {
         room: RoomId,
         seq: MessageSeq,
     ) -> Result<Option<MessageFacts>, ServiceError> {
-        let sender = self.log.message_sender(room, seq.0).await;
+        let sender = self.log.message_sender(room, seq).await;
         Ok(sender
             .map_err(service_error)?
             .map(|sender| MessageFacts { sender }))

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use parley_projections::LiveFeed;
+use parley_projections::{GlobalPosition, LiveFeed};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
@@ -21,7 +21,7 @@ pub const CHANNEL: &str = "parley_checkpoint";
 /// The newest checkpoint known here. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Projected {
-    position: watch::Receiver<i64>,
+    position: watch::Receiver<GlobalPosition>,
 }
 
 impl Projected {
@@ -30,7 +30,7 @@ impl Projected {
         pool: PgPool,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (sender, position) = watch::channel(0);
+        let (sender, position) = watch::channel(GlobalPosition::START);
         (Self { position }, follow_postgres(pool, sender, stop))
     }
 
@@ -39,33 +39,33 @@ impl Projected {
         live: &LiveFeed,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (sender, position) = watch::channel(0);
+        let (sender, position) = watch::channel(GlobalPosition::START);
         let batches = live.subscribe();
         (Self { position }, follow_feed(batches, sender, stop))
     }
 
     /// The newest checkpoint known now.
-    pub fn now(&self) -> i64 {
+    pub fn now(&self) -> GlobalPosition {
         *self.position.borrow()
     }
 
     /// A receiver that wakes on each new checkpoint (for a wait that re-checks a condition:
     /// take it before reading, so no move between the read and the wait is missed).
-    pub fn watch(&self) -> watch::Receiver<i64> {
+    pub fn watch(&self) -> watch::Receiver<GlobalPosition> {
         let mut receiver = self.position.clone();
         receiver.mark_unchanged();
         receiver
     }
 
     /// Waits until the read models hold `position`, or `timeout` passes. Whether they do.
-    pub async fn reached(&self, position: i64, timeout: Duration) -> bool {
+    pub async fn reached(&self, position: GlobalPosition, timeout: Duration) -> bool {
         let mut receiver = self.position.clone();
         let waited = tokio::time::timeout(timeout, receiver.wait_for(|&p| p >= position)).await;
         matches!(waited, Ok(Ok(_)))
     }
 }
 
-fn advance(sender: &watch::Sender<i64>, position: i64) {
+fn advance(sender: &watch::Sender<GlobalPosition>, position: GlobalPosition) {
     sender.send_if_modified(|known| {
         let newer = position > *known;
         if newer {
@@ -75,15 +75,16 @@ fn advance(sender: &watch::Sender<i64>, position: i64) {
     });
 }
 
-async fn newest_checkpoint(pool: &PgPool) -> Result<i64, sqlx::Error> {
+async fn newest_checkpoint(pool: &PgPool) -> Result<GlobalPosition, sqlx::Error> {
     sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM projector_checkpoints")
         .fetch_one(pool)
         .await
+        .map(GlobalPosition)
 }
 
 async fn follow_postgres(
     pool: PgPool,
-    sender: watch::Sender<i64>,
+    sender: watch::Sender<GlobalPosition>,
     stop: impl std::future::Future<Output = ()> + Send,
 ) {
     tokio::pin!(stop);
@@ -112,7 +113,7 @@ async fn follow_postgres(
                 () = &mut stop => return,
                 notification = listener.try_recv() => match notification {
                     Ok(Some(notification)) => match notification.payload().parse::<i64>() {
-                        Ok(position) => advance(&sender, position),
+                        Ok(position) => advance(&sender, GlobalPosition(position)),
                         Err(_) => tracing::warn!(payload = notification.payload(), "unexpected checkpoint notification"),
                     },
                     // The connection was lost; listen again and catch up.
@@ -129,7 +130,7 @@ async fn follow_postgres(
 
 async fn follow_feed(
     mut batches: broadcast::Receiver<parley_projections::log::LiveBatch>,
-    sender: watch::Sender<i64>,
+    sender: watch::Sender<GlobalPosition>,
     stop: impl std::future::Future<Output = ()> + Send,
 ) {
     tokio::pin!(stop);
@@ -139,7 +140,7 @@ async fn follow_feed(
             batch = batches.recv() => match batch {
                 Ok(batch) => {
                     if let Some((last, _)) = batch.last() {
-                        advance(&sender, last.position.0);
+                        advance(&sender, last.position);
                     }
                 }
                 // Missed batches: the next one carries a newer position anyway.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parley::app::App;
 use parley::commands::CommandMeta;
 use parley::store::{EventLog, PostgresLog};
-use parley_domain::{RoomId, UserId};
+use parley_domain::{MessageSeq, RoomId, UserId};
 use parley_projections::postgres::{PgProjector, PgReadModels, ProjectorConfig};
 use parley_projections::{LiveFeed, PageRequest, ReadModelError, ReadModels};
 use sqlx::PgPool;
@@ -246,7 +246,7 @@ async fn rebuilding_one_projection_reproduces_its_tables_exactly() {
             .unwrap();
     }
     app.read_models
-        .mark_read(room, users[1], 120)
+        .mark_read(room, users[1], MessageSeq(120))
         .await
         .unwrap();
     caught_up(&app.read_models).await;
@@ -367,8 +367,8 @@ async fn room_with(app: &App, names: &[&str]) -> (RoomId, Vec<UserId>) {
     (room, users)
 }
 
-fn seqs(page: &parley_projections::MessagePage) -> Vec<i64> {
-    page.messages.iter().map(|m| m.seq).collect()
+fn seqs(page: &parley_projections::MessagePage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq.0).collect()
 }
 
 async fn history_pages_forward_and_backward_by_seq(app: &App) {
@@ -455,7 +455,7 @@ async fn history_pages_forward_and_backward_by_seq(app: &App) {
             message.body.as_str(),
             message.client_msg_id.as_str()
         ),
-        (42, "body 42", "c42")
+        (MessageSeq(42), "body 42", "c42")
     );
     assert_eq!(message.sender, users[0]);
     assert!(message.position.0 > 0);
@@ -561,26 +561,35 @@ async fn unread_counts_follow_messages_joins_and_mark_read(app: &App) {
         "most recent activity first"
     );
     assert_eq!(list[0].unread_count, 5);
-    assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(5));
+    assert_eq!(
+        list[0].last_message.as_ref().map(|m| m.seq),
+        Some(MessageSeq(5))
+    );
     assert_eq!(
         app.read_models.unread_count(room, alice).await.unwrap(),
         0,
         "a sender has read their own messages"
     );
 
-    app.read_models.mark_read(room, bob, 3).await.unwrap();
+    app.read_models
+        .mark_read(room, bob, MessageSeq(3))
+        .await
+        .unwrap();
     assert_eq!(app.read_models.unread_count(room, bob).await.unwrap(), 2);
-    app.read_models.mark_read(room, bob, 1).await.unwrap();
+    app.read_models
+        .mark_read(room, bob, MessageSeq(1))
+        .await
+        .unwrap();
     assert_eq!(
         app.read_models.unread_count(room, bob).await.unwrap(),
         2,
         "a cursor never moves back"
     );
     assert!(matches!(
-        app.read_models.mark_read(room, bob, 6).await,
+        app.read_models.mark_read(room, bob, MessageSeq(6)).await,
         Err(ReadModelError::SeqOutOfRange {
-            seq: 6,
-            last_seq: 5
+            seq: MessageSeq(6),
+            last_seq: MessageSeq(5)
         })
     ));
     app.commands
@@ -634,7 +643,7 @@ async fn the_idempotency_lookup_finds_a_message_by_client_msg_id(app: &App) {
         .await
         .unwrap()
         .expect("found");
-    assert_eq!((found.id, found.seq), (sent.message_id, 1));
+    assert_eq!((found.id, found.seq), (sent.message_id, MessageSeq(1)));
     assert!(app
         .read_models
         .message_by_client_id(room, users[1], "client-1")
@@ -728,7 +737,7 @@ async fn the_live_feed_publishes_only_what_the_read_models_already_hold(app: &Ap
                 .unwrap();
             assert_eq!(
                 seqs(&page),
-                vec![seq],
+                vec![seq as u64],
                 "live seq {seq} not yet in the read model"
             );
             received.push(seq);

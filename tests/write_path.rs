@@ -286,7 +286,7 @@ async fn a_writer_whose_connections_die_mid_batch_acks_exactly_what_it_stored() 
                     Some(&1),
                     "{id} acked but not stored"
                 );
-                assert!(sent.position > 0);
+                assert!(sent.position > parley_projections::GlobalPosition::START);
             }
             Err(_) => {
                 failed += 1;

@@ -53,14 +53,66 @@ uuid_id!(
 
 /// A message's position within its room: contiguous 1, 2, 3… assigned by the `Room`
 /// aggregate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct MessageSeq(pub u64);
 
 impl MessageSeq {
+    /// Before the first message: what a room with no message has reached, and the start of
+    /// every "after this seq" range.
+    pub const ZERO: Self = Self(0);
+    /// The largest seq a bigint column or a GraphQL `Int` read as `i64` can carry: the open
+    /// end of a "before this seq" range.
+    pub const MAX: Self = Self(i64::MAX as u64);
+
     /// The seq that follows this one.
     pub fn next(self) -> Self {
         Self(self.0 + 1)
+    }
+
+    /// The seq `n` after this one.
+    pub fn plus(self, n: u64) -> Self {
+        Self(self.0.saturating_add(n))
+    }
+
+    /// The seq before this one (`ZERO` stays `ZERO`).
+    pub fn prev(self) -> Self {
+        Self(self.0.saturating_sub(1))
+    }
+
+    /// As a bigint, the way SQL columns and GraphQL `Int` fields carry it. Seqs count a
+    /// room's messages, so they never come near `i64::MAX`; were one above, it would read as
+    /// `i64::MAX` rather than wrap.
+    pub fn as_i64(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+
+    /// A seq read back from a bigint column, where seqs are stored never negative (a
+    /// negative would read as `ZERO`). Input from outside goes through `TryFrom<i64>`.
+    pub fn stored(value: i64) -> Self {
+        Self(u64::try_from(value).unwrap_or(0))
+    }
+
+    /// How many seqs lie in `(self, to]` (0 when `to` is not past `self`).
+    pub fn until(self, to: Self) -> u64 {
+        to.0.saturating_sub(self.0)
+    }
+}
+
+/// A negative number given where a seq was expected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a seq cannot be negative (got {0})")]
+pub struct NegativeSeq(pub i64);
+
+impl TryFrom<i64> for MessageSeq {
+    type Error = NegativeSeq;
+
+    fn try_from(value: i64) -> Result<Self, NegativeSeq> {
+        u64::try_from(value)
+            .map(Self)
+            .map_err(|_| NegativeSeq(value))
     }
 }
 

@@ -12,7 +12,7 @@ pub mod upcasting;
 pub mod user;
 pub mod values;
 
-pub use ids::{MessageId, MessageSeq, RoomId, UserId};
+pub use ids::{MessageId, MessageSeq, NegativeSeq, RoomId, UserId};
 pub use room::{Room, RoomCommand, RoomError, RoomEvent, RoomRole, RoomVisibility};
 pub use services::{MessageFacts, RoomServices, ServiceError, UserServices};
 pub use upcasting::upcasters;

@@ -185,32 +185,32 @@ pub enum RoomCommand {
         body: String,
         client_msg_id: String,
         /// The seq of an earlier message of this room this one answers.
-        reply_to: Option<u64>,
+        reply_to: Option<MessageSeq>,
         sent_at: DateTime<Utc>,
     },
     /// `editor` replaces the body of their own message `seq`.
     EditMessage {
         editor: UserId,
-        seq: u64,
+        seq: MessageSeq,
         body: String,
         edited_at: DateTime<Utc>,
     },
     /// `by` deletes message `seq`: its sender, or the room's host. The text is erased.
     DeleteMessage {
         by: UserId,
-        seq: u64,
+        seq: MessageSeq,
         deleted_at: DateTime<Utc>,
     },
     /// Member `user` reacts to message `seq` with `emoji`; a repeat is a no-op.
     React {
         user: UserId,
-        seq: u64,
+        seq: MessageSeq,
         emoji: String,
     },
     /// `user` takes back a reaction; taking back one they never gave is a no-op.
     Unreact {
         user: UserId,
-        seq: u64,
+        seq: MessageSeq,
         emoji: String,
     },
 }
@@ -419,10 +419,10 @@ pub enum RoomError {
     InvalidEmoji(ValueError),
     /// No message with this seq in this room.
     #[error("no message {0} in this room")]
-    UnknownMessage(u64),
+    UnknownMessage(MessageSeq),
     /// `replyTo` names no earlier message of this room.
     #[error("replyTo {0} is not a message of this room")]
-    InvalidReplyTo(u64),
+    InvalidReplyTo(MessageSeq),
     /// Editing someone else's message.
     #[error("only the sender may edit a message")]
     NotSender,
@@ -431,7 +431,7 @@ pub enum RoomError {
     NotAllowed,
     /// Editing, deleting or reacting to a deleted message.
     #[error("message {0} was deleted")]
-    MessageDeleted(u64),
+    MessageDeleted(MessageSeq),
     /// A lookup the rule needs failed.
     #[error(transparent)]
     Service(#[from] ServiceError),
@@ -475,14 +475,14 @@ pub struct Room {
     banned: BTreeSet<UserId>,
     members: BTreeSet<UserId>,
     invited: BTreeSet<UserId>,
-    last_seq: u64,
+    last_seq: MessageSeq,
     recent: VecDeque<RecentMessage>,
     /// Seqs of deleted messages (snapshots older than the field load it empty; replay fills it).
     #[serde(default)]
-    deleted: BTreeSet<u64>,
+    deleted: BTreeSet<MessageSeq>,
     /// The reactions that stand: (seq, user, emoji).
     #[serde(default)]
-    reactions: BTreeSet<(u64, UserId, Emoji)>,
+    reactions: BTreeSet<(MessageSeq, UserId, Emoji)>,
 }
 
 impl Room {
@@ -553,7 +553,7 @@ impl Room {
 
     /// The seq of the newest message (0 before the first).
     pub fn last_seq(&self) -> MessageSeq {
-        MessageSeq(self.last_seq)
+        self.last_seq
     }
 
     /// The remembered message `sender` sent with `client_msg_id`, if it is still within the
@@ -571,7 +571,7 @@ impl Room {
 
     /// Whether message `seq` was deleted.
     pub fn is_deleted(&self, seq: MessageSeq) -> bool {
-        self.deleted.contains(&seq.0)
+        self.deleted.contains(&seq)
     }
 
     fn require_created(&self) -> Result<RoomId, RoomError> {
@@ -613,14 +613,14 @@ impl Room {
     }
 
     /// Message `seq` exists and is not deleted.
-    fn require_live_message(&self, seq: u64) -> Result<MessageSeq, RoomError> {
-        if seq == 0 || seq > self.last_seq {
+    fn require_live_message(&self, seq: MessageSeq) -> Result<MessageSeq, RoomError> {
+        if seq == MessageSeq::ZERO || seq > self.last_seq {
             return Err(RoomError::UnknownMessage(seq));
         }
         if self.deleted.contains(&seq) {
             return Err(RoomError::MessageDeleted(seq));
         }
-        Ok(MessageSeq(seq))
+        Ok(seq)
     }
 
     /// Who sent message `seq` (which exists): from the recent window, else from the store.
@@ -643,7 +643,7 @@ impl Room {
         &self,
         services: &dyn RoomServices,
         editor: UserId,
-        seq: u64,
+        seq: MessageSeq,
         body: &str,
         edited_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
@@ -665,7 +665,7 @@ impl Room {
         &self,
         services: &dyn RoomServices,
         by: UserId,
-        seq: u64,
+        seq: MessageSeq,
         deleted_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
         let room = self.require_created()?;
@@ -685,14 +685,14 @@ impl Room {
     fn react(
         &self,
         user: UserId,
-        seq: u64,
+        seq: MessageSeq,
         emoji: &str,
         add: bool,
     ) -> Result<Vec<RoomEvent>, RoomError> {
         self.require_member(user)?;
         let seq = self.require_live_message(seq)?;
         let emoji = Emoji::parse(emoji).map_err(RoomError::InvalidEmoji)?;
-        let key = (seq.0, user, emoji);
+        let key = (seq, user, emoji);
         if self.reactions.contains(&key) == add {
             return Ok(Vec::new());
         }
@@ -985,7 +985,7 @@ impl Room {
         sender: UserId,
         body: &str,
         client_msg_id: &str,
-        reply_to: Option<u64>,
+        reply_to: Option<MessageSeq>,
         sent_at: DateTime<Utc>,
     ) -> Result<Vec<RoomEvent>, RoomError> {
         self.require_member(sender)?;
@@ -996,14 +996,14 @@ impl Room {
             return Ok(Vec::new());
         }
         let reply_to = match reply_to {
-            Some(seq) if seq == 0 || seq > self.last_seq => {
+            Some(seq) if seq == MessageSeq::ZERO || seq > self.last_seq => {
                 return Err(RoomError::InvalidReplyTo(seq))
             }
-            other => other.map(MessageSeq),
+            other => other,
         };
         Ok(vec![RoomEvent::MessageSent {
             message_id,
-            seq: MessageSeq(self.last_seq).next(),
+            seq: self.last_seq.next(),
             sender,
             body,
             client_msg_id,
@@ -1164,7 +1164,7 @@ impl Aggregate for Room {
                 client_msg_id,
                 ..
             } => {
-                self.last_seq = seq.0;
+                self.last_seq = seq;
                 if self.recent.len() == IDEMPOTENCY_WINDOW {
                     self.recent.pop_front();
                 }
@@ -1177,22 +1177,22 @@ impl Aggregate for Room {
             }
             RoomEvent::MessageEdited { .. } => {}
             RoomEvent::MessageDeleted { seq, .. } => {
-                self.deleted.insert(seq.0);
-                self.reactions.retain(|(reacted, _, _)| *reacted != seq.0);
+                self.deleted.insert(seq);
+                self.reactions.retain(|(reacted, _, _)| *reacted != seq);
             }
             RoomEvent::ReactionAdded {
                 seq,
                 user_id,
                 emoji,
             } => {
-                self.reactions.insert((seq.0, user_id, emoji));
+                self.reactions.insert((seq, user_id, emoji));
             }
             RoomEvent::ReactionRemoved {
                 seq,
                 user_id,
                 emoji,
             } => {
-                self.reactions.remove(&(seq.0, user_id, emoji));
+                self.reactions.remove(&(seq, user_id, emoji));
             }
         }
     }

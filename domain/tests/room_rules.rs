@@ -596,7 +596,7 @@ fn a_reply_to_a_seq_the_room_has_not_reached_is_refused() {
     with(FakeDirectory::with_cast())
         .given(room_with_messages())
         .when(reply(BOB, "yes", "b-2", 3))
-        .then_expect_error(RoomError::InvalidReplyTo(3));
+        .then_expect_error(RoomError::InvalidReplyTo(MessageSeq(3)));
 }
 
 #[test]
@@ -604,7 +604,7 @@ fn a_reply_to_seq_0_is_refused() {
     with(FakeDirectory::with_cast())
         .given(room_with_messages())
         .when(reply(BOB, "yes", "b-2", 0))
-        .then_expect_error(RoomError::InvalidReplyTo(0));
+        .then_expect_error(RoomError::InvalidReplyTo(MessageSeq(0)));
 }
 
 // --- EditMessage -----------------------------------------------------------------------------
@@ -648,7 +648,7 @@ fn editing_a_deleted_message_is_refused() {
     with(FakeDirectory::with_cast())
         .given(given)
         .when(edit(BOB, 2, "back"))
-        .then_expect_error(RoomError::MessageDeleted(2));
+        .then_expect_error(RoomError::MessageDeleted(MessageSeq(2)));
 }
 
 #[test]
@@ -656,7 +656,7 @@ fn editing_a_message_that_does_not_exist_is_refused() {
     with(FakeDirectory::with_cast())
         .given(room_with_messages())
         .when(edit(BOB, 3, "ghost"))
-        .then_expect_error(RoomError::UnknownMessage(3));
+        .then_expect_error(RoomError::UnknownMessage(MessageSeq(3)));
 }
 
 #[test]
@@ -749,7 +749,7 @@ fn deleting_twice_is_refused() {
     with(FakeDirectory::with_cast())
         .given(given)
         .when(delete(BOB, 2))
-        .then_expect_error(RoomError::MessageDeleted(2));
+        .then_expect_error(RoomError::MessageDeleted(MessageSeq(2)));
 }
 
 #[test]
@@ -757,7 +757,7 @@ fn deleting_a_message_that_does_not_exist_is_refused() {
     with(FakeDirectory::with_cast())
         .given(room_with_messages())
         .when(delete(ALICE, 0))
-        .then_expect_error(RoomError::UnknownMessage(0));
+        .then_expect_error(RoomError::UnknownMessage(MessageSeq(0)));
 }
 
 #[test]
@@ -874,7 +874,7 @@ fn reacting_to_a_deleted_message_is_refused() {
     with(FakeDirectory::with_cast())
         .given(given)
         .when(react(BOB, 1, "👍"))
-        .then_expect_error(RoomError::MessageDeleted(1));
+        .then_expect_error(RoomError::MessageDeleted(MessageSeq(1)));
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! Operations carry what the event says, borrowed from it: a writer never looks at the event.
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomEvent, RoomId, RoomRole, RoomVisibility, UserEvent, UserId};
+use parley_domain::{MessageSeq, RoomEvent, RoomId, RoomRole, RoomVisibility, UserEvent, UserId};
 
 use crate::log::DecodedEvent;
 
@@ -64,7 +64,7 @@ impl MemberState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CursorTo {
     /// At least this seq.
-    Seq(i64),
+    Seq(MessageSeq),
     /// At least the room's newest seq as the rooms table holds it now (a new member has
     /// nothing unread from before they joined). Read from this projection's own table, so a
     /// replay into shadow tables sees the room as it was at this event.
@@ -95,7 +95,7 @@ pub(crate) enum RoomsOp<'a> {
     /// `last_seq` and the last activity's position raised to at least these.
     Activity {
         room: RoomId,
-        seq: i64,
+        seq: MessageSeq,
     },
     /// The user's `room_members` row in `state`: inserted, or its state replaced (its role
     /// kept; a ban also resets the role to `member`).
@@ -135,36 +135,36 @@ pub(crate) enum MessagesOp<'a> {
     /// A new row: the message as sent.
     Insert {
         room: RoomId,
-        seq: i64,
+        seq: MessageSeq,
         message_id: parley_domain::MessageId,
         sender: UserId,
         body: &'a str,
         client_msg_id: &'a str,
         sent_at: DateTime<Utc>,
-        reply_to: Option<i64>,
+        reply_to: Option<MessageSeq>,
     },
     /// The body replaced, unless the message is deleted.
     Edit {
         room: RoomId,
-        seq: i64,
+        seq: MessageSeq,
         body: &'a str,
         edited_at: DateTime<Utc>,
     },
     /// The message deleted: body, reactions gone.
-    Erase { room: RoomId, seq: i64 },
+    Erase { room: RoomId, seq: MessageSeq },
     /// Every message of `sender` erased (their account was).
     EraseSender { sender: UserId },
     /// `user` added to the users of reaction `emoji`, unless among them.
     React {
         room: RoomId,
-        seq: i64,
+        seq: MessageSeq,
         emoji: &'a str,
         user: UserId,
     },
     /// `user` removed from the users of reaction `emoji` (the reaction goes with its last).
     Unreact {
         room: RoomId,
-        seq: i64,
+        seq: MessageSeq,
         emoji: &'a str,
         user: UserId,
     },
@@ -295,7 +295,7 @@ pub(crate) fn room_changes(room: RoomId, event: &RoomEvent) -> Vec<RowOp<'_>> {
             sent_at,
             reply_to,
         } => {
-            let seq = seq.0 as i64;
+            let seq = *seq;
             vec![
                 Rooms(RoomsOp::Activity { room, seq }),
                 // The sender has evidently read their own message.
@@ -312,7 +312,7 @@ pub(crate) fn room_changes(room: RoomId, event: &RoomEvent) -> Vec<RowOp<'_>> {
                     body: body.as_str(),
                     client_msg_id: client_msg_id.as_str(),
                     sent_at: *sent_at,
-                    reply_to: reply_to.map(|seq| seq.0 as i64),
+                    reply_to: *reply_to,
                 }),
             ]
         }
@@ -323,22 +323,21 @@ pub(crate) fn room_changes(room: RoomId, event: &RoomEvent) -> Vec<RowOp<'_>> {
             ..
         } => vec![Messages(MessagesOp::Edit {
             room,
-            seq: seq.0 as i64,
+            seq: *seq,
             body: body.as_str(),
             edited_at: *edited_at,
         })],
         // The text is gone from the log already (erased in the deletion's transaction).
-        RoomEvent::MessageDeleted { seq, .. } => vec![Messages(MessagesOp::Erase {
-            room,
-            seq: seq.0 as i64,
-        })],
+        RoomEvent::MessageDeleted { seq, .. } => {
+            vec![Messages(MessagesOp::Erase { room, seq: *seq })]
+        }
         RoomEvent::ReactionAdded {
             seq,
             user_id,
             emoji,
         } => vec![Messages(MessagesOp::React {
             room,
-            seq: seq.0 as i64,
+            seq: *seq,
             emoji: emoji.as_str(),
             user: *user_id,
         })],
@@ -348,7 +347,7 @@ pub(crate) fn room_changes(room: RoomId, event: &RoomEvent) -> Vec<RowOp<'_>> {
             emoji,
         } => vec![Messages(MessagesOp::Unreact {
             room,
-            seq: seq.0 as i64,
+            seq: *seq,
             emoji: emoji.as_str(),
             user: *user_id,
         })],
@@ -357,7 +356,7 @@ pub(crate) fn room_changes(room: RoomId, event: &RoomEvent) -> Vec<RowOp<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use parley_domain::{ClientMsgId, MessageBody, MessageId, MessageSeq};
+    use parley_domain::{ClientMsgId, MessageBody, MessageId};
 
     use super::*;
 
@@ -384,21 +383,24 @@ mod tests {
         assert_eq!(
             changes(&event),
             vec![
-                RowOp::Rooms(RoomsOp::Activity { room, seq: 7 }),
+                RowOp::Rooms(RoomsOp::Activity {
+                    room,
+                    seq: MessageSeq(7),
+                }),
                 RowOp::Rooms(RoomsOp::Cursor {
                     room,
                     user: sender,
-                    to: CursorTo::Seq(7)
+                    to: CursorTo::Seq(MessageSeq(7))
                 }),
                 RowOp::Messages(MessagesOp::Insert {
                     room,
-                    seq: 7,
+                    seq: MessageSeq(7),
                     message_id,
                     sender,
                     body: "hello",
                     client_msg_id: "c-7",
                     sent_at,
-                    reply_to: Some(3),
+                    reply_to: Some(MessageSeq(3)),
                 }),
             ]
         );

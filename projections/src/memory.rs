@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use parley_domain::{RoomId, RoomVisibility, UserId};
+use parley_domain::{MessageSeq, RoomId, RoomVisibility, UserId};
 use tokio::sync::watch;
 
 use crate::changes::{changes, CursorTo, MemberState, MessagesOp, RoomsOp, RowOp, UsersOp};
@@ -29,7 +29,7 @@ pub trait EmbeddedLog: Send + Sync + 'static {
     /// Events with `position > after`, in order, at most `limit`.
     fn events_after(&self, after: GlobalPosition, limit: usize) -> Vec<LogEvent>;
     /// The newest position; changes whenever events are appended.
-    fn head(&self) -> watch::Receiver<i64>;
+    fn head(&self) -> watch::Receiver<GlobalPosition>;
 
     /// The events of one aggregate with `position <= up_to`, in order (time travel). The
     /// default walks the whole log; a log with a per-aggregate index can do better.
@@ -73,7 +73,7 @@ struct RoomRow {
     topic: Option<String>,
     host: UserId,
     created_at: DateTime<Utc>,
-    last_seq: i64,
+    last_seq: MessageSeq,
     last_activity: i64,
     visibility: RoomVisibility,
     members: BTreeSet<UserId>,
@@ -90,14 +90,14 @@ struct State {
     rooms: HashMap<RoomId, RoomRow>,
     rooms_of_user: HashMap<UserId, BTreeSet<RoomId>>,
     /// Per room, messages by seq.
-    messages: HashMap<RoomId, BTreeMap<i64, MessageView>>,
-    client_ids: HashMap<(RoomId, UserId, String), i64>,
+    messages: HashMap<RoomId, BTreeMap<MessageSeq, MessageView>>,
+    client_ids: HashMap<(RoomId, UserId, String), MessageSeq>,
     /// Kept across resets, like `read_cursors` in Postgres.
-    cursors: HashMap<(RoomId, UserId), i64>,
+    cursors: HashMap<(RoomId, UserId), MessageSeq>,
     /// Who blocks whom: blocker → the users they block.
     blocks: HashMap<UserId, BTreeSet<UserId>>,
     /// The search index: each word of a body (see [`words`]) → the messages holding it.
-    words: HashMap<String, HashSet<(RoomId, i64)>>,
+    words: HashMap<String, HashSet<(RoomId, MessageSeq)>>,
 }
 
 /// The words of a text as search sees them: runs of letters and digits, lower-cased (like
@@ -111,9 +111,9 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 /// Moves message (`room`, `seq`) in the search index from the words of `old` to those of
 /// `new`.
 fn reindex(
-    index: &mut HashMap<String, HashSet<(RoomId, i64)>>,
+    index: &mut HashMap<String, HashSet<(RoomId, MessageSeq)>>,
     room: RoomId,
-    seq: i64,
+    seq: MessageSeq,
     old: &str,
     new: &str,
 ) {
@@ -163,8 +163,19 @@ impl State {
         }
     }
 
-    fn bump_cursor(&mut self, room: RoomId, user: UserId, seq: i64) {
-        let cursor = self.cursors.entry((room, user)).or_insert(0);
+    /// How many of `room`'s messages `user` has not read.
+    fn unread(&self, room: RoomId, user: UserId) -> i64 {
+        let last_seq = self
+            .rooms
+            .get(&room)
+            .map_or(MessageSeq::ZERO, |r| r.last_seq);
+        let read = self.cursors.get(&(room, user)).copied();
+        let unread = read.unwrap_or(MessageSeq::ZERO).until(last_seq);
+        i64::try_from(unread).unwrap_or(i64::MAX)
+    }
+
+    fn bump_cursor(&mut self, room: RoomId, user: UserId, seq: MessageSeq) {
+        let cursor = self.cursors.entry((room, user)).or_insert(MessageSeq::ZERO);
         *cursor = (*cursor).max(seq);
     }
 
@@ -247,7 +258,7 @@ impl State {
                         topic: None,
                         host,
                         created_at,
-                        last_seq: 0,
+                        last_seq: MessageSeq::ZERO,
                         last_activity: position,
                         visibility,
                         members: BTreeSet::new(),
@@ -462,16 +473,16 @@ impl MemoryReadModels {
                 .iter()
                 .rev()
                 .find(|(_, m)| m.position <= at)
-                .map_or(0, |(seq, _)| *seq);
-            page.before = page.before.min(last + 1);
+                .map_or(MessageSeq::ZERO, |(seq, _)| *seq);
+            page.before = page.before.min(last.next());
         }
-        if page.after.saturating_add(1) >= page.before {
+        if page.after.next() >= page.before {
             return Ok(MessagePage {
                 messages: Vec::new(),
                 has_more: false,
             });
         }
-        let range = history.range(page.after + 1..page.before);
+        let range = history.range(page.after.next()..page.before);
         let limit = page.limit as usize;
         let (mut messages, has_more): (Vec<MessageView>, bool) = if page.backward {
             let mut taken: Vec<_> = range
@@ -569,9 +580,7 @@ impl ReadModelStore for MemoryReadModels {
                     .get(&room.id)
                     .and_then(|m| m.get(&room.last_seq))
                     .cloned(),
-                unread_count: (room.last_seq
-                    - state.cursors.get(&(room.id, user)).copied().unwrap_or(0))
-                .max(0),
+                unread_count: state.unread(room.id, user),
                 last_activity: GlobalPosition(room.last_activity),
             })
             .collect();
@@ -636,7 +645,7 @@ impl ReadModelStore for MemoryReadModels {
             return Ok(Vec::new());
         };
         let mine = state.rooms_of_user.get(&user);
-        let in_scope = |(r, _): &&(RoomId, i64)| {
+        let in_scope = |(r, _): &&(RoomId, MessageSeq)| {
             room.is_none_or(|only| only == *r) && mine.is_some_and(|rooms| rooms.contains(r))
         };
         let mut found: Vec<(usize, &MessageView)> = state
@@ -665,8 +674,7 @@ impl ReadModelStore for MemoryReadModels {
 
     async fn unread_count(&self, room: RoomId, user: UserId) -> Result<i64, ReadModelError> {
         let state = self.read();
-        let last_seq = state.rooms.get(&room).map_or(0, |r| r.last_seq);
-        Ok((last_seq - state.cursors.get(&(room, user)).copied().unwrap_or(0)).max(0))
+        Ok(state.unread(room, user))
     }
 
     async fn messages(
@@ -694,8 +702,8 @@ impl ReadModelStore for MemoryReadModels {
     async fn messages_between(
         &self,
         room: RoomId,
-        after: i64,
-        up_to: i64,
+        after: MessageSeq,
+        up_to: MessageSeq,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError> {
         if after >= up_to {
@@ -707,7 +715,7 @@ impl ReadModelStore for MemoryReadModels {
             .get(&room)
             .map(|history| {
                 history
-                    .range(after + 1..=up_to)
+                    .range(after.next()..=up_to)
                     .take(limit.max(0) as usize)
                     .map(|(_, m)| m.clone())
                     .collect()
@@ -718,7 +726,7 @@ impl ReadModelStore for MemoryReadModels {
     async fn changed_messages(
         &self,
         room: RoomId,
-        after: i64,
+        after: GlobalPosition,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError> {
         let state = self.read();
@@ -728,7 +736,7 @@ impl ReadModelStore for MemoryReadModels {
             .map(|history| {
                 history
                     .values()
-                    .filter(|m| m.changed && m.position.0 > after)
+                    .filter(|m| m.changed && m.position > after)
                     .cloned()
                     .collect()
             })
@@ -752,14 +760,19 @@ impl ReadModelStore for MemoryReadModels {
             .cloned())
     }
 
-    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
+    async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: MessageSeq,
+    ) -> Result<(), ReadModelError> {
         let mut state = self.write();
         let last_seq = state
             .rooms
             .get(&room)
             .ok_or(ReadModelError::UnknownRoom)?
             .last_seq;
-        if seq < 0 || seq > last_seq {
+        if seq > last_seq {
             return Err(ReadModelError::SeqOutOfRange { seq, last_seq });
         }
         state.bump_cursor(room, user, seq);
@@ -775,7 +788,7 @@ impl ReadModelStore for MemoryReadModels {
                 let age = oldest.first().map_or(0, |e| {
                     (Utc::now() - e.recorded_at).num_milliseconds().max(0)
                 });
-                ((head - checkpoint.0).max(0), age)
+                ((head.0 - checkpoint.0).max(0), age)
             }
             None => (0, 0),
         };
@@ -891,7 +904,7 @@ impl MemoryProjector {
 
     /// Applies everything up to the log's head now. Events beyond `published` are new and go
     /// to the live feed; older ones (a replay after a reset) do not.
-    fn drain(&self, published: &mut i64) {
+    fn drain(&self, published: &mut GlobalPosition) {
         loop {
             let batch: Vec<(LogEvent, DecodedEvent)> = self
                 .log
@@ -905,11 +918,11 @@ impl MemoryProjector {
             let Some((last, _)) = batch.last() else {
                 return;
             };
-            let last = last.position.0;
+            let last = last.position;
             self.models.apply(&batch);
             let fresh: Vec<_> = batch
                 .into_iter()
-                .filter(|(e, _)| e.position.0 > *published)
+                .filter(|(e, _)| e.position > *published)
                 .collect();
             if !fresh.is_empty() {
                 *published = last;
@@ -922,7 +935,7 @@ impl MemoryProjector {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
         let mut head = self.log.head();
-        let mut published = self.models.checkpoint().0;
+        let mut published = self.models.checkpoint();
         loop {
             self.drain(&mut published);
             tokio::select! {

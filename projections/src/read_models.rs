@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use parley_domain::{RoomId, UserId};
+use parley_domain::{MessageSeq, RoomId, UserId};
 
 use crate::events::{EventFilter, EventPage, FilterError};
 use crate::memory::MemoryReadModels;
@@ -28,7 +28,10 @@ pub enum ReadModelError {
     #[error("unknown room")]
     UnknownRoom,
     #[error("seq {seq} is beyond the room's last message ({last_seq})")]
-    SeqOutOfRange { seq: i64, last_seq: i64 },
+    SeqOutOfRange {
+        seq: MessageSeq,
+        last_seq: MessageSeq,
+    },
     #[error("unknown projection {0:?} (known: users, rooms, messages)")]
     UnknownProjection(String),
     /// A filter, position or page size the caller got wrong.
@@ -92,14 +95,18 @@ pub trait ReadModelStore: Send + Sync + fmt::Debug {
     async fn messages_between(
         &self,
         room: RoomId,
-        after: i64,
-        up_to: i64,
+        after: MessageSeq,
+        up_to: MessageSeq,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError>;
 
     /// Message `seq` of `room`, if the read model holds it.
-    async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageView>, ReadModelError> {
-        let page = self.messages_between(room, seq - 1, seq, 1).await?;
+    async fn message(
+        &self,
+        room: RoomId,
+        seq: MessageSeq,
+    ) -> Result<Option<MessageView>, ReadModelError> {
+        let page = self.messages_between(room, seq.prev(), seq, 1).await?;
         Ok(page.into_iter().next())
     }
 
@@ -108,7 +115,7 @@ pub trait ReadModelStore: Send + Sync + fmt::Debug {
     async fn changed_messages(
         &self,
         room: RoomId,
-        after: i64,
+        after: GlobalPosition,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError>;
 
@@ -119,7 +126,12 @@ pub trait ReadModelStore: Send + Sync + fmt::Debug {
         client_msg_id: &str,
     ) -> Result<Option<MessageView>, ReadModelError>;
 
-    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError>;
+    async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: MessageSeq,
+    ) -> Result<(), ReadModelError>;
 
     async fn status(&self) -> Result<Vec<ProjectionStatus>, ReadModelError>;
 

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::Aggregate;
-use parley_domain::{Room, RoomEvent, RoomId, RoomVisibility, UserId};
+use parley_domain::{MessageSeq, Room, RoomEvent, RoomId, RoomVisibility, UserId};
 use serde::Serialize;
 
 use crate::log::{DecodedEvent, LogEvent};
@@ -53,7 +53,7 @@ impl RoomAt {
             topic: self.topic.clone(),
             host: self.host,
             created_at: self.created_at,
-            last_seq: self.message_count,
+            last_seq: MessageSeq::stored(self.message_count),
             members: self.members.clone(),
             invited: self.invited.clone(),
             visibility: self.visibility,
@@ -89,13 +89,13 @@ impl RoomReplay {
             self.last_message = Some(MessageView::sent(
                 *message_id,
                 room_id,
-                seq.0 as i64,
+                *seq,
                 *sender,
                 body.as_str().to_owned(),
                 client_msg_id.as_str().to_owned(),
                 sent_at.trunc_subsecs(6),
                 event.position,
-                reply_to.map(|seq| seq.0 as i64),
+                *reply_to,
             ));
         } else if let Some(last) = &mut self.last_message {
             last.apply(&decoded, event.position);

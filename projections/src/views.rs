@@ -1,7 +1,7 @@
 //! What the read models return, and the paging rules for message history.
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomId, RoomRole, RoomVisibility, UserId};
+use parley_domain::{MessageId, MessageSeq, RoomId, RoomRole, RoomVisibility, UserId};
 use serde::Serialize;
 
 use crate::changes::MessagesOp;
@@ -33,7 +33,7 @@ pub struct RoomView {
     pub host: UserId,
     pub created_at: DateTime<Utc>,
     /// Seq of the newest message (0 before the first).
-    pub last_seq: i64,
+    pub last_seq: MessageSeq,
     /// Members, in user-id order.
     pub members: Vec<UserId>,
     /// Invited users who have not joined, in user-id order.
@@ -71,7 +71,7 @@ impl RoomView {
 pub struct MessageView {
     pub id: MessageId,
     pub room_id: RoomId,
-    pub seq: i64,
+    pub seq: MessageSeq,
     pub sender: UserId,
     pub body: String,
     pub client_msg_id: String,
@@ -83,7 +83,7 @@ pub struct MessageView {
     /// A deleted message keeps its seq; its body is `""` and its text erased.
     pub deleted: bool,
     /// The seq of the message this one answers.
-    pub reply_to: Option<i64>,
+    pub reply_to: Option<MessageSeq>,
     /// The reactions that stand, by emoji (in emoji order), each with who gave it in order.
     pub reactions: Vec<ReactionView>,
     /// Edited, deleted or reacted to at least once since it was sent.
@@ -103,13 +103,13 @@ impl MessageView {
     pub fn sent(
         id: MessageId,
         room_id: RoomId,
-        seq: i64,
+        seq: MessageSeq,
         sender: UserId,
         body: String,
         client_msg_id: String,
         sent_at: DateTime<Utc>,
         position: GlobalPosition,
-        reply_to: Option<i64>,
+        reply_to: Option<MessageSeq>,
     ) -> Self {
         Self {
             id,
@@ -239,7 +239,8 @@ pub struct MessagePage {
 
 /// A request for a page of history: `after`/`before` are exclusive seq bounds; `first` reads
 /// forward from `after` (or the start), `last` reads backward from `before` (or the end).
-/// Without `after`, a page is the newest messages.
+/// Without `after`, a page is the newest messages. The numbers are as the client gave them;
+/// [`PageRequest::validate`] turns them into seqs and a size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageRequest {
     pub after: Option<i64>,
@@ -263,9 +264,9 @@ pub enum PageError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {
     /// Exclusive lower bound.
-    pub after: i64,
+    pub after: MessageSeq,
     /// Exclusive upper bound.
-    pub before: i64,
+    pub before: MessageSeq,
     pub limit: i64,
     /// Read from the upper end (newest first, then reversed).
     pub backward: bool,
@@ -279,9 +280,13 @@ impl PageRequest {
         if self.first.is_some() && self.last.is_some() {
             return Err(PageError::FirstAndLast);
         }
-        if self.after.is_some_and(|a| a < 0) || self.before.is_some_and(|b| b < 0) {
-            return Err(PageError::NegativeCursor);
-        }
+        let bound = |cursor: Option<i64>, open: MessageSeq| {
+            cursor.map_or(Ok(open), |c| {
+                MessageSeq::try_from(c).map_err(|_| PageError::NegativeCursor)
+            })
+        };
+        let after = bound(self.after, MessageSeq::ZERO)?;
+        let before = bound(self.before, MessageSeq::MAX)?;
         let size = self.first.or(self.last).unwrap_or(Self::DEFAULT_SIZE);
         if !(1..=Self::MAX_SIZE).contains(&size) {
             return Err(PageError::Size {
@@ -292,8 +297,8 @@ impl PageRequest {
         // Forward when asked for `first`, or when only `after` is given.
         let backward = self.last.is_some() || (self.first.is_none() && self.after.is_none());
         Ok(Page {
-            after: self.after.unwrap_or(0),
-            before: self.before.unwrap_or(i64::MAX),
+            after,
+            before,
             limit: size,
             backward,
         })
@@ -318,7 +323,7 @@ mod tests {
         }
         .validate()
         .unwrap();
-        assert_eq!((page.after, page.backward), (7, false));
+        assert_eq!((page.after, page.backward), (MessageSeq(7), false));
     }
 
     #[test]

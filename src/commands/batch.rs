@@ -24,6 +24,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateContext, EventEnvelope, EventStore};
+use parley_projections::GlobalPosition;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CommandError, StoreError};
@@ -69,8 +70,8 @@ pub enum Collision<E> {
 pub struct Committed<A: Aggregate> {
     /// Its events with their sequence numbers; empty when it changed nothing.
     pub events: Vec<EventEnvelope<A>>,
-    /// The global position of its last event (0 when it appended none).
-    pub position: i64,
+    /// The global position of its last event (`START` when it appended none).
+    pub position: GlobalPosition,
 }
 
 type Reply<A> = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>;
@@ -400,7 +401,7 @@ where
         }
         if serialized.is_empty() {
             // Nothing to write: every accepted command was a no-op on committed state.
-            answer_committed(&self.store, groups, envelopes, 0).await;
+            answer_committed(&self.store, groups, envelopes, GlobalPosition::START).await;
             return None;
         }
         let appended = match turn {
@@ -479,7 +480,7 @@ where
                     match A::on_unique_collision(&job.command) {
                         Collision::AlreadyDone => job.answer(Ok(Committed {
                             events: Vec::new(),
-                            position: 0,
+                            position: GlobalPosition::START,
                         })),
                         Collision::Refused(error) => job.answer(Err(CommandError::Rejected(error))),
                     }
@@ -496,7 +497,7 @@ where
     async fn outcome_of_failed_append(
         &self,
         first_event: &SerializedEvent,
-    ) -> Result<Option<i64>, PersistenceError> {
+    ) -> Result<Option<GlobalPosition>, PersistenceError> {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
@@ -524,7 +525,7 @@ async fn answer_committed<A: Batched>(
     store: &AggregateStore<A>,
     groups: Vec<Group<A>>,
     envelopes: Vec<Vec<Vec<EventEnvelope<A>>>>,
-    first: i64,
+    first: GlobalPosition,
 ) {
     let mut answers = Vec::with_capacity(groups.len());
     let mut states = Vec::new();
@@ -541,11 +542,16 @@ async fn answer_committed<A: Batched>(
             .map(|(loaded, sequence)| store.commit_state(loaded, sequence)),
     )
     .await;
-    let mut position = first - 1;
+    // The batch's events hold positions first, first + 1, … in order.
+    let mut position = first.0 - 1;
     for (accepted, per_job) in answers {
         for ((job, _), events) in accepted.into_iter().zip(per_job) {
             position += events.len() as i64;
-            let at = if events.is_empty() { 0 } else { position };
+            let at = if events.is_empty() {
+                GlobalPosition::START
+            } else {
+                GlobalPosition(position)
+            };
             job.answer(Ok(Committed {
                 events,
                 position: at,

@@ -24,6 +24,7 @@ use cqrs_es::EventStore;
 use parley_domain::{
     ClientMsgId, MessageBody, MessageId, MessageSeq, Role, Room, RoomId, User, UserId,
 };
+use parley_projections::GlobalPosition;
 
 use crate::lookups::StoreLookups;
 use crate::store::{AggregateStore, EventLog};
@@ -137,7 +138,7 @@ pub struct SentMessage {
     pub client_msg_id: ClientMsgId,
     pub sent_at: DateTime<Utc>,
     /// The message's global log position.
-    pub position: i64,
+    pub position: GlobalPosition,
     /// The message it answers.
     pub reply_to: Option<MessageSeq>,
     /// True when this was a repeat of an earlier `clientMsgId`: nothing new was stored.

@@ -4,9 +4,10 @@
 use chrono::Utc;
 use cqrs_es::EventEnvelope;
 use parley_domain::{
-    ClientMsgId, MessageId, Room, RoomCommand, RoomError, RoomEvent, RoomId, RoomRole,
+    ClientMsgId, MessageId, MessageSeq, Room, RoomCommand, RoomError, RoomEvent, RoomId, RoomRole,
     RoomVisibility, UserId,
 };
+use parley_projections::GlobalPosition;
 
 use super::batch::{Batched, Collision};
 use super::{execute, CommandBus, CommandError, CommandMeta, SentMessage, StoreError};
@@ -67,7 +68,7 @@ impl CommandBus {
         by: UserId,
         peer: UserId,
         meta: &CommandMeta,
-    ) -> Result<(RoomId, i64), CommandError<RoomError>> {
+    ) -> Result<(RoomId, GlobalPosition), CommandError<RoomError>> {
         let room_id = RoomId::direct(by, peer);
         let command = RoomCommand::OpenDirect {
             room_id,
@@ -86,7 +87,7 @@ impl CommandBus {
         by: UserId,
         action: Moderation,
         meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
+    ) -> Result<GlobalPosition, CommandError<RoomError>> {
         let command = match action {
             Moderation::SetRole(user, role) => RoomCommand::SetRole { by, user, role },
             Moderation::Kick(user) => RoomCommand::Kick { by, user },
@@ -129,7 +130,7 @@ impl CommandBus {
         name: Option<String>,
         topic: Option<String>,
         meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
+    ) -> Result<GlobalPosition, CommandError<RoomError>> {
         let command = RoomCommand::UpdateRoom { by, name, topic };
         Ok(execute(&self.rooms, room.to_string(), command, meta)
             .await?
@@ -172,7 +173,7 @@ impl CommandBus {
         sender: UserId,
         body: &str,
         client_msg_id: &str,
-        reply_to: Option<u64>,
+        reply_to: Option<MessageSeq>,
         meta: &CommandMeta,
     ) -> Result<SentMessage, CommandError<RoomError>> {
         let message_id = MessageId::new();
@@ -241,10 +242,10 @@ impl CommandBus {
         &self,
         room: RoomId,
         user: UserId,
-        seq: u64,
+        seq: MessageSeq,
         change: MessageChange,
         meta: &CommandMeta,
-    ) -> Result<i64, CommandError<RoomError>> {
+    ) -> Result<GlobalPosition, CommandError<RoomError>> {
         let command = match change {
             MessageChange::Edit(body) => RoomCommand::EditMessage {
                 editor: user,
@@ -270,7 +271,7 @@ impl CommandBus {
 fn sent_message(
     room_id: RoomId,
     event: RoomEvent,
-    position: i64,
+    position: GlobalPosition,
     repeated: bool,
 ) -> Option<SentMessage> {
     match event {

@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use parley_domain::{Role, User, UserCommand, UserError, UserId, Username};
+use parley_projections::GlobalPosition;
 
 use super::batch::{Batched, Collision};
 use super::{execute, CommandBus, CommandError, CommandMeta};
@@ -57,7 +58,7 @@ impl CommandBus {
         user: UserId,
         by: Option<UserId>,
         meta: &CommandMeta,
-    ) -> Result<i64, CommandError<UserError>> {
+    ) -> Result<GlobalPosition, CommandError<UserError>> {
         let command = UserCommand::EraseUser {
             by,
             erased_at: Utc::now(),
@@ -75,7 +76,7 @@ impl CommandBus {
         target: UserId,
         block: bool,
         meta: &CommandMeta,
-    ) -> Result<i64, CommandError<UserError>> {
+    ) -> Result<GlobalPosition, CommandError<UserError>> {
         let command = if block {
             UserCommand::BlockUser { user: target }
         } else {

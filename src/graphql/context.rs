@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID};
-use parley_domain::{RoomId, UserId};
-use parley_projections::{MessageView, RoomView};
+use parley_domain::{MessageSeq, RoomId, UserId};
+use parley_projections::{GlobalPosition, MessageView, RoomView};
 
 use super::error::{ApiError, ApiResult};
 use super::loaders::UserLoader;
@@ -103,8 +103,13 @@ pub async fn member_at(
 }
 
 /// Message `seq` of `room` as the read model shows it once it reflects the change at
-/// `position` (0: no change was written; read it as it is).
-pub async fn fresh_message(app: &App, room: RoomId, seq: i64, position: i64) -> ApiResult<Message> {
+/// `position` (`START`: no change was written; read it as it is).
+pub async fn fresh_message(
+    app: &App,
+    room: RoomId,
+    seq: MessageSeq,
+    position: GlobalPosition,
+) -> ApiResult<Message> {
     let read = || async move {
         Ok(app
             .read_models
@@ -113,7 +118,7 @@ pub async fn fresh_message(app: &App, room: RoomId, seq: i64, position: i64) -> 
             .map_err(ApiError::from)?)
     };
     let view = once_projected(app, "message", read, |view: &MessageView| {
-        view.position.0 >= position
+        view.position >= position
     })
     .await?;
     Ok(Message(LiveMessage::from(view)))
@@ -132,13 +137,13 @@ pub async fn fresh_room(
 
 /// Waits (at most 5 s) until the read models hold the change at `position` (read-your-writes
 /// for a mutation that answers with no view to wait on); after that, goes on with a warning.
-pub async fn projected_to(app: &App, position: i64, what: &str) {
+pub async fn projected_to(app: &App, position: GlobalPosition, what: &str) {
     if !app
         .projected
         .reached(position, Duration::from_secs(5))
         .await
     {
-        tracing::warn!(position, "read models still behind {what} after 5 s");
+        tracing::warn!(%position, "read models still behind {what} after 5 s");
     }
 }
 

@@ -1,7 +1,7 @@
 //! `Mutation`: each runs one domain command (or an ephemeral action) as the signed-in user.
 
 use async_graphql::{Context, Object, ID};
-use parley_domain::{Password, RoomError, UserId, ValueError};
+use parley_domain::{MessageSeq, Password, RoomError, UserId, ValueError};
 use parley_projections::UserView;
 
 use super::context::{
@@ -20,8 +20,8 @@ pub struct Mutation;
 
 /// A message seq from the API: one below 1 names no message, and the room refuses it as it
 /// does any seq it has not reached.
-fn message_seq(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
+fn message_seq(seq: i64) -> MessageSeq {
+    MessageSeq::try_from(seq).unwrap_or(MessageSeq::ZERO)
 }
 
 /// Applies `change` to message `seq` as the caller; answers with the message once the read
@@ -34,9 +34,10 @@ async fn change_message(
 ) -> ApiResult<Message> {
     let (app, me, room) = (app(ctx), actor(ctx)?, super::context::room_id(&room_id)?);
     within(app.limits.send(me))?;
+    let seq = message_seq(seq);
     let position = app
         .commands
-        .change_message(room, me, message_seq(seq), change, &meta(ctx))
+        .change_message(room, me, seq, change, &meta(ctx))
         .await
         .map_err(ApiError::from)?;
     fresh_message(app, room, seq, position).await
@@ -381,13 +382,13 @@ impl Mutation {
         Ok(Message(LiveMessage {
             id: sent.message_id,
             room_id: room,
-            seq: sent.seq.0 as i64,
+            seq: sent.seq,
             sender: sent.sender,
             body: sent.body.as_str().to_owned(),
             client_msg_id: sent.client_msg_id.as_str().to_owned(),
             sent_at: sent.sent_at,
             position: sent.position,
-            reply_to: sent.reply_to.map(|seq| seq.0 as i64),
+            reply_to: sent.reply_to,
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
@@ -501,13 +502,16 @@ impl Mutation {
         if !state.is_member(me) {
             return Err(ApiError::Forbidden("you are not a member of this room".to_owned()).into());
         }
-        let last_seq = state.last_seq().0 as i64;
-        if !(0..=last_seq).contains(&seq) {
-            return Err(ApiError::BadInput(format!(
-                "seq must be between 0 and {last_seq}, got {seq}"
-            ))
-            .into());
-        }
+        let last_seq = state.last_seq();
+        let seq = match MessageSeq::try_from(seq) {
+            Ok(seq) if seq <= last_seq => seq,
+            _ => {
+                return Err(ApiError::BadInput(format!(
+                    "seq must be between 0 and {last_seq}, got {seq}"
+                ))
+                .into())
+            }
+        };
         fresh_room(app, room, |v| v.last_seq >= seq).await?;
         app.read_models
             .mark_read(room, me, seq)

@@ -260,7 +260,7 @@ impl Query {
         let app = app(ctx);
         let state = require_member(app, room, me).await?;
         // Read your writes: a message whose send has returned is in the page.
-        let last_seq = state.last_seq().0 as i64;
+        let last_seq = state.last_seq();
         fresh_room(app, room, |v| v.last_seq >= last_seq).await?;
         if let Some(position) = at_position {
             if position < 0 {

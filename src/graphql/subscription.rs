@@ -20,7 +20,8 @@ use std::pin::Pin;
 use async_graphql::{Context, Subscription, ID};
 use async_stream::stream;
 use futures::{FutureExt, Stream, StreamExt};
-use parley_domain::{RoomId, UserId};
+use parley_domain::{MessageSeq, RoomId, UserId};
+use parley_projections::GlobalPosition;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
@@ -57,8 +58,8 @@ async fn blocked_by(app: &App, me: UserId) -> Result<HashSet<UserId>, ApiError> 
 async fn read_messages(
     app: &App,
     room: RoomId,
-    after: i64,
-    up_to: i64,
+    after: MessageSeq,
+    up_to: MessageSeq,
 ) -> Result<Vec<LiveMessage>, ApiError> {
     let mut out = Vec::new();
     let mut cursor = after;
@@ -80,13 +81,14 @@ async fn read_messages(
 }
 
 /// A cursor given by the client is never negative.
-fn not_negative(after: Option<i64>) -> Result<(), async_graphql::Error> {
-    match after {
-        Some(after) if after < 0 => {
-            Err(ApiError::BadInput("after must not be negative".to_owned()).into())
-        }
-        _ => Ok(()),
-    }
+/// An `after` cursor as a client gives it: never negative.
+fn after_cursor<T: TryFrom<i64>>(after: Option<i64>) -> Result<Option<T>, async_graphql::Error> {
+    after
+        .map(|after| {
+            T::try_from(after)
+                .map_err(|_| ApiError::BadInput("after must not be negative".to_owned()).into())
+        })
+        .transpose()
 }
 
 /// Starts the caller's feed of `room_id` ([`RoomFeed::start`]): their identity and their
@@ -128,7 +130,7 @@ impl Subscription {
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        not_negative(after)?;
+        let after: Option<MessageSeq> = after_cursor(after)?;
         let mut feed = start_feed(ctx, &room_id).await?;
         let (me, room, app) = (feed.me, feed.room, feed.app.clone());
         // The replay ends at what the read model holds now: everything before the feed's
@@ -140,7 +142,7 @@ impl Subscription {
             .room(room)
             .await
             .map_err(ApiError::from)?
-            .map_or(0, |view| view.last_seq);
+            .map_or(MessageSeq::ZERO, |view| view.last_seq);
         admit(&mut feed).await?;
         // Whom the caller blocks: read after subscribing to their channel, which says when
         // it changes.
@@ -151,7 +153,7 @@ impl Subscription {
             // The replay, from the read model, page by page; the feed's messages up to its
             // end are dropped by seq.
             while last < newest {
-                match read_messages(&app, room, last, newest.min(last + PAGE)).await {
+                match read_messages(&app, room, last, newest.min(last.plus(PAGE as u64))).await {
                     Ok(page) if page.is_empty() => break,
                     Ok(page) => for message in page {
                         last = message.seq;
@@ -192,10 +194,10 @@ impl Subscription {
                 if message.seq <= last {
                     continue;
                 }
-                if message.seq > last + 1 {
+                if message.seq > last.next() {
                     // The feed has every stored event after where it started and the replay
                     // everything before: this would be a defect, so it is logged.
-                    tracing::error!(%room, expected = last + 1, got = message.seq, "a message feed skipped messages");
+                    tracing::error!(%room, expected = %last.next(), got = %message.seq, "a message feed skipped messages");
                 }
                 last = message.seq;
                 if blocked.contains(&message.sender) {
@@ -226,7 +228,7 @@ impl Subscription {
         room_id: ID,
         after: Option<i64>,
     ) -> Result<impl Stream<Item = ApiResult<Message>>, async_graphql::Error> {
-        not_negative(after)?;
+        let after: Option<GlobalPosition> = after_cursor(after)?;
         let mut feed = open_feed(ctx, &room_id).await?;
         let (room, app) = (feed.room, feed.app.clone());
         // Every change up to `delivered` is in what the caller has: the feed's changes
@@ -244,10 +246,10 @@ impl Subscription {
                     };
                     let full = page.len() as i64 == PAGE;
                     for message in page {
-                        if message.position.0 > opened_at {
+                        if message.position > opened_at {
                             break 'replay;
                         }
-                        from = message.position.0;
+                        from = message.position;
                         delivered = delivered.max(from);
                         yield Ok(Message(LiveMessage::from(message)));
                     }

@@ -262,7 +262,7 @@ impl Message {
 
     /// Contiguous 1, 2, 3… within the room.
     async fn seq(&self) -> i64 {
-        self.0.seq
+        self.0.seq.as_i64()
     }
 
     async fn sender(&self, ctx: &Context<'_>) -> ApiResult<User> {
@@ -321,7 +321,7 @@ impl Message {
     /// The global log position of the message's newest change (its send, edit, deletion or
     /// reaction).
     async fn position(&self) -> i64 {
-        self.0.position
+        self.0.position.0
     }
 }
 
@@ -435,7 +435,7 @@ impl Notice {
 
     /// Global log position of the event behind the notice (0 for ephemeral notices).
     async fn position(&self) -> i64 {
-        self.0.position
+        self.0.position.0
     }
 
     async fn at(&self) -> Timestamp {

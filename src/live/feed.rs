@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cqrs_es::persist::PersistenceError;
 use parley_domain::{RoomId, UserId};
+use parley_projections::GlobalPosition;
 
 use super::{replayed_room_event, LiveEvent, SubscriptionSlot};
 use crate::app::App;
@@ -57,7 +58,7 @@ pub struct RoomFeed {
     _slot: SubscriptionSlot,
     live: RelaySubscription,
     /// The projector checkpoint the feed starts from (what the read models held then).
-    pub opened_at: i64,
+    pub opened_at: GlobalPosition,
     /// The room's aggregate sequence of the newest stored event handed out or passed.
     cursor: i64,
     /// The room's aggregate sequence at which the caller was found a member: a removal at
@@ -204,14 +205,14 @@ impl RoomFeed {
             self.refill = None;
             return Ok(());
         };
-        let position = newest.position.0;
+        let position = newest.position;
         if !self
             .app
             .projected
             .reached(position, Duration::from_secs(5))
             .await
         {
-            tracing::warn!(room = %self.room, position, "read models behind a re-read after 5 s");
+            tracing::warn!(room = %self.room, %position, "read models behind a re-read after 5 s");
         }
         for logged in &page {
             if logged.sequence > self.cursor {

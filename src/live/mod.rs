@@ -16,8 +16,10 @@ pub use budget::{BudgetSpent, SubscriptionBudget, SubscriptionSlot};
 pub use feed::{OpenFeed, OpenFeeds};
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomEvent, RoomId, RoomRole, UserEvent, UserId};
-use parley_projections::{DecodedEvent, LiveFeed, LogEvent, MessageView, ReadModels};
+use parley_domain::{MessageId, MessageSeq, RoomEvent, RoomId, RoomRole, UserEvent, UserId};
+use parley_projections::{
+    DecodedEvent, GlobalPosition, LiveFeed, LogEvent, MessageView, ReadModels,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -45,15 +47,15 @@ pub enum NoticeKind {
 pub struct LiveMessage {
     pub id: MessageId,
     pub room_id: RoomId,
-    pub seq: i64,
+    pub seq: MessageSeq,
     pub sender: UserId,
     pub body: String,
     pub client_msg_id: String,
     pub sent_at: DateTime<Utc>,
-    pub position: i64,
+    pub position: GlobalPosition,
     /// The message this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<i64>,
+    pub reply_to: Option<MessageSeq>,
     // The state of a changed message (a fresh one relays without these fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edited_at: Option<DateTime<Utc>>,
@@ -80,7 +82,7 @@ impl From<MessageView> for LiveMessage {
             body: m.body,
             client_msg_id: m.client_msg_id,
             sent_at: m.sent_at,
-            position: m.position.0,
+            position: m.position,
             reply_to: m.reply_to,
             edited_at: m.edited_at,
             deleted: m.deleted,
@@ -114,7 +116,7 @@ pub struct LiveNotice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Global log position (0 for ephemeral notices such as presence).
-    pub position: i64,
+    pub position: GlobalPosition,
     pub at: DateTime<Utc>,
 }
 
@@ -134,8 +136,8 @@ pub enum LiveEvent {
     MessageChanged {
         sequence: i64,
         room_id: RoomId,
-        seq: i64,
-        position: i64,
+        seq: MessageSeq,
+        position: GlobalPosition,
     },
     /// Something about the user's own list of rooms changed in this room (they created,
     /// joined or left it, or moved their read cursor): on the user's channel, for
@@ -190,7 +192,7 @@ fn notice(
         text: None,
         role: None,
         reason: None,
-        position: log.position.0,
+        position: log.position,
         at: log.recorded_at,
     }
 }
@@ -206,7 +208,7 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             text: Some(text.as_str().to_owned()),
             role: None,
             reason: None,
-            position: log.position.0,
+            position: log.position,
             at: log.recorded_at,
         };
         return vec![(
@@ -362,8 +364,8 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
             LiveEvent::MessageChanged {
                 sequence: log.sequence,
                 room_id: room,
-                seq: seq.0 as i64,
-                position: log.position.0,
+                seq: *seq,
+                position: log.position,
             },
         )],
         RoomEvent::MessageSent {
@@ -381,13 +383,13 @@ pub fn live_events(log: &LogEvent, decoded: &DecodedEvent) -> Vec<(Channel, Live
                 message: LiveMessage {
                     id: *message_id,
                     room_id: room,
-                    seq: seq.0 as i64,
+                    seq: *seq,
                     sender: *sender,
                     body: body.as_str().to_owned(),
                     client_msg_id: client_msg_id.as_str().to_owned(),
                     sent_at: *sent_at,
-                    position: log.position.0,
-                    reply_to: reply_to.map(|seq| seq.0 as i64),
+                    position: log.position,
+                    reply_to: *reply_to,
                     edited_at: None,
                     deleted: false,
                     reactions: Vec::new(),
@@ -566,7 +568,7 @@ pub async fn publish_presence(app: &crate::app::App, user: parley_domain::UserId
                 text: None,
                 role: None,
                 reason: None,
-                position: 0,
+                position: GlobalPosition::START,
                 at: Utc::now(),
             };
             (

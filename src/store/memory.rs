@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use parley_domain::Username;
+use parley_domain::{MessageSeq, Username};
 use parley_projections::memory::EmbeddedLog;
 use parley_projections::{GlobalPosition, LogEvent};
 use tokio::sync::watch;
@@ -30,18 +30,25 @@ pub struct MemoryEntry {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl MemoryEntry {
+    /// Its global position: the insertion id.
+    pub fn position(&self) -> GlobalPosition {
+        GlobalPosition(i64::try_from(self.id).unwrap_or(i64::MAX))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MemoryLog {
     inner: Arc<Mutex<Inner>>,
     /// The newest insertion id, for the embedded projector to wait on.
-    head: Arc<watch::Sender<i64>>,
+    head: Arc<watch::Sender<GlobalPosition>>,
 }
 
 impl Default for MemoryLog {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
-            head: Arc::new(watch::channel(0).0),
+            head: Arc::new(watch::channel(GlobalPosition::START).0),
         }
     }
 }
@@ -54,7 +61,7 @@ struct Inner {
     usernames: HashSet<String>,
     messages: HashMap<MessageKey, usize>,
     /// (room, seq) of each `MessageSent`: its sender.
-    senders: HashMap<(String, u64), String>,
+    senders: HashMap<(String, MessageSeq), String>,
     snapshots: HashMap<(String, String), Snapshot>,
 }
 
@@ -116,7 +123,10 @@ impl MemoryLog {
     /// given order, or none and the indexes of the events that collide (a sequence already
     /// taken, or a username or clientMsgId already used, also by an earlier event of the
     /// batch), as the Postgres log reports them.
-    pub(super) fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    pub(super) fn append_batch(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         let mut inner = self.lock();
         let mut next_sequence: HashMap<(String, String), usize> = HashMap::new();
         let mut new_usernames = HashSet::new();
@@ -146,7 +156,7 @@ impl MemoryLog {
             return Err(AppendError::Conflict(colliding));
         }
         let recorded_at = Utc::now();
-        let first = inner.log.len() as i64 + 1;
+        let first = GlobalPosition(inner.log.len() as i64 + 1);
         for event in events {
             let index = inner.log.len();
             if let Some(name) = registered_username(event) {
@@ -159,7 +169,7 @@ impl MemoryLog {
                     let sender = sender.to_owned();
                     inner
                         .senders
-                        .insert((event.aggregate_id.clone(), seq), sender);
+                        .insert((event.aggregate_id.clone(), MessageSeq(seq)), sender);
                 }
             }
             inner
@@ -176,13 +186,13 @@ impl MemoryLog {
                 inner.erase(erases);
             }
         }
-        let head = inner.log.len() as i64;
+        let head = GlobalPosition(inner.log.len() as i64);
         drop(inner);
         self.head.send_replace(head);
         Ok(first)
     }
 
-    pub(super) fn stored_position(&self, event: &SerializedEvent) -> Option<i64> {
+    pub(super) fn stored_position(&self, event: &SerializedEvent) -> Option<GlobalPosition> {
         let inner = self.lock();
         let stream = inner
             .streams
@@ -190,7 +200,7 @@ impl MemoryLog {
         let &index = stream.get(event.sequence.checked_sub(1)?)?;
         let stored = &inner.log[index];
         (stored.event.payload == event.payload && stored.event.metadata == event.metadata)
-            .then_some(stored.id as i64)
+            .then_some(stored.position())
     }
 
     pub(super) fn snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Option<Snapshot> {
@@ -237,15 +247,18 @@ impl MemoryLog {
             .any(|&index| inner.log[index].event.event_type == "UserErased")
     }
 
-    pub(super) fn find_message(&self, key: &MessageKey) -> Option<(SerializedEvent, i64)> {
+    pub(super) fn find_message(
+        &self,
+        key: &MessageKey,
+    ) -> Option<(SerializedEvent, GlobalPosition)> {
         let inner = self.lock();
         inner
             .messages
             .get(key)
-            .map(|&i| (inner.log[i].event.clone(), inner.log[i].id as i64))
+            .map(|&i| (inner.log[i].event.clone(), inner.log[i].position()))
     }
 
-    pub(super) fn message_sender(&self, room: &str, seq: u64) -> Option<String> {
+    pub(super) fn message_sender(&self, room: &str, seq: MessageSeq) -> Option<String> {
         self.lock().senders.get(&(room.to_owned(), seq)).cloned()
     }
 
@@ -264,13 +277,13 @@ impl MemoryLog {
             .collect()
     }
 
-    pub(super) fn room_sequence_at(&self, room: &str, position: i64) -> i64 {
+    pub(super) fn room_sequence_at(&self, room: &str, position: GlobalPosition) -> i64 {
         let inner = self.lock();
         let Some(stream) = inner.streams.get(&("Room".to_owned(), room.to_owned())) else {
             return 0;
         };
         // Log indexes grow with position: the events at or before it are a prefix.
-        stream.partition_point(|&i| inner.log[i].id as i64 <= position) as i64
+        stream.partition_point(|&i| inner.log[i].position() <= position) as i64
     }
 
     pub(super) fn count(&self) -> i64 {
@@ -296,7 +309,10 @@ struct MemoryTurn(MemoryLog);
 
 #[async_trait]
 impl Turn for MemoryTurn {
-    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    async fn append_batch(
+        self: Box<Self>,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         self.0.append_batch(events)
     }
 }
@@ -326,7 +342,10 @@ impl LogStore for MemoryLog {
         ))
     }
 
-    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    async fn append_batch(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         MemoryLog::append_batch(self, events)
     }
 
@@ -337,7 +356,7 @@ impl LogStore for MemoryLog {
     async fn stored_position(
         &self,
         event: &SerializedEvent,
-    ) -> Result<Option<i64>, PersistenceError> {
+    ) -> Result<Option<GlobalPosition>, PersistenceError> {
         Ok(MemoryLog::stored_position(self, event))
     }
 
@@ -370,14 +389,14 @@ impl LogStore for MemoryLog {
     async fn find_message(
         &self,
         key: &MessageKey,
-    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
+    ) -> Result<Option<(SerializedEvent, GlobalPosition)>, PersistenceError> {
         Ok(MemoryLog::find_message(self, key))
     }
 
     async fn message_sender(
         &self,
         room: &str,
-        seq: u64,
+        seq: MessageSeq,
     ) -> Result<Option<String>, PersistenceError> {
         Ok(MemoryLog::message_sender(self, room, seq))
     }
@@ -391,7 +410,11 @@ impl LogStore for MemoryLog {
         Ok(MemoryLog::room_events(self, room, after, up_to))
     }
 
-    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError> {
+    async fn room_sequence_at(
+        &self,
+        room: &str,
+        position: GlobalPosition,
+    ) -> Result<i64, PersistenceError> {
         Ok(MemoryLog::room_sequence_at(self, room, position))
     }
 
@@ -412,7 +435,7 @@ impl EmbeddedLog for MemoryLog {
             .collect()
     }
 
-    fn head(&self) -> watch::Receiver<i64> {
+    fn head(&self) -> watch::Receiver<GlobalPosition> {
         self.head.subscribe()
     }
 }
@@ -420,7 +443,7 @@ impl EmbeddedLog for MemoryLog {
 /// An entry as the read side sees it: its insertion id is its position.
 fn log_event(entry: &MemoryEntry) -> LogEvent {
     LogEvent {
-        position: GlobalPosition(entry.id as i64),
+        position: entry.position(),
         aggregate_type: entry.event.aggregate_type.clone(),
         aggregate_id: entry.event.aggregate_id.clone(),
         sequence: entry.event.sequence as i64,

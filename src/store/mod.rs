@@ -19,9 +19,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
-use parley_domain::{ClientMsgId, RoomId, UserId, Username};
+use parley_domain::{ClientMsgId, MessageSeq, RoomId, UserId, Username};
 use parley_projections::memory::EmbeddedLog;
-use parley_projections::LogEvent;
+use parley_projections::{GlobalPosition, LogEvent};
 use serde_json::Value;
 
 pub use aggregate_store::{AggregateStore, LoadedAggregate, SNAPSHOT_EVERY};
@@ -48,7 +48,8 @@ pub(crate) trait LogStore: Send + Sync + fmt::Debug {
     ) -> Result<Vec<SerializedEvent>, PersistenceError>;
 
     /// See [`EventLog::append_batch`] (the batch is not empty).
-    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError>;
+    async fn append_batch(&self, events: &[SerializedEvent])
+        -> Result<GlobalPosition, AppendError>;
 
     /// See [`EventLog::write_turn`].
     async fn write_turn(&self) -> Result<WriteTurn, AppendError>;
@@ -57,7 +58,7 @@ pub(crate) trait LogStore: Send + Sync + fmt::Debug {
     async fn stored_position(
         &self,
         event: &SerializedEvent,
-    ) -> Result<Option<i64>, PersistenceError>;
+    ) -> Result<Option<GlobalPosition>, PersistenceError>;
 
     async fn snapshot(
         &self,
@@ -80,13 +81,13 @@ pub(crate) trait LogStore: Send + Sync + fmt::Debug {
     async fn find_message(
         &self,
         key: &MessageKey,
-    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError>;
+    ) -> Result<Option<(SerializedEvent, GlobalPosition)>, PersistenceError>;
 
     /// The sender's id of message `seq` of `room`, if stored with its text.
     async fn message_sender(
         &self,
         room: &str,
-        seq: u64,
+        seq: MessageSeq,
     ) -> Result<Option<String>, PersistenceError>;
 
     /// See [`EventLog::room_events`].
@@ -98,7 +99,11 @@ pub(crate) trait LogStore: Send + Sync + fmt::Debug {
     ) -> Result<Vec<LogEvent>, PersistenceError>;
 
     /// See [`EventLog::room_sequence_at`].
-    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError>;
+    async fn room_sequence_at(
+        &self,
+        room: &str,
+        position: GlobalPosition,
+    ) -> Result<i64, PersistenceError>;
 
     async fn count(&self) -> Result<i64, PersistenceError>;
 
@@ -142,7 +147,10 @@ fn refuse_empty(events: &[SerializedEvent]) -> Result<(), AppendError> {
 #[async_trait]
 pub(crate) trait Turn: Send + fmt::Debug {
     /// Appends the (non-empty) batch within the turn, and ends it.
-    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError>;
+    async fn append_batch(
+        self: Box<Self>,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError>;
 }
 
 /// See [`EventLog::write_turn`].
@@ -155,7 +163,10 @@ impl WriteTurn {
     }
 
     /// Appends like [`EventLog::append_batch`], within the turn, and ends it.
-    pub async fn append_batch(self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    pub async fn append_batch(
+        self,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         refuse_empty(events)?;
         self.0.append_batch(events).await
     }
@@ -213,7 +224,10 @@ impl EventLog {
     /// Appends a batch of events (of any aggregates) atomically, in one transaction: every
     /// event at positions `first ..` in the given order, or none of them and
     /// [`AppendError::Conflict`] naming the events that collide.
-    pub async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    pub async fn append_batch(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         refuse_empty(events)?;
         self.0.append_batch(events).await
     }
@@ -232,7 +246,7 @@ impl EventLog {
     pub async fn stored_position(
         &self,
         event: &SerializedEvent,
-    ) -> Result<Option<i64>, PersistenceError> {
+    ) -> Result<Option<GlobalPosition>, PersistenceError> {
         self.0.stored_position(event).await
     }
 
@@ -271,7 +285,7 @@ impl EventLog {
         room: RoomId,
         sender: UserId,
         client_msg_id: &ClientMsgId,
-    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
+    ) -> Result<Option<(SerializedEvent, GlobalPosition)>, PersistenceError> {
         let key = MessageKey::new(room, sender, client_msg_id);
         self.0.find_message(&key).await
     }
@@ -280,7 +294,7 @@ impl EventLog {
     pub async fn message_sender(
         &self,
         room: RoomId,
-        seq: u64,
+        seq: MessageSeq,
     ) -> Result<Option<UserId>, PersistenceError> {
         let sender = self.0.message_sender(&room.to_string(), seq).await?;
         Ok(sender.and_then(|s| UserId::parse(&s).ok()))
@@ -302,7 +316,7 @@ impl EventLog {
     pub async fn room_sequence_at(
         &self,
         room: RoomId,
-        position: i64,
+        position: GlobalPosition,
     ) -> Result<i64, PersistenceError> {
         self.0.room_sequence_at(&room.to_string(), position).await
     }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::Aggregate;
-use parley_domain::{Room, User, Username};
+use parley_domain::{MessageSeq, Room, User, Username};
 use parley_projections::erasure;
 use parley_projections::postgres::log_event_with_payload;
-use parley_projections::LogEvent;
+use parley_projections::{GlobalPosition, LogEvent};
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
@@ -50,7 +50,7 @@ impl PostgresLog {
         &self.pool
     }
 
-    async fn find_collisions(&self, columns: &BatchColumns) -> Result<i64, AppendError> {
+    async fn find_collisions(&self, columns: &BatchColumns) -> Result<GlobalPosition, AppendError> {
         let tx = self
             .pool
             .begin()
@@ -96,14 +96,17 @@ impl LogStore for PostgresLog {
     /// A unique violation aborts the statement and writes nothing; the batch is then tried
     /// once more with `ON CONFLICT DO NOTHING` inside a transaction, only to learn which
     /// events collide, and rolled back (or committed, if the collision has gone away).
-    async fn append_batch(&self, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    async fn append_batch(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
         match columns
             .bind(sqlx::query_as::<_, (i64, i64)>(APPEND))
             .fetch_one(&self.pool)
             .await
         {
-            Ok((first, _)) => Ok(first),
+            Ok((first, _)) => Ok(GlobalPosition(first)),
             Err(error) if is_unique_violation(&error) => self.find_collisions(&columns).await,
             // No connection was had, so nothing was sent: certainly not written.
             Err(error @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)) => {
@@ -137,10 +140,10 @@ impl LogStore for PostgresLog {
     async fn stored_position(
         &self,
         event: &SerializedEvent,
-    ) -> Result<Option<i64>, PersistenceError> {
+    ) -> Result<Option<GlobalPosition>, PersistenceError> {
         let sequence = i64::try_from(event.sequence)
             .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-        sqlx::query_scalar(
+        let position: Option<i64> = sqlx::query_scalar(
             "SELECT position FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3
                 AND payload::text = $4 AND metadata::text = $5",
@@ -152,7 +155,8 @@ impl LogStore for PostgresLog {
         .bind(event.metadata.to_string())
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)
+        .map_err(db_error)?;
+        Ok(position.map(GlobalPosition))
     }
 
     async fn snapshot(
@@ -231,7 +235,7 @@ impl LogStore for PostgresLog {
     async fn find_message(
         &self,
         key: &MessageKey,
-    ) -> Result<Option<(SerializedEvent, i64)>, PersistenceError> {
+    ) -> Result<Option<(SerializedEvent, GlobalPosition)>, PersistenceError> {
         let row = sqlx::query(
             "SELECT aggregate_id, sequence, event_type, event_version,
                     event_payload(payload, erasable) AS payload, metadata, position
@@ -257,16 +261,15 @@ impl LogStore for PostgresLog {
                 row.get("payload"),
                 row.get("metadata"),
             );
-            (event, row.get("position"))
+            (event, GlobalPosition(row.get("position")))
         }))
     }
 
     async fn message_sender(
         &self,
         room: &str,
-        seq: u64,
+        seq: MessageSeq,
     ) -> Result<Option<String>, PersistenceError> {
-        let seq = i64::try_from(seq).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         // Served by the index `events_erasable_by_message`.
         sqlx::query_scalar(
             "SELECT payload -> 'MessageSent' ->> 'sender' FROM events
@@ -275,7 +278,7 @@ impl LogStore for PostgresLog {
                 AND aggregate_type = 'Room' AND event_type = 'MessageSent'",
         )
         .bind(room)
-        .bind(seq)
+        .bind(seq.as_i64())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)
@@ -319,7 +322,11 @@ impl LogStore for PostgresLog {
             .collect()
     }
 
-    async fn room_sequence_at(&self, room: &str, position: i64) -> Result<i64, PersistenceError> {
+    async fn room_sequence_at(
+        &self,
+        room: &str,
+        position: GlobalPosition,
+    ) -> Result<i64, PersistenceError> {
         // Backward along (aggregate_type, aggregate_id, sequence): only the room's events
         // after `position` are passed over.
         let sequence: Option<i64> = sqlx::query_scalar(
@@ -328,7 +335,7 @@ impl LogStore for PostgresLog {
               ORDER BY sequence DESC LIMIT 1",
         )
         .bind(room)
-        .bind(position)
+        .bind(position.0)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
@@ -533,7 +540,10 @@ impl std::fmt::Debug for PostgresTurn {
 impl Turn for PostgresTurn {
     /// Appends the batch in the turn's transaction and commits it, or rolls back and names
     /// the colliding events (with the log held, only a unique key can collide).
-    async fn append_batch(self: Box<Self>, events: &[SerializedEvent]) -> Result<i64, AppendError> {
+    async fn append_batch(
+        self: Box<Self>,
+        events: &[SerializedEvent],
+    ) -> Result<GlobalPosition, AppendError> {
         let columns = BatchColumns::of(events).map_err(AppendError::Store)?;
         probe_and_commit(self.tx, &columns).await
     }
@@ -544,7 +554,7 @@ impl Turn for PostgresTurn {
 async fn probe_and_commit(
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     columns: &BatchColumns,
-) -> Result<i64, AppendError> {
+) -> Result<GlobalPosition, AppendError> {
     let store = |e| AppendError::Store(db_error(e));
     let (first, inserted): (i64, Vec<i64>) = columns
         .bind(sqlx::query_as(PROBE))
@@ -557,7 +567,7 @@ async fn probe_and_commit(
         .collect();
     if colliding.is_empty() {
         tx.commit().await.map_err(store)?;
-        return Ok(first);
+        return Ok(GlobalPosition(first));
     }
     tx.rollback().await.map_err(store)?;
     Err(AppendError::Conflict(colliding))

@@ -46,7 +46,7 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
             .expect("send");
     }
     app.read_models
-        .mark_read(room, users[1], 100)
+        .mark_read(room, users[1], MessageSeq(100))
         .await
         .expect("mark read");
     caught_up(&app.read_models).await;
@@ -103,7 +103,7 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
             users.clone(),
         );
         tokio::spawn(async move {
-            let (mut last_seq, mut newest) = (0, 0);
+            let (mut last_seq, mut newest) = (MessageSeq::ZERO, 0);
             while !stop.load(Ordering::Relaxed) {
                 let view = models
                     .room(room)
@@ -117,7 +117,7 @@ async fn a_shadow_rebuild_under_live_traffic_keeps_serving_and_ends_equal_to_a_f
                     .messages(room, PageRequest::default())
                     .await
                     .expect("history answers");
-                let top = page.messages.last().map_or(0, |m| m.seq);
+                let top = page.messages.last().map_or(0, |m| m.seq.0);
                 assert!(top >= newest && top >= 600, "history went back: {top}");
                 newest = top;
                 let rooms = models.rooms_of(users[1]).await.expect("rooms list answers");

@@ -182,7 +182,7 @@ async fn room_at_every_position_of_a_scripted_history_equals_the_state_recorded_
                 );
                 assert_eq!(
                     got.last_message.as_ref().map(|m| (
-                        m.seq,
+                        m.seq.as_i64(),
                         m.body.clone(),
                         m.sender,
                         m.position.0
@@ -209,7 +209,10 @@ async fn room_at_every_position_of_a_scripted_history_equals_the_state_recorded_
                 .await
                 .expect("messages_at");
             assert_eq!(
-                page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                page.messages
+                    .iter()
+                    .map(|m| m.seq.as_i64())
+                    .collect::<Vec<_>>(),
                 (1..=count).collect::<Vec<_>>(),
                 "history at {position}"
             );
@@ -229,7 +232,7 @@ async fn room_at_every_position_of_a_scripted_history_equals_the_state_recorded_
         .await
         .expect("page");
     assert_eq!(
-        paged.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        paged.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         vec![4, 5]
     );
     assert!(paged.has_more);

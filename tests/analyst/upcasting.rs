@@ -67,10 +67,10 @@ async fn an_old_message_sent_event_still_replays_and_projects(app: &App) {
         )
         .await
         .expect("history");
-    let got: Vec<(i64, &str, &str)> = page
+    let got: Vec<(u64, &str, &str)> = page
         .messages
         .iter()
-        .map(|m| (m.seq, m.body.as_str(), m.client_msg_id.as_str()))
+        .map(|m| (m.seq.0, m.body.as_str(), m.client_msg_id.as_str()))
         .collect();
     let legacy_id = format!("legacy-{message_id}");
     assert_eq!(

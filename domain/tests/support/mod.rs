@@ -491,7 +491,7 @@ pub fn reply(sender: UserId, text: &str, client_id: &str, to: u64) -> RoomComman
             sender,
             body,
             client_msg_id,
-            reply_to: Some(to),
+            reply_to: Some(MessageSeq(to)),
             sent_at,
         },
         other => other,
@@ -501,7 +501,7 @@ pub fn reply(sender: UserId, text: &str, client_id: &str, to: u64) -> RoomComman
 pub fn edit(editor: UserId, seq: u64, text: &str) -> RoomCommand {
     RoomCommand::EditMessage {
         editor,
-        seq,
+        seq: MessageSeq(seq),
         body: text.to_owned(),
         edited_at: now(),
     }
@@ -519,7 +519,7 @@ pub fn edited(seq: u64, editor: UserId, text: &str) -> RoomEvent {
 pub fn delete(by: UserId, seq: u64) -> RoomCommand {
     RoomCommand::DeleteMessage {
         by,
-        seq,
+        seq: MessageSeq(seq),
         deleted_at: now(),
     }
 }
@@ -535,7 +535,7 @@ pub fn deleted(seq: u64, by: UserId) -> RoomEvent {
 pub fn react(user: UserId, seq: u64, e: &str) -> RoomCommand {
     RoomCommand::React {
         user,
-        seq,
+        seq: MessageSeq(seq),
         emoji: e.to_owned(),
     }
 }
@@ -543,7 +543,7 @@ pub fn react(user: UserId, seq: u64, e: &str) -> RoomCommand {
 pub fn unreact(user: UserId, seq: u64, e: &str) -> RoomCommand {
     RoomCommand::Unreact {
         user,
-        seq,
+        seq: MessageSeq(seq),
         emoji: e.to_owned(),
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use parley_domain::MessageSeq;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -183,7 +184,7 @@ impl Run {
         match op {
             RowOp::Rooms(RoomsOp::Activity { room, seq }) => {
                 let newest = self.activity.entry(room.0).or_insert((0, 0));
-                *newest = (newest.0.max(seq), newest.1.max(position));
+                *newest = (newest.0.max(seq.as_i64()), newest.1.max(position));
             }
             RowOp::Rooms(RoomsOp::Cursor {
                 room,
@@ -191,7 +192,7 @@ impl Run {
                 to: CursorTo::Seq(seq),
             }) => {
                 let cursor = self.cursors.entry((room.0, user.0)).or_insert(0);
-                *cursor = (*cursor).max(seq);
+                *cursor = (*cursor).max(seq.as_i64());
             }
             RowOp::Messages(MessagesOp::Insert {
                 room,
@@ -205,14 +206,14 @@ impl Run {
             }) => {
                 let m = &mut self.messages;
                 m.room_id.push(room.0);
-                m.seq.push(seq);
+                m.seq.push(seq.as_i64());
                 m.message_id.push(message_id.0);
                 m.sender.push(sender.0);
                 m.body.push(body.to_owned());
                 m.client_msg_id.push(client_msg_id.to_owned());
                 m.sent_at.push(sent_at);
                 m.position.push(position);
-                m.reply_to.push(reply_to);
+                m.reply_to.push(reply_to.map(MessageSeq::as_i64));
             }
             other => return Some(other),
         }
@@ -524,7 +525,7 @@ async fn apply_messages(
               WHERE room_id = $1 AND seq = $2 AND NOT deleted"
         )))
         .bind(room.0)
-        .bind(seq)
+        .bind(seq.as_i64())
         .bind(position)
         .bind(body)
         .bind(edited_at),
@@ -534,7 +535,7 @@ async fn apply_messages(
               WHERE room_id = $1 AND seq = $2"
         )))
         .bind(room.0)
-        .bind(seq)
+        .bind(seq.as_i64())
         .bind(position),
         MessagesOp::EraseSender { sender } => sqlx::query(sql.insert(format!(
             "UPDATE {messages_view}
@@ -557,7 +558,7 @@ async fn apply_messages(
                 AND NOT coalesce(reactions -> $4, '[]') @> to_jsonb($5::text)"
         )))
         .bind(room.0)
-        .bind(seq)
+        .bind(seq.as_i64())
         .bind(position)
         .bind(emoji)
         .bind(user.to_string()),
@@ -575,7 +576,7 @@ async fn apply_messages(
               WHERE room_id = $1 AND seq = $2 AND reactions -> $4 @> to_jsonb($5::text)"
         )))
         .bind(room.0)
-        .bind(seq)
+        .bind(seq.as_i64())
         .bind(position)
         .bind(emoji)
         .bind(user.to_string()),

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use parley_domain::{RoomId, UserId};
+use parley_domain::{MessageSeq, RoomId, UserId};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
@@ -251,7 +251,7 @@ impl PgEventLog {
         &self,
         room: RoomId,
         at: GlobalPosition,
-    ) -> Result<i64, ReadModelError> {
+    ) -> Result<MessageSeq, ReadModelError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM events
               WHERE aggregate_type = 'Room' AND aggregate_id = $1 AND position <= $2
@@ -267,11 +267,11 @@ impl PgEventLog {
         Ok(row
             .map(|row| match log_event(&row).decode() {
                 crate::DecodedEvent::Room(_, parley_domain::RoomEvent::MessageSent { seq, .. }) => {
-                    seq.0 as i64
+                    seq
                 }
-                _ => 0,
+                _ => MessageSeq::ZERO,
             })
-            .unwrap_or(0))
+            .unwrap_or(MessageSeq::ZERO))
     }
 
     /// The id of the user registered as `username`, from the log itself (the unique

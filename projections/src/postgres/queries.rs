@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parley_domain::{MessageId, RoomId, RoomVisibility, UserId};
+use parley_domain::{MessageId, MessageSeq, RoomId, RoomVisibility, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -88,7 +88,7 @@ fn room_view(row: &PgRow) -> RoomView {
         topic: row.get("topic"),
         host: UserId(row.get("host")),
         created_at: row.get("created_at"),
-        last_seq: row.get("last_seq"),
+        last_seq: MessageSeq::stored(row.get("last_seq")),
         members: ids("members"),
         invited: ids("invited"),
         visibility: RoomVisibility::parse(row.get("visibility")).unwrap_or_default(),
@@ -101,7 +101,7 @@ fn message_view(row: &PgRow) -> MessageView {
     MessageView {
         id: MessageId(row.get("message_id")),
         room_id: RoomId(row.get("room_id")),
-        seq: row.get("seq"),
+        seq: MessageSeq::stored(row.get("seq")),
         sender: UserId(row.get("sender")),
         body: row.get("body"),
         client_msg_id: row.get("client_msg_id"),
@@ -109,7 +109,9 @@ fn message_view(row: &PgRow) -> MessageView {
         position: GlobalPosition(row.get("position")),
         edited_at: row.get("edited_at"),
         deleted: row.get("deleted"),
-        reply_to: row.get("reply_to"),
+        reply_to: row
+            .get::<Option<i64>, _>("reply_to")
+            .map(MessageSeq::stored),
         reactions: reactions(row.get("reactions")),
         changed: row.get("changed"),
     }
@@ -149,8 +151,8 @@ impl PgReadModels {
               ORDER BY seq {order} LIMIT $4"
         ))
         .bind(room.0)
-        .bind(page.after)
-        .bind(page.before)
+        .bind(page.after.as_i64())
+        .bind(page.before.as_i64())
         .bind(page.limit + 1)
         .fetch_all(&self.pool)
         .await?;
@@ -256,7 +258,7 @@ impl ReadModelStore for PgReadModels {
                     .map(|message_id| MessageView {
                         id: MessageId(message_id),
                         room_id: RoomId(row.get("m_room_id")),
-                        seq: row.get("m_seq"),
+                        seq: MessageSeq::stored(row.get("m_seq")),
                         sender: UserId(row.get("m_sender")),
                         body: row.get("m_body"),
                         client_msg_id: row.get("m_client_msg_id"),
@@ -264,7 +266,9 @@ impl ReadModelStore for PgReadModels {
                         position: GlobalPosition(row.get("m_position")),
                         edited_at: row.get("m_edited_at"),
                         deleted: row.get("m_deleted"),
-                        reply_to: row.get("m_reply_to"),
+                        reply_to: row
+                            .get::<Option<i64>, _>("m_reply_to")
+                            .map(MessageSeq::stored),
                         reactions: reactions(row.get("m_reactions")),
                         changed: row.get("m_changed"),
                     });
@@ -315,7 +319,7 @@ impl ReadModelStore for PgReadModels {
             return Err(crate::events::FilterError::NegativePosition(at.0).into());
         }
         let last = self.log().last_seq_at(room, at).await?;
-        page.before = page.before.min(last + 1);
+        page.before = page.before.min(last.next());
         self.messages_page(room, page).await
     }
 
@@ -324,8 +328,8 @@ impl ReadModelStore for PgReadModels {
     async fn messages_between(
         &self,
         room: RoomId,
-        after: i64,
-        up_to: i64,
+        after: MessageSeq,
+        up_to: MessageSeq,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError> {
         let rows = sqlx::query(&format!(
@@ -333,8 +337,8 @@ impl ReadModelStore for PgReadModels {
               WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
         ))
         .bind(room.0)
-        .bind(after)
-        .bind(up_to)
+        .bind(after.as_i64())
+        .bind(up_to.as_i64())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -346,7 +350,7 @@ impl ReadModelStore for PgReadModels {
     async fn changed_messages(
         &self,
         room: RoomId,
-        after: i64,
+        after: GlobalPosition,
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError> {
         let rows = sqlx::query(&format!(
@@ -354,7 +358,7 @@ impl ReadModelStore for PgReadModels {
               WHERE room_id = $1 AND changed AND position > $2 ORDER BY position LIMIT $3"
         ))
         .bind(room.0)
-        .bind(after)
+        .bind(after.0)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -445,14 +449,19 @@ impl ReadModelStore for PgReadModels {
 
     /// Moves `user`'s read cursor in `room` forward to `seq` (never backward). The caller
     /// checks membership; `seq` beyond the room's last message is refused.
-    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64) -> Result<(), ReadModelError> {
+    async fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        seq: MessageSeq,
+    ) -> Result<(), ReadModelError> {
         let last_seq: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM rooms_view WHERE room_id = $1")
                 .bind(room.0)
                 .fetch_optional(&self.pool)
                 .await?;
-        let last_seq = last_seq.ok_or(ReadModelError::UnknownRoom)?;
-        if seq < 0 || seq > last_seq {
+        let last_seq = MessageSeq::stored(last_seq.ok_or(ReadModelError::UnknownRoom)?);
+        if seq > last_seq {
             return Err(ReadModelError::SeqOutOfRange { seq, last_seq });
         }
         sqlx::query(
@@ -463,7 +472,7 @@ impl ReadModelStore for PgReadModels {
         )
         .bind(room.0)
         .bind(user.0)
-        .bind(seq)
+        .bind(seq.as_i64())
         .execute(&self.pool)
         .await?;
         Ok(())
