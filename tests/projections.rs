@@ -341,7 +341,6 @@ on_both_apps!(
     history_pages_forward_and_backward_by_seq,
     membership_follows_invitations_joins_and_leaves,
     unread_counts_follow_messages_joins_and_mark_read,
-    the_idempotency_lookup_finds_a_message_by_client_msg_id,
     the_user_directory_finds_users_by_id_and_username,
     the_live_feed_publishes_only_what_the_read_models_already_hold,
 );
@@ -627,35 +626,6 @@ async fn unread_counts_follow_messages_joins_and_mark_read(app: &App) {
         app.read_models.unread_count(room, latecomer).await.unwrap(),
         1
     );
-}
-
-async fn the_idempotency_lookup_finds_a_message_by_client_msg_id(app: &App) {
-    let (room, users) = room_with(app, &["sender", "other"]).await;
-    let sent = app
-        .commands
-        .send_message(room, users[0], "once", "client-1", &meta())
-        .await
-        .unwrap();
-    caught_up(&app.read_models).await;
-    let found = app
-        .read_models
-        .message_by_client_id(room, users[0], "client-1")
-        .await
-        .unwrap()
-        .expect("found");
-    assert_eq!((found.id, found.seq), (sent.message_id, MessageSeq(1)));
-    assert!(app
-        .read_models
-        .message_by_client_id(room, users[1], "client-1")
-        .await
-        .unwrap()
-        .is_none());
-    assert!(app
-        .read_models
-        .message_by_client_id(room, users[0], "client-2")
-        .await
-        .unwrap()
-        .is_none());
 }
 
 async fn the_user_directory_finds_users_by_id_and_username(app: &App) {

@@ -91,7 +91,6 @@ struct State {
     rooms_of_user: HashMap<UserId, BTreeSet<RoomId>>,
     /// Per room, messages by seq.
     messages: HashMap<RoomId, BTreeMap<MessageSeq, MessageView>>,
-    client_ids: HashMap<(RoomId, UserId, String), MessageSeq>,
     /// Kept across resets, like `read_cursors` in Postgres.
     cursors: HashMap<(RoomId, UserId), MessageSeq>,
     /// Who blocks whom: blocker → the users they block.
@@ -378,8 +377,6 @@ impl State {
                 sent_at,
                 reply_to,
             } => {
-                self.client_ids
-                    .insert((room, sender, client_msg_id.to_owned()), seq);
                 reindex(&mut self.words, room, seq, "", body);
                 self.messages.entry(room).or_default().insert(
                     seq,
@@ -744,20 +741,6 @@ impl ReadModelStore for MemoryReadModels {
         changed.sort_by_key(|m| m.position);
         changed.truncate(limit.max(0) as usize);
         Ok(changed)
-    }
-
-    async fn message_by_client_id(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> Result<Option<MessageView>, ReadModelError> {
-        let state = self.read();
-        Ok(state
-            .client_ids
-            .get(&(room, sender, client_msg_id.to_owned()))
-            .and_then(|seq| state.messages.get(&room)?.get(seq))
-            .cloned())
     }
 
     async fn mark_read(

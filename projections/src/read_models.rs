@@ -119,13 +119,6 @@ pub trait ReadModelStore: Send + Sync + fmt::Debug {
         limit: i64,
     ) -> Result<Vec<MessageView>, ReadModelError>;
 
-    async fn message_by_client_id(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> Result<Option<MessageView>, ReadModelError>;
-
     async fn mark_read(
         &self,
         room: RoomId,

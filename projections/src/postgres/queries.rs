@@ -428,25 +428,6 @@ impl ReadModelStore for PgReadModels {
         Ok(rows.iter().map(message_view).collect())
     }
 
-    /// The idempotency lookup: the message `sender` sent to `room` with `client_msg_id`.
-    async fn message_by_client_id(
-        &self,
-        room: RoomId,
-        sender: UserId,
-        client_msg_id: &str,
-    ) -> Result<Option<MessageView>, ReadModelError> {
-        let row = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages_view
-              WHERE room_id = $1 AND sender = $2 AND client_msg_id = $3"
-        ))
-        .bind(room.0)
-        .bind(sender.0)
-        .bind(client_msg_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(message_view))
-    }
-
     /// Moves `user`'s read cursor in `room` forward to `seq` (never backward). The caller
     /// checks membership; `seq` beyond the room's last message is refused.
     async fn mark_read(
