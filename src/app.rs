@@ -130,6 +130,64 @@ impl Sockets {
 struct Background {
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Cancels `stop` when the last clone of the app is gone, so the projector's own thread
+    /// (which outlives any runtime) ends with the app even when it is never stopped.
+    _ends_with_app: Option<Arc<tokio_util::sync::DropGuard>>,
+}
+
+/// Connections of the projector's own pool: its session, its listener, and a spare.
+const PROJECTOR_CONNECTIONS: u32 = 3;
+
+/// Runs the PostgreSQL projector on a thread of its own, with a runtime and a pool of its
+/// own, until `stop` is cancelled; `tasks` tracks it (so [`App::stop`] waits for it).
+///
+/// Why not a task among the others: every step of the projector is a handful of round trips
+/// to PostgreSQL, and on a runtime busy with requests each of them waits behind the queued
+/// request tasks, so under load the projector fell behind by tens of milliseconds, and live
+/// delivery (which follows it) with it. On its own thread the operating system shares the
+/// cores between it and the request workers instead (README, "Measured").
+fn spawn_projector(
+    server_pool: &PgPool,
+    live: LiveFeed,
+    config: ProjectorConfig,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let options = (*server_pool.connect_options()).clone();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("parley-projector".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the projector's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Connections are opened here, on this runtime, as the projector needs them.
+                let pool = PgPoolOptions::new()
+                    .max_connections(PROJECTOR_CONNECTIONS)
+                    .connect_lazy_with(options);
+                PgProjector::new(pool, live, config)
+                    .run(stop.cancelled_owned())
+                    .await;
+            });
+            drop(done);
+        });
+    match spawned {
+        Ok(_) => {
+            tasks.spawn(async move {
+                // Resolves (with an error: nothing is sent) when the thread has finished.
+                let _ = finished.await;
+            });
+        }
+        Err(error) => tracing::error!(%error, "cannot start the projector's thread"),
+    }
 }
 
 impl std::ops::Deref for App {
@@ -206,15 +264,25 @@ impl App {
             presence,
         } = options;
         let live = LiveFeed::new();
-        let background = Background::default();
+        let stop_token = CancellationToken::new();
+        let background = Background {
+            _ends_with_app: Some(Arc::new(stop_token.clone().drop_guard())),
+            stop: stop_token,
+            tasks: TaskTracker::new(),
+        };
         let stop = || background.stop.clone().cancelled_owned();
         // The one choice of backend: the read side lives in the log's store.
         let (read_models, projected) = match log.read_side() {
             ReadSide::Postgres(pool) => {
                 let (projected, follow) = Projected::postgres(pool.clone(), stop());
                 background.tasks.spawn(follow);
-                let projector = PgProjector::new(pool.clone(), live.clone(), projector);
-                background.tasks.spawn(projector.run(stop()));
+                spawn_projector(
+                    &pool,
+                    live.clone(),
+                    projector,
+                    background.stop.clone(),
+                    &background.tasks,
+                );
                 (ReadModels::postgres(PgReadModels::new(pool)), projected)
             }
             ReadSide::Embedded(embedded) => {

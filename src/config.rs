@@ -237,7 +237,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLEY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
 
-    /// Largest number of pooled database connections.
+    /// Largest number of pooled database connections for requests and commands (the
+    /// projector has three of its own).
     #[arg(long, env = "PARLEY_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 
