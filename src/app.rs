@@ -126,13 +126,13 @@ impl Sockets {
 }
 
 /// Background tasks (the projector) and the signal that stops them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Background {
     stop: CancellationToken,
     tasks: TaskTracker,
     /// Cancels `stop` when the last clone of the app is gone, so the projector's own thread
     /// (which outlives any runtime) ends with the app even when it is never stopped.
-    _ends_with_app: Option<Arc<tokio_util::sync::DropGuard>>,
+    _ends_with_app: Arc<tokio_util::sync::DropGuard>,
 }
 
 /// Connections of the projector's own pool: its session, its listener, and a spare.
@@ -266,7 +266,7 @@ impl App {
         let live = LiveFeed::new();
         let stop_token = CancellationToken::new();
         let background = Background {
-            _ends_with_app: Some(Arc::new(stop_token.clone().drop_guard())),
+            _ends_with_app: Arc::new(stop_token.clone().drop_guard()),
             stop: stop_token,
             tasks: TaskTracker::new(),
         };

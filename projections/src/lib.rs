@@ -58,18 +58,13 @@ impl GlobalPosition {
     }
 }
 
-/// A negative number given where a position was expected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a position cannot be negative (got {0})")]
-pub struct NegativePosition(pub i64);
-
 /// A position from outside (a client's cursor): never negative.
 impl TryFrom<i64> for GlobalPosition {
-    type Error = NegativePosition;
+    type Error = FilterError;
 
-    fn try_from(value: i64) -> Result<Self, NegativePosition> {
+    fn try_from(value: i64) -> Result<Self, FilterError> {
         if value < 0 {
-            Err(NegativePosition(value))
+            Err(FilterError::NegativePosition(value))
         } else {
             Ok(Self(value))
         }
