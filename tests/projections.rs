@@ -715,3 +715,25 @@ async fn the_live_feed_publishes_only_what_the_read_models_already_hold(app: &Ap
     }
     assert_eq!(received, (1..=30).collect::<Vec<_>>());
 }
+
+/// The projector runs on a thread of its own, which no runtime shutdown ends: an app that is
+/// dropped without `stop` must still end it (its session, and the projector lock it holds,
+/// go away), or every such app would leave a projector running against its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_dropped_without_stop_ends_its_projector() {
+    let db = TestDb::new().await;
+    let app = App::start(
+        EventLog::postgres(PostgresLog::new(db.pool.clone())),
+        "test-secret".into(),
+        fast_config(),
+    );
+    support::eventually("the app's projector holds the projector lock", || {
+        support::projector_active(&db.pool)
+    })
+    .await;
+    drop(app);
+    support::eventually("the dropped app's projector let go of the lock", || async {
+        !support::projector_active(&db.pool).await
+    })
+    .await;
+}
